@@ -1,0 +1,52 @@
+//! The main example: an echo server a person can open in a browser.
+//!
+//! `GET /` serves a page that opens a WebSocket and shows what comes back; a WebSocket upgrade
+//! on any path echoes every text and binary message unchanged; any other request reaches the
+//! router, so an unknown path gets its 404.
+//!
+//! ```text
+//! cargo run --example echo            # then open http://127.0.0.1:3000
+//! ADDR=127.0.0.1:9001 cargo run --example echo
+//! ```
+
+use std::net::SocketAddr;
+
+use axum::{response::Html, routing::get, Router};
+use tower_websocket::{WebSocket, WebSocketLayer};
+
+async fn echo(mut ws: WebSocket) {
+    while let Some(msg) = ws.recv().await {
+        if ws.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    // Every default is kept: its 16 MiB message limit is what the Autobahn limits cases need.
+    let app = Router::new()
+        .route("/", get(|| async { Html(include_str!("pages/echo.html")) }))
+        .layer(WebSocketLayer::new(echo));
+
+    let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
+    tracing::info!(
+        "echo server on http://{}",
+        listener.local_addr().expect("bound address")
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .expect("server error");
+}

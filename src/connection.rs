@@ -1,0 +1,602 @@
+//! The connection task: one per accepted WebSocket, spawned by the service after the `101`.
+//!
+//! It owns the upgraded IO, split into fastwebsockets' read and write halves, and polls in one
+//! task, with one `select!`:
+//! - the handler's future (so a handler costs no task of its own),
+//! - the socket's outgoing queue, written in batches with one flush,
+//! - delivery of a message the handler's incoming queue had no room for,
+//! - the next frame from the peer: one read future that lives across loop turns, because
+//!   fastwebsockets' `read_frame` is not cancel safe and must never be dropped mid-frame,
+//! - the close timeout, once closing.
+//!
+//! It enforces what fastwebsockets leaves out (control frames over 125 bytes, close codes and
+//! reasons, fragment order, UTF-8 across fragments, the whole-message size limit), runs the
+//! closing handshake, shuts TCP down cleanly, and logs the connection when it ends.
+
+use std::any::Any;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead, WebSocketWrite};
+use futures_util::FutureExt;
+use http::request::Parts;
+use http::{HeaderValue, Method, Uri};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::close::{parse_close_payload, CloseCode, CloseFrame};
+use crate::layer::Config;
+use crate::message::{Message, Utf8Bytes};
+use crate::reassembly::Reassembly;
+use crate::socket::{self, Inbound, Outbound, WebSocket};
+
+/// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
+/// pushes back on the peer) but keeps writing.
+const INBOUND_CAPACITY: usize = 32;
+/// Messages queued by the handler but not yet written; `send` waits when full.
+const OUTBOUND_CAPACITY: usize = 32;
+/// The most queued messages written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Waits for hyper to hand over the upgraded connection, then serves it.
+pub(crate) async fn run(
+    on_upgrade: OnUpgrade,
+    parts: Parts,
+    protocol: Option<HeaderValue>,
+    config: Arc<Config>,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%error, "WebSocket upgrade did not complete");
+            return;
+        }
+    };
+    serve(TokioIo::new(upgraded), parts, protocol, &config).await;
+}
+
+/// Serves one WebSocket over an IO whose handshake is done.
+pub(crate) async fn serve<T>(io: T, parts: Parts, protocol: Option<HeaderValue>, config: &Config)
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let record = Record::new(&parts, protocol.as_ref());
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let socket = WebSocket::new(parts, protocol, in_rx, out_tx);
+    let mut handler = AssertUnwindSafe((config.handler)(socket)).catch_unwind();
+
+    let (mut read_io, mut write_io) = tokio::io::split(io);
+    let mut conn = Conn {
+        config,
+        in_tx,
+        out_rx,
+        parked: None,
+        reassembly: Reassembly::new(config.max_message_size),
+        closing: None,
+        handler_done: false,
+        record,
+    };
+
+    let ending = {
+        let (mut reader, writer) =
+            fastwebsockets::after_handshake_split(&mut read_io, &mut write_io, Role::Server);
+        reader.set_auto_close(false);
+        reader.set_auto_pong(false);
+        // fastwebsockets refuses frames of `max` bytes or more; ours is inclusive.
+        reader.set_max_message_size(config.max_frame_size.saturating_add(1));
+        conn.drive(reader, writer, &mut handler).await
+    };
+
+    // The connection is over for senders: every later `send` fails.
+    conn.out_rx.close();
+    let close_timeout = config.close_timeout;
+    let Conn {
+        in_tx,
+        parked,
+        handler_done,
+        record,
+        ..
+    } = conn;
+
+    let teardown = async {
+        if ending.needs_teardown() {
+            // Flush what is written, send FIN, then read until the peer's FIN so that unread
+            // data does not turn our close into a reset.
+            let _ = tokio::time::timeout(close_timeout, async {
+                write_io.flush().await?;
+                write_io.shutdown().await?;
+                let mut sink = [0u8; 512];
+                while read_io.read(&mut sink).await? > 0 {}
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+        }
+        record.log(&ending);
+    };
+    let finish_handler = async {
+        if handler_done {
+            return;
+        }
+        let notify = async {
+            if let Some(message) = parked {
+                let _ = in_tx.send(Inbound::Message(message)).await;
+            }
+            let _ = in_tx.send(Inbound::Closed(ending.peer_frame())).await;
+            drop(in_tx);
+        };
+        let outcome = tokio::select! {
+            outcome = &mut handler => Some(outcome),
+            () = notify => None,
+        };
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => handler.await,
+        };
+        if let Err(error) = flatten(outcome) {
+            tracing::error!(%error, "WebSocket handler failed after the connection closed");
+        }
+    };
+    tokio::join!(teardown, finish_handler);
+}
+
+type HandlerOutcome = Result<Result<(), String>, Box<dyn Any + Send>>;
+
+fn flatten(outcome: HandlerOutcome) -> Result<(), String> {
+    outcome.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string());
+        Err(format!("handler panicked: {message}"))
+    })
+}
+
+/// A frame as the task needs it: owned, unmasked.
+struct RawFrame {
+    fin: bool,
+    opcode: OpCode,
+    payload: Bytes,
+}
+
+/// Reads one frame and gives the reader back: the one read future the task keeps alive.
+async fn next_frame<S>(
+    mut reader: WebSocketRead<S>,
+) -> (WebSocketRead<S>, Result<RawFrame, WebSocketError>)
+where
+    S: AsyncRead + Unpin,
+{
+    // Automatic pongs and close replies are off: the task answers them itself.
+    let result = reader
+        .read_frame(&mut |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) })
+        .await
+        .map(|frame| RawFrame {
+            fin: frame.fin,
+            opcode: frame.opcode,
+            payload: match frame.payload {
+                Payload::Bytes(bytes) => bytes.freeze(),
+                other => Bytes::from(Vec::from(other)),
+            },
+        });
+    (reader, result)
+}
+
+/// How the connection ended.
+#[derive(Debug)]
+enum Ending {
+    /// The peer sent a valid close frame first, and was answered.
+    ClosedByPeer(Option<CloseFrame>),
+    /// This side closed and the peer answered.
+    ClosedByServer {
+        sent: CloseFrame,
+        reply: Option<CloseFrame>,
+    },
+    /// This side closed and the peer did not answer in time.
+    CloseTimeout { sent: CloseFrame },
+    /// The peer broke the protocol: the connection was failed with this close frame.
+    Failed { sent: CloseFrame },
+    /// The transport ended without a closing handshake.
+    Lost { reason: String },
+}
+
+impl Ending {
+    fn needs_teardown(&self) -> bool {
+        !matches!(self, Ending::Lost { .. })
+    }
+
+    /// The close frame the handler is shown with `peer_close`.
+    fn peer_frame(&self) -> Option<CloseFrame> {
+        match self {
+            Ending::ClosedByPeer(frame) => frame.clone(),
+            Ending::ClosedByServer { reply, .. } => reply.clone(),
+            _ => None,
+        }
+    }
+
+    /// Who closed, the close code and the reason, for the log.
+    fn summary(&self) -> (&'static str, u16, &str) {
+        match self {
+            Ending::ClosedByPeer(Some(frame)) => ("client", frame.code.into(), &frame.reason),
+            Ending::ClosedByPeer(None) => ("client", CloseCode::NO_STATUS.into(), ""),
+            Ending::ClosedByServer { sent, .. } | Ending::Failed { sent } => {
+                ("server", sent.code.into(), &sent.reason)
+            }
+            Ending::CloseTimeout { sent } => ("server", sent.code.into(), &sent.reason),
+            Ending::Lost { reason } => ("lost", CloseCode::ABNORMAL.into(), reason),
+        }
+    }
+}
+
+/// What fastwebsockets' read error means for the connection.
+fn read_error(error: WebSocketError) -> Result<CloseFrame, String> {
+    let (code, reason) = match error {
+        WebSocketError::UnexpectedEOF => {
+            return Err("the peer closed TCP without a close frame".to_string())
+        }
+        WebSocketError::IoError(e) => return Err(e.to_string()),
+        WebSocketError::FrameTooLarge => (CloseCode::MESSAGE_TOO_BIG, "frame too big"),
+        WebSocketError::InvalidUTF8 => (
+            CloseCode::INVALID_PAYLOAD,
+            "text message is not valid UTF-8",
+        ),
+        WebSocketError::ReservedBitsNotZero => (
+            CloseCode::PROTOCOL_ERROR,
+            "reserved bits set without a negotiated extension",
+        ),
+        WebSocketError::InvalidValue => (CloseCode::PROTOCOL_ERROR, "reserved opcode"),
+        WebSocketError::ControlFrameFragmented => {
+            (CloseCode::PROTOCOL_ERROR, "fragmented control frame")
+        }
+        WebSocketError::PingFrameTooLarge => (
+            CloseCode::PROTOCOL_ERROR,
+            "control frame longer than 125 bytes",
+        ),
+        _ => (CloseCode::PROTOCOL_ERROR, "protocol error"),
+    };
+    Ok(CloseFrame::new(code, Utf8Bytes::from_static(reason)))
+}
+
+/// The state of one connection, apart from the futures the loop polls.
+struct Conn<'c> {
+    config: &'c Config,
+    in_tx: mpsc::Sender<Inbound>,
+    out_rx: mpsc::Receiver<Outbound>,
+    /// A message read while the handler's queue was full; reading waits until it is taken.
+    parked: Option<Message>,
+    reassembly: Reassembly,
+    /// The close frame this side sent, once it has.
+    closing: Option<CloseFrame>,
+    handler_done: bool,
+    record: Record,
+}
+
+impl Conn<'_> {
+    async fn drive<R, W, H>(
+        &mut self,
+        reader: WebSocketRead<R>,
+        mut writer: WebSocketWrite<W>,
+        handler: &mut H,
+    ) -> Ending
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+        H: Future<Output = HandlerOutcome> + Unpin,
+    {
+        // A second handle on the handler's queue, so that a reserved slot borrows this local
+        // rather than `self`.
+        let in_tx = self.in_tx.clone();
+        let mut read = pin!(next_frame(reader));
+        let mut deadline = pin!(tokio::time::sleep(Duration::from_secs(86_400 * 365)));
+        loop {
+            let open = self.closing.is_none();
+            let step = tokio::select! {
+                biased;
+                outcome = &mut *handler, if !self.handler_done => {
+                    self.handler_done = true;
+                    self.handler_returned(flatten(outcome), &mut writer).await
+                }
+                item = self.out_rx.recv(), if open => self.write_queued(item, &mut writer).await,
+                permit = in_tx.reserve(), if self.parked.is_some() => {
+                    if let (Ok(permit), Some(message)) = (permit, self.parked.take()) {
+                        permit.send(Inbound::Message(message));
+                    }
+                    self.parked = None;
+                    Ok(())
+                }
+                (reader, result) = &mut read, if self.parked.is_none() => {
+                    read.set(next_frame(reader));
+                    match result {
+                        Ok(frame) => self.on_frame(frame, &mut writer).await,
+                        Err(error) => match read_error(error) {
+                            Ok(frame) => Err(self.fail(frame, &mut writer).await),
+                            Err(reason) => Err(Ending::Lost { reason }),
+                        },
+                    }
+                }
+                () = &mut deadline, if !open => {
+                    let sent = self.closing.take().unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, ""));
+                    Err(Ending::CloseTimeout { sent })
+                }
+            };
+            match step {
+                Ok(()) => {}
+                Err(ending) => return ending,
+            }
+            if !open || self.closing.is_none() {
+                continue;
+            }
+            // This turn started the closing handshake: bound the wait for the peer's answer.
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.config.close_timeout);
+        }
+    }
+
+    /// The handler returned: write what it queued, then close with 1000 (or 1011 on error).
+    async fn handler_returned<W: AsyncWrite + Unpin>(
+        &mut self,
+        outcome: Result<(), String>,
+        writer: &mut WebSocketWrite<W>,
+    ) -> Result<(), Ending> {
+        let frame = match outcome {
+            Ok(()) => CloseFrame::new(CloseCode::NORMAL, ""),
+            Err(error) => {
+                tracing::error!(%error, "WebSocket handler failed");
+                CloseFrame::new(CloseCode::INTERNAL_ERROR, "internal error")
+            }
+        };
+        if self.closing.is_some() {
+            return Ok(());
+        }
+        while let Ok(item) = self.out_rx.try_recv() {
+            self.write_item(item, writer).await?;
+            if self.closing.is_some() {
+                return Ok(());
+            }
+        }
+        self.start_close(frame, writer).await
+    }
+
+    /// Writes a queued item and as many more as are ready (up to a batch), then flushes once.
+    async fn write_queued<W: AsyncWrite + Unpin>(
+        &mut self,
+        item: Option<Outbound>,
+        writer: &mut WebSocketWrite<W>,
+    ) -> Result<(), Ending> {
+        let Some(item) = item else {
+            // Every handle is gone while the handler still runs: close normally.
+            return self
+                .start_close(CloseFrame::new(CloseCode::NORMAL, ""), writer)
+                .await;
+        };
+        self.write_item(item, writer).await?;
+        for _ in 1..WRITE_BATCH {
+            if self.closing.is_some() {
+                break;
+            }
+            match self.out_rx.try_recv() {
+                Ok(item) => self.write_item(item, writer).await?,
+                Err(_) => break,
+            }
+        }
+        writer.flush().await.map_err(lost)
+    }
+
+    async fn write_item<W: AsyncWrite + Unpin>(
+        &mut self,
+        item: Outbound,
+        writer: &mut WebSocketWrite<W>,
+    ) -> Result<(), Ending> {
+        match item {
+            Outbound::Message(message) => {
+                let (opcode, payload): (OpCode, &[u8]) = match &message {
+                    Message::Text(text) => (OpCode::Text, text.as_bytes()),
+                    Message::Binary(data) => (OpCode::Binary, data),
+                };
+                writer
+                    .write_frame(Frame::new(true, opcode, None, Payload::Borrowed(payload)))
+                    .await
+                    .map_err(lost)?;
+                self.record.messages_out += 1;
+                self.record.bytes_out += payload.len() as u64;
+                Ok(())
+            }
+            Outbound::Close(frame) => self.start_close(frame, writer).await,
+        }
+    }
+
+    /// Sends this side's close frame; the loop then waits for the peer's.
+    async fn start_close<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: CloseFrame,
+        writer: &mut WebSocketWrite<W>,
+    ) -> Result<(), Ending> {
+        write_close(writer, &frame).await.map_err(lost)?;
+        self.closing = Some(frame);
+        self.out_rx.close();
+        Ok(())
+    }
+
+    /// Fails the connection: sends the close frame, and the loop ends without waiting.
+    async fn fail<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: CloseFrame,
+        writer: &mut WebSocketWrite<W>,
+    ) -> Ending {
+        tracing::debug!(code = %frame.code, reason = %frame.reason, "failing the WebSocket connection");
+        if self.closing.is_none() {
+            if let Err(ending) = write_close(writer, &frame).await.map_err(lost) {
+                return ending;
+            }
+        }
+        Ending::Failed { sent: frame }
+    }
+
+    async fn on_frame<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: RawFrame,
+        writer: &mut WebSocketWrite<W>,
+    ) -> Result<(), Ending> {
+        match frame.opcode {
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                match self.reassembly.push(frame.fin, frame.opcode, frame.payload) {
+                    Ok(Some(message)) => {
+                        self.deliver(message);
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(violation) => {
+                        let frame = CloseFrame::new(
+                            violation.close_code(),
+                            Utf8Bytes::from_static(violation.reason()),
+                        );
+                        Err(self.fail(frame, writer).await)
+                    }
+                }
+            }
+            OpCode::Ping => {
+                // fastwebsockets has refused pings over 125 bytes already.
+                if self.closing.is_none() {
+                    writer
+                        .write_frame(Frame::pong(Payload::Borrowed(&frame.payload)))
+                        .await
+                        .map_err(lost)?;
+                    writer.flush().await.map_err(lost)?;
+                }
+                Ok(())
+            }
+            OpCode::Pong => {
+                if frame.payload.len() > 125 {
+                    let frame = CloseFrame::new(
+                        CloseCode::PROTOCOL_ERROR,
+                        "control frame longer than 125 bytes",
+                    );
+                    return Err(self.fail(frame, writer).await);
+                }
+                Ok(())
+            }
+            OpCode::Close => {
+                let received = match parse_close_payload(frame.payload) {
+                    Ok(received) => received,
+                    Err(invalid) => {
+                        let frame = CloseFrame::new(
+                            invalid.close_code(),
+                            Utf8Bytes::from_static(invalid.reason()),
+                        );
+                        return Err(self.fail(frame, writer).await);
+                    }
+                };
+                match self.closing.take() {
+                    Some(sent) => Err(Ending::ClosedByServer {
+                        sent,
+                        reply: received,
+                    }),
+                    None => {
+                        // Answer with the peer's code (an empty close gets an empty close).
+                        let reply = match &received {
+                            Some(frame) => Frame::close(frame.code.into(), b""),
+                            None => Frame::close_raw(Payload::Borrowed(&[])),
+                        };
+                        writer.write_frame(reply).await.map_err(lost)?;
+                        Err(Ending::ClosedByPeer(received))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a message to the handler, or parks it when the handler's queue is full.
+    fn deliver(&mut self, message: Message) {
+        self.record.messages_in += 1;
+        self.record.bytes_in += message.len() as u64;
+        match self.in_tx.try_send(Inbound::Message(message)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Inbound::Message(message))) => {
+                // While closing, a handler that does not read must not stop us from reading
+                // the peer's close frame: drop the message instead of waiting.
+                if self.closing.is_none() {
+                    self.parked = Some(message);
+                }
+            }
+            // The handler no longer receives: nobody wants the message.
+            Err(_) => {}
+        }
+    }
+}
+
+async fn write_close<W: AsyncWrite + Unpin>(
+    writer: &mut WebSocketWrite<W>,
+    frame: &CloseFrame,
+) -> Result<(), WebSocketError> {
+    writer
+        .write_frame(Frame::close(frame.code.into(), frame.reason.as_bytes()))
+        .await?;
+    writer.flush().await
+}
+
+fn lost(error: WebSocketError) -> Ending {
+    Ending::Lost {
+        reason: error.to_string(),
+    }
+}
+
+/// What the closure log reports about one connection.
+#[derive(Debug)]
+struct Record {
+    method: Method,
+    uri: Uri,
+    peer: Option<SocketAddr>,
+    protocol: Option<HeaderValue>,
+    started: Instant,
+    messages_in: u64,
+    bytes_in: u64,
+    messages_out: u64,
+    bytes_out: u64,
+}
+
+impl Record {
+    fn new(parts: &Parts, protocol: Option<&HeaderValue>) -> Self {
+        Record {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            peer: socket::peer_addr(parts),
+            protocol: protocol.cloned(),
+            started: Instant::now(),
+            messages_in: 0,
+            bytes_in: 0,
+            messages_out: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// The one INFO event per connection, emitted in the request's span when it ends.
+    fn log(&self, ending: &Ending) {
+        let (closed_by, close_code, close_reason) = ending.summary();
+        let peer = self.peer.map(|p| p.to_string());
+        let protocol = self.protocol.as_ref().and_then(|p| p.to_str().ok());
+        tracing::info!(
+            method = %self.method,
+            path = %self.uri.path(),
+            peer = peer.as_deref().unwrap_or("-"),
+            status = 101u16,
+            protocol = protocol.unwrap_or("-"),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            messages_in = self.messages_in,
+            bytes_in = self.bytes_in,
+            messages_out = self.messages_out,
+            bytes_out = self.bytes_out,
+            close_code,
+            close_reason,
+            closed_by,
+            "WebSocket connection closed"
+        );
+    }
+}

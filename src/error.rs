@@ -1,0 +1,46 @@
+//! The error a socket operation returns.
+//!
+//! ```
+//! use tower_websocket::Error;
+//!
+//! let err = Error::Closed;
+//! assert!(err.to_string().contains("closed"));
+//! ```
+
+use std::fmt;
+
+/// What went wrong with a socket operation.
+///
+/// Refused handshakes are not errors of this kind: they are HTTP responses, described by
+/// [`HandshakeRejection`](crate::HandshakeRejection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The WebSocket is closed: the peer closed it, this side closed it, or the connection was
+    /// lost. Every `send` after that fails with this error (Python's "broken pipe").
+    Closed,
+    /// A close code that may not be sent on the wire (1005, 1006, 1015, or outside 1000-4999).
+    InvalidCloseCode(u16),
+    /// A close reason longer than 123 bytes, the most a close frame can carry.
+    CloseReasonTooLong(usize),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Closed => f.write_str(
+                "the WebSocket is closed (the peer closed it, it was closed here, or the connection was lost)",
+            ),
+            Error::InvalidCloseCode(code) => write!(
+                f,
+                "close code {code} may not be sent: use 1000-1003, 1007-1014 or 3000-4999"
+            ),
+            Error::CloseReasonTooLong(len) => write!(
+                f,
+                "close reason is {len} bytes long; a close frame carries at most 123"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

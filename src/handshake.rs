@@ -1,0 +1,440 @@
+//! The opening handshake (RFC 6455 section 4.2) and the answers to a bad one.
+//!
+//! A request is a *WebSocket attempt* when it carries `Upgrade: websocket` or any
+//! `Sec-WebSocket-*` request header. Anything else passes through the layer untouched. An
+//! attempt that breaks a rule is refused with a [`HandshakeRejection`]: an HTTP response whose
+//! status and plain-text body say what is wrong.
+//!
+//! | rule | refusal |
+//! |---|---|
+//! | method `GET`, HTTP/1.1 or newer | 400 |
+//! | `Upgrade: websocket`, `Connection` lists `upgrade` | 400 |
+//! | `Sec-WebSocket-Version: 13` | 400 when missing, 426 (with `Sec-WebSocket-Version: 13`) when another |
+//! | `Sec-WebSocket-Key`: base64 of 16 bytes, once | 400 |
+//! | the connection can be upgraded (hyper's `OnUpgrade` is present) | 426 |
+//!
+//! No `Sec-WebSocket-Extensions` offer is accepted: the answer never names an extension.
+//!
+//! ```
+//! use http::{Request, StatusCode};
+//! use tower::{ServiceExt, service_fn};
+//! use tower_websocket::{WebSocket, WebSocketLayer};
+//! use tower_layer::Layer;
+//!
+//! # tokio_test_block_on(async {
+//! let inner = service_fn(|_req: Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("inner")))
+//! });
+//! let svc = WebSocketLayer::new(|_ws: WebSocket| async {}).layer(inner);
+//!
+//! let req = Request::get("/ws")
+//!     .header("upgrade", "websocket")
+//!     .header("connection", "upgrade")
+//!     .header("sec-websocket-version", "8")
+//!     .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+//!     .body(String::new())
+//!     .unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
+//! assert_eq!(res.headers()["sec-websocket-version"], "13");
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::Full;
+use sha1::{Digest, Sha1};
+
+/// The GUID of RFC 6455 section 1.3, appended to the key before hashing.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Why a WebSocket handshake was refused.
+///
+/// Each refusal becomes an HTTP response with [`status`](Self::status) and a plain-text body
+/// that is this value's `Display`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeRejection {
+    /// The method is not `GET` (400).
+    MethodNotGet(Method),
+    /// HTTP/1.0 or older: the upgrade mechanism needs HTTP/1.1 (400).
+    HttpVersionTooOld,
+    /// `Upgrade` is missing or does not name `websocket` (400).
+    InvalidUpgradeHeader,
+    /// `Connection` does not list the `upgrade` token (400).
+    InvalidConnectionHeader,
+    /// `Sec-WebSocket-Version` is missing (400).
+    MissingVersion,
+    /// A version other than 13 was asked for (426, with `Sec-WebSocket-Version: 13`).
+    UnsupportedVersion(String),
+    /// The legacy hixie-76 handshake (`Sec-WebSocket-Key1`/`Key2`), which no browser has sent
+    /// since 2012 (426, with `Sec-WebSocket-Version: 13`).
+    LegacyHixie76,
+    /// `Sec-WebSocket-Key` is missing or appears twice (400).
+    MissingKey,
+    /// `Sec-WebSocket-Key` is not base64 of 16 bytes (400).
+    InvalidKey,
+    /// The connection cannot be upgraded: the server did not give hyper's upgrade handle with
+    /// the request (426). Serve with `axum::serve`, or hyper with `serve_connection_with_upgrades`.
+    ConnectionNotUpgradable,
+    /// A plain HTTP request reached a WebSocket-only service (426, with `Upgrade: websocket`).
+    UpgradeRequired,
+}
+
+impl HandshakeRejection {
+    /// The HTTP status this refusal is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HandshakeRejection::UnsupportedVersion(_)
+            | HandshakeRejection::LegacyHixie76
+            | HandshakeRejection::ConnectionNotUpgradable
+            | HandshakeRejection::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The refusal as an HTTP response: status, headers the RFC asks for, plain-text body.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut res = Response::new(Full::new(Bytes::from(format!("{self}\n"))));
+        *res.status_mut() = self.status();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if self.status() == StatusCode::UPGRADE_REQUIRED {
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        } else if self == HandshakeRejection::MissingVersion {
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        res
+    }
+}
+
+impl fmt::Display for HandshakeRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeRejection::MethodNotGet(method) => write!(
+                f,
+                "WebSocket handshake refused: the method must be GET, not {method}"
+            ),
+            HandshakeRejection::HttpVersionTooOld => f.write_str(
+                "WebSocket handshake refused: the upgrade needs HTTP/1.1 or newer",
+            ),
+            HandshakeRejection::InvalidUpgradeHeader => f.write_str(
+                "WebSocket handshake refused: the Upgrade header must be \"websocket\"",
+            ),
+            HandshakeRejection::InvalidConnectionHeader => f.write_str(
+                "WebSocket handshake refused: the Connection header must contain the token \"upgrade\"",
+            ),
+            HandshakeRejection::MissingVersion => f.write_str(
+                "WebSocket handshake refused: the Sec-WebSocket-Version header is missing (this server speaks version 13)",
+            ),
+            HandshakeRejection::UnsupportedVersion(version) => write!(
+                f,
+                "WebSocket handshake refused: Sec-WebSocket-Version {version:?} is not supported; this server speaks version 13"
+            ),
+            HandshakeRejection::LegacyHixie76 => f.write_str(
+                "WebSocket handshake refused: the legacy hixie-76 protocol is not supported; this server speaks version 13 (RFC 6455)",
+            ),
+            HandshakeRejection::MissingKey => f.write_str(
+                "WebSocket handshake refused: exactly one Sec-WebSocket-Key header is required",
+            ),
+            HandshakeRejection::InvalidKey => f.write_str(
+                "WebSocket handshake refused: Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
+            ),
+            HandshakeRejection::ConnectionNotUpgradable => f.write_str(
+                "WebSocket handshake refused: this connection cannot be upgraded (the server gave no upgrade handle with the request)",
+            ),
+            HandshakeRejection::UpgradeRequired => f.write_str(
+                "this endpoint only speaks WebSocket: send a GET with Upgrade: websocket",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeRejection {}
+
+/// What the layer makes of a request.
+#[derive(Debug)]
+pub(crate) enum Inspection {
+    /// Not a WebSocket attempt: hand it to the inner service.
+    PassThrough,
+    /// A valid handshake.
+    Accept(Accept),
+    /// A WebSocket attempt that breaks a rule.
+    Refuse(HandshakeRejection),
+}
+
+/// What a valid handshake needs for its answer.
+#[derive(Debug)]
+pub(crate) struct Accept {
+    /// The `Sec-WebSocket-Accept` value.
+    pub(crate) accept: HeaderValue,
+    /// The subprotocol chosen, if any.
+    pub(crate) protocol: Option<HeaderValue>,
+}
+
+/// Whether `name`'s values, split on commas, contain `token` (ASCII case-insensitive).
+fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Whether a request is a WebSocket attempt at all.
+pub(crate) fn is_websocket_attempt<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    header_has_token(headers, &header::UPGRADE, "websocket")
+        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+        || headers.contains_key(header::SEC_WEBSOCKET_VERSION)
+        || headers.contains_key("sec-websocket-key1")
+}
+
+/// Checks a request against RFC 6455 section 4.2.1 and chooses a subprotocol from `protocols`
+/// (the server's list, in order of preference).
+pub(crate) fn inspect<B>(req: &Request<B>, protocols: &[HeaderValue]) -> Inspection {
+    if !is_websocket_attempt(req) {
+        return Inspection::PassThrough;
+    }
+    match validate(req, protocols) {
+        Ok(accept) => Inspection::Accept(accept),
+        Err(rejection) => Inspection::Refuse(rejection),
+    }
+}
+
+fn validate<B>(req: &Request<B>, protocols: &[HeaderValue]) -> Result<Accept, HandshakeRejection> {
+    let headers = req.headers();
+    if req.method() != Method::GET {
+        return Err(HandshakeRejection::MethodNotGet(req.method().clone()));
+    }
+    if req.version() < Version::HTTP_11 {
+        return Err(HandshakeRejection::HttpVersionTooOld);
+    }
+    if !header_has_token(headers, &header::UPGRADE, "websocket") {
+        return Err(HandshakeRejection::InvalidUpgradeHeader);
+    }
+    if !header_has_token(headers, &header::CONNECTION, "upgrade") {
+        return Err(HandshakeRejection::InvalidConnectionHeader);
+    }
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (None, _) if headers.contains_key("sec-websocket-key1") => {
+            return Err(HandshakeRejection::LegacyHixie76)
+        }
+        (None, _) => return Err(HandshakeRejection::MissingVersion),
+        (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => {}
+        (Some(v), _) => {
+            return Err(HandshakeRejection::UnsupportedVersion(
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ))
+        }
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) => key,
+        _ => return Err(HandshakeRejection::MissingKey),
+    };
+    let key = key.as_bytes().trim_ascii();
+    match STANDARD.decode(key) {
+        Ok(raw) if raw.len() == 16 => {}
+        _ => return Err(HandshakeRejection::InvalidKey),
+    }
+    Ok(Accept {
+        accept: accept_key(key),
+        protocol: choose_protocol(headers, protocols),
+    })
+}
+
+/// `Sec-WebSocket-Accept` for a key: base64 of the SHA-1 of the key and the GUID.
+pub(crate) fn accept_key(key: &[u8]) -> HeaderValue {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(ACCEPT_GUID);
+    let encoded = STANDARD.encode(sha1.finalize());
+    HeaderValue::from_str(&encoded).expect("base64 is a valid header value")
+}
+
+/// The first of the server's protocols that the client offered.
+fn choose_protocol(headers: &HeaderMap, protocols: &[HeaderValue]) -> Option<HeaderValue> {
+    if protocols.is_empty() {
+        return None;
+    }
+    let offered = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL);
+    protocols
+        .iter()
+        .find(|ours| {
+            offered.iter().any(|value| {
+                value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|part| part.trim_ascii() == ours.as_bytes())
+            })
+        })
+        .cloned()
+}
+
+/// The `101 Switching Protocols` answer to an accepted handshake.
+pub(crate) fn switching_protocols<B: Default>(accept: &Accept) -> Response<B> {
+    let mut res = Response::new(B::default());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = res.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept.accept.clone());
+    if let Some(protocol) = &accept.protocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> http::request::Builder {
+        Request::get("/chat")
+            .header("upgrade", "websocket")
+            .header("connection", "keep-alive, Upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    }
+
+    fn refusal(req: Request<()>) -> HandshakeRejection {
+        match inspect(&req, &[]) {
+            Inspection::Refuse(r) => r,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        // RFC 6455 section 1.3.
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn browser_connection_header_is_accepted() {
+        assert!(matches!(
+            inspect(&request().body(()).unwrap(), &[]),
+            Inspection::Accept(_)
+        ));
+    }
+
+    #[test]
+    fn plain_request_passes_through() {
+        let req = Request::get("/").body(()).unwrap();
+        assert!(matches!(inspect(&req, &[]), Inspection::PassThrough));
+    }
+
+    #[test]
+    fn h2c_upgrade_passes_through() {
+        let req = Request::get("/")
+            .header("upgrade", "h2c")
+            .header("connection", "upgrade")
+            .body(())
+            .unwrap();
+        assert!(matches!(inspect(&req, &[]), Inspection::PassThrough));
+    }
+
+    #[test]
+    fn post_is_refused() {
+        let req = request().method(Method::POST).body(()).unwrap();
+        assert_eq!(refusal(req), HandshakeRejection::MethodNotGet(Method::POST));
+    }
+
+    #[test]
+    fn http10_is_refused() {
+        let req = request().version(Version::HTTP_10).body(()).unwrap();
+        assert_eq!(refusal(req), HandshakeRejection::HttpVersionTooOld);
+    }
+
+    #[test]
+    fn missing_connection_token_is_refused() {
+        let req = Request::get("/")
+            .header("upgrade", "websocket")
+            .header("connection", "keep-alive")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        assert_eq!(refusal(req), HandshakeRejection::InvalidConnectionHeader);
+    }
+
+    #[test]
+    fn key_of_wrong_length_is_refused() {
+        let req = Request::get("/")
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "c2hvcnQ=")
+            .body(())
+            .unwrap();
+        assert_eq!(refusal(req), HandshakeRejection::InvalidKey);
+    }
+
+    #[test]
+    fn hixie76_is_refused_with_426() {
+        let req = Request::get("/")
+            .header("upgrade", "WebSocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-key1", "4 @1  46546xW%0l 1 5")
+            .header("sec-websocket-key2", "12998 5 Y3 1  .P00")
+            .body(())
+            .unwrap();
+        let rejection = refusal(req);
+        assert_eq!(rejection, HandshakeRejection::LegacyHixie76);
+        assert_eq!(rejection.status(), StatusCode::UPGRADE_REQUIRED);
+    }
+
+    #[test]
+    fn protocol_is_chosen_in_server_order() {
+        let req = request()
+            .header("sec-websocket-protocol", "chat, superchat")
+            .header("sec-websocket-protocol", "v2")
+            .body(())
+            .unwrap();
+        let ours = [
+            HeaderValue::from_static("v2"),
+            HeaderValue::from_static("chat"),
+        ];
+        match inspect(&req, &ours) {
+            Inspection::Accept(accept) => assert_eq!(accept.protocol.unwrap(), "v2"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_common_protocol_means_none() {
+        let req = request()
+            .header("sec-websocket-protocol", "mqtt")
+            .body(())
+            .unwrap();
+        match inspect(&req, &[HeaderValue::from_static("chat")]) {
+            Inspection::Accept(accept) => assert!(accept.protocol.is_none()),
+            other => panic!("{other:?}"),
+        }
+    }
+}

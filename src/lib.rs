@@ -1,0 +1,72 @@
+//! WebSockets as a tower [`Layer`](tower_layer::Layer).
+//!
+//! [`WebSocketLayer`] intercepts WebSocket upgrade requests anywhere in a tower or axum stack
+//! (`Router::layer`, `route_layer`, `ServiceBuilder`), runs the handshake, does the framing
+//! with [fastwebsockets](https://docs.rs/fastwebsockets), and runs your async handler with the
+//! whole upgrade request as its environ. Every other request goes to the inner service
+//! untouched.
+//!
+//! ```no_run
+//! use axum::{response::Html, routing::get, Router};
+//! use tower_websocket::{WebSocket, WebSocketLayer};
+//!
+//! async fn echo(mut ws: WebSocket) {
+//!     while let Some(msg) = ws.recv().await {
+//!         if ws.send(msg).await.is_err() {
+//!             break;
+//!         }
+//!     }
+//! } // returning closes the socket with 1000
+//!
+//! #[tokio::main]
+//! async fn main() {
+//!     let app = Router::new()
+//!         .route("/", get(|| async { Html("<h1>hi</h1>") }))
+//!         .layer(WebSocketLayer::new(echo));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+//!     axum::serve(listener, app).await.unwrap();
+//! }
+//! ```
+//!
+//! # Modules
+//! - [`layer`]: [`WebSocketLayer`], its settings and their defaults.
+//! - [`service`]: [`WebSocketService`], upgrade or pass-through, and its response future.
+//! - [`handshake`]: the RFC 6455 opening handshake and [`HandshakeRejection`].
+//! - [`socket`]: [`WebSocket`], the handle a handler gets.
+//! - [`message`], [`close`]: [`Message`], [`Utf8Bytes`], [`CloseCode`], [`CloseFrame`].
+//! - [`handler`]: what a handler may be and return.
+//! - [`body`]: the response body type.
+//! - [`error`]: [`Error`].
+//!
+//! The guide is in [`docs::guide`]; the mapping from Python's `eventlet.websocket` in
+//! [`docs::eventlet`].
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod body;
+pub mod close;
+mod connection;
+pub mod error;
+pub mod handler;
+pub mod handshake;
+pub mod layer;
+pub mod message;
+mod reassembly;
+pub mod service;
+pub mod socket;
+
+pub use close::{CloseCode, CloseFrame};
+pub use error::Error;
+pub use handshake::HandshakeRejection;
+pub use layer::WebSocketLayer;
+pub use message::{Message, Utf8Bytes};
+pub use service::WebSocketService;
+pub use socket::WebSocket;
+
+/// Long-form documentation, compiled and tested with the crate.
+pub mod docs {
+    #[doc = include_str!("../docs/guide.md")]
+    pub mod guide {}
+    #[doc = include_str!("../docs/eventlet.md")]
+    pub mod eventlet {}
+}

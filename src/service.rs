@@ -1,0 +1,209 @@
+//! [`WebSocketService`]: answers WebSocket upgrades itself and hands every other request to the
+//! inner service, unchanged.
+//!
+//! Built by [`WebSocketLayer`](crate::WebSocketLayer) (as a layer, or standalone with
+//! [`WebSocketLayer::into_service`](crate::WebSocketLayer::into_service)). Its error type is
+//! the inner service's, so it fits under `Router::layer`; its response body is
+//! [`ResponseBody`], which is the inner body untouched for every request it passes through.
+//!
+//! ```
+//! use http::{Request, Response, StatusCode};
+//! use tower::{service_fn, ServiceExt};
+//! use tower_layer::Layer;
+//! use tower_websocket::{WebSocket, WebSocketLayer};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let inner = service_fn(|_req: Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(String::from("from the inner service")))
+//! });
+//! let svc = WebSocketLayer::new(|_ws: WebSocket| async {}).layer(inner);
+//!
+//! // A plain request passes through.
+//! let res = svc.oneshot(Request::get("/").body(String::new()).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! # });
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::body::ResponseBody;
+use crate::connection;
+use crate::handshake::{self, HandshakeRejection, Inspection};
+use crate::layer::Config;
+
+/// A service that answers WebSocket upgrades and forwards everything else to `S`.
+///
+/// `poll_ready` is the inner service's; an upgrade is answered without calling the inner
+/// service.
+pub struct WebSocketService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> WebSocketService<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        WebSocketService { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, by value.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for WebSocketService<S> {
+    fn clone(&self) -> Self {
+        WebSocketService {
+            inner: self.inner.clone(),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for WebSocketService<S>
+where
+    S: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for WebSocketService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let accept = match handshake::inspect(&req, &self.config.protocols) {
+            Inspection::PassThrough => return ResponseFuture::inner(self.inner.call(req)),
+            Inspection::Refuse(rejection) => return ResponseFuture::refused(rejection),
+            Inspection::Accept(accept) => accept,
+        };
+        if req
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_none()
+        {
+            return ResponseFuture::refused(HandshakeRejection::ConnectionNotUpgradable);
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, _body) = req.into_parts();
+        let response = handshake::switching_protocols(&accept);
+        let config = Arc::clone(&self.config);
+        // The connection runs in the span of the request (a `TraceLayer` span, say), so its
+        // closure log is attributed to the request that opened it.
+        tokio::spawn(
+            connection::run(on_upgrade, parts, accept.protocol, config)
+                .instrument(tracing::Span::current()),
+        );
+        ResponseFuture::ready(response)
+    }
+}
+
+pin_project! {
+    /// The response future of [`WebSocketService`]: the inner service's future, or an answer
+    /// ready at once (a refusal or the `101`).
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: FutureKind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = FutureKindProj]
+    enum FutureKind<F, B> {
+        Inner { #[pin] future: F },
+        Ready { response: Option<Response<ResponseBody<B>>> },
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn inner(future: F) -> Self {
+        ResponseFuture {
+            kind: FutureKind::Inner { future },
+        }
+    }
+
+    fn ready(response: Response<ResponseBody<B>>) -> Self {
+        ResponseFuture {
+            kind: FutureKind::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    fn refused(rejection: HandshakeRejection) -> Self {
+        tracing::debug!(%rejection, "WebSocket handshake refused");
+        Self::ready(rejection.into_response().map(ResponseBody::from))
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            FutureKindProj::Inner { future } => {
+                let response = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(response.map(ResponseBody::inner)))
+            }
+            FutureKindProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+/// The inner service of a standalone [`WebSocketService`]: answers every request that is not a
+/// WebSocket attempt with `426 Upgrade Required`.
+///
+/// Made by [`WebSocketLayer::into_service`](crate::WebSocketLayer::into_service).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpgradeRequired;
+
+impl<B> Service<Request<B>> for UpgradeRequired {
+    type Response = Response<Full<bytes::Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<B>) -> Self::Future {
+        std::future::ready(Ok(HandshakeRejection::UpgradeRequired.into_response()))
+    }
+}
