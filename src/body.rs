@@ -105,3 +105,13 @@ where
         }
     }
 }
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Inner { .. } => "Inner",
+            Kind::Plain { .. } => "Plain",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
+    }
+}

@@ -600,3 +600,17 @@ impl Record {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connection_future_stays_small() {
+        // Every live connection holds one of these: keep it in check.
+        let (io, _peer) = tokio::io::duplex(64);
+        let parts = http::Request::new(()).into_parts().0;
+        let config = crate::layer::tests_config();
+        let fut = super::serve(io, parts, None, &config);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 4096, "the connection future grew to {size} bytes");
+    }
+}

@@ -236,17 +236,20 @@ fn validate<B>(req: &Request<B>, protocols: &[HeaderValue]) -> Result<Accept, Ha
     if !header_has_token(headers, &header::CONNECTION, "upgrade") {
         return Err(HandshakeRejection::InvalidConnectionHeader);
     }
-    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
-    match (versions.next(), versions.next()) {
+    let versions = headers.get_all(header::SEC_WEBSOCKET_VERSION);
+    let mut iter = versions.iter();
+    match (iter.next(), iter.next()) {
         (None, _) if headers.contains_key("sec-websocket-key1") => {
             return Err(HandshakeRejection::LegacyHixie76)
         }
         (None, _) => return Err(HandshakeRejection::MissingVersion),
         (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => {}
-        (Some(v), _) => {
-            return Err(HandshakeRejection::UnsupportedVersion(
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            ))
+        _ => {
+            let asked: Vec<_> = versions
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            return Err(HandshakeRejection::UnsupportedVersion(asked.join(", ")));
         }
     }
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();

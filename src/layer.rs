@@ -168,3 +168,8 @@ impl<S> Layer<S> for WebSocketLayer {
         WebSocketService::new(inner, Arc::clone(&self.config))
     }
 }
+
+#[cfg(test)]
+pub(crate) fn tests_config() -> Config {
+    (*WebSocketLayer::new(|_ws: WebSocket| async {}).config).clone()
+}

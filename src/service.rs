@@ -207,3 +207,15 @@ impl<B> Service<Request<B>> for UpgradeRequired {
         std::future::ready(Ok(HandshakeRejection::UpgradeRequired.into_response()))
     }
 }
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            FutureKind::Inner { .. } => "Inner",
+            FutureKind::Ready { .. } => "Ready",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
