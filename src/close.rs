@@ -113,26 +113,26 @@ impl CloseFrame {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InvalidClose {
     /// One byte of payload, or more than 125: answered with 1002.
-    BadLength,
+    Length,
     /// A code that may not be sent: answered with 1002.
-    BadCode(u16),
+    Code(u16),
     /// A reason that is not UTF-8: answered with 1007.
-    BadReason,
+    Reason,
 }
 
 impl InvalidClose {
     pub(crate) fn close_code(self) -> CloseCode {
         match self {
-            InvalidClose::BadLength | InvalidClose::BadCode(_) => CloseCode::PROTOCOL_ERROR,
-            InvalidClose::BadReason => CloseCode::INVALID_PAYLOAD,
+            InvalidClose::Length | InvalidClose::Code(_) => CloseCode::PROTOCOL_ERROR,
+            InvalidClose::Reason => CloseCode::INVALID_PAYLOAD,
         }
     }
 
     pub(crate) fn reason(self) -> &'static str {
         match self {
-            InvalidClose::BadLength => "invalid close frame length",
-            InvalidClose::BadCode(_) => "invalid close code",
-            InvalidClose::BadReason => "close reason is not valid UTF-8",
+            InvalidClose::Length => "invalid close frame length",
+            InvalidClose::Code(_) => "invalid close code",
+            InvalidClose::Reason => "close reason is not valid UTF-8",
         }
     }
 }
@@ -143,15 +143,15 @@ pub(crate) fn parse_close_payload(
 ) -> Result<Option<CloseFrame>, InvalidClose> {
     match payload.len() {
         0 => Ok(None),
-        1 => Err(InvalidClose::BadLength),
-        n if n > 125 => Err(InvalidClose::BadLength),
+        1 => Err(InvalidClose::Length),
+        n if n > 125 => Err(InvalidClose::Length),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             if !CloseCode(code).is_sendable() {
-                return Err(InvalidClose::BadCode(code));
+                return Err(InvalidClose::Code(code));
             }
             let reason =
-                Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| InvalidClose::BadReason)?;
+                Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| InvalidClose::Reason)?;
             Ok(Some(CloseFrame {
                 code: CloseCode(code),
                 reason,
@@ -199,14 +199,14 @@ mod tests {
     #[test]
     fn close_over_125_bytes_is_a_protocol_error() {
         let err = parse_close_payload(payload(1000, &[b'a'; 124])).unwrap_err();
-        assert_eq!(err, InvalidClose::BadLength);
+        assert_eq!(err, InvalidClose::Length);
         assert!(parse_close_payload(payload(1000, &[b'a'; 123])).is_ok());
     }
 
     #[test]
     fn reserved_code_on_the_wire_is_a_protocol_error() {
         let err = parse_close_payload(payload(1005, b"")).unwrap_err();
-        assert_eq!(err, InvalidClose::BadCode(1005));
+        assert_eq!(err, InvalidClose::Code(1005));
     }
 
     #[test]

@@ -107,14 +107,18 @@ where
     } = conn;
 
     let teardown = async {
-        if ending.needs_teardown() {
-            // Flush what is written, send FIN, then read until the peer's FIN so that unread
-            // data does not turn our close into a reset.
+        if ending.needs_shutdown() {
+            let drain = ending.may_leave_unread_data();
             let _ = tokio::time::timeout(close_timeout, async {
+                // Flush what is written and send FIN: the server ends TCP first (RFC 6455 7.1.1).
                 write_io.flush().await?;
                 write_io.shutdown().await?;
-                let mut sink = [0u8; 512];
-                while read_io.read(&mut sink).await? > 0 {}
+                // After a failure the peer may still be sending: read until its FIN, so that
+                // unread data does not turn our close frame into a reset it never sees.
+                if drain {
+                    let mut sink = [0u8; 512];
+                    while read_io.read(&mut sink).await? > 0 {}
+                }
                 Ok::<(), std::io::Error>(())
             })
             .await;
@@ -208,8 +212,14 @@ enum Ending {
 }
 
 impl Ending {
-    fn needs_teardown(&self) -> bool {
+    fn needs_shutdown(&self) -> bool {
         !matches!(self, Ending::Lost { .. })
+    }
+
+    /// After a completed closing handshake nothing more may arrive; after a failure or a
+    /// timeout the peer may still be writing.
+    fn may_leave_unread_data(&self) -> bool {
+        matches!(self, Ending::Failed { .. } | Ending::CloseTimeout { .. })
     }
 
     /// The close frame the handler is shown with `peer_close`.

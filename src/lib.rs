@@ -36,7 +36,7 @@
 //! - [`message`], [`close`]: [`Message`], [`Utf8Bytes`], [`CloseCode`], [`CloseFrame`].
 //! - [`handler`]: what a handler may be and return.
 //! - [`body`]: the response body type.
-//! - [`error`]: [`Error`].
+//! - [`error`]: [`Error`], what a socket operation can fail with.
 //!
 //! The guide is in [`docs::guide`]; the mapping from Python's `eventlet.websocket` in
 //! [`docs::eventlet`].

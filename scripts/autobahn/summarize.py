@@ -16,6 +16,7 @@ OK and INFORMATIONAL pass.
 import argparse
 import json
 import os
+import re
 import sys
 
 BEHAVIORS = ["OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED"]
@@ -40,7 +41,7 @@ def classify(entry):
 
 
 def clip(text, limit=400):
-    text = " ".join(str(text).split())
+    text = " ".join(re.sub(r"<br\s*/?>", " ", str(text)).split())
     return text if len(text) <= limit else text[: limit - 4] + " ..."
 
 
