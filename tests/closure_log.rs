@@ -70,7 +70,8 @@ async fn closure_is_logged_once_in_the_request_span() {
     raw.send_frame(true, 0x2, &[1, 2, 3]).await;
     assert_eq!(raw.read_frame().await.unwrap().payload, b"hello");
     assert_eq!(raw.read_frame().await.unwrap().payload, [1, 2, 3]);
-    raw.send_frame(true, 0x8, &close_payload(4001, b"bye")).await;
+    raw.send_frame(true, 0x8, &close_payload(4001, b"bye"))
+        .await;
     assert_eq!(raw.expect_close().await.close_code(), 4001);
     raw.expect_eof().await;
 

@@ -18,7 +18,9 @@ pub(crate) fn built_echo_example() -> Option<PathBuf> {
 pub(crate) fn run_script(script: &str, args: &[&str], server_env: &str) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let mut cmd = Command::new("bash");
-    cmd.arg(format!("{root}/{script}")).args(args).current_dir(root);
+    cmd.arg(format!("{root}/{script}"))
+        .args(args)
+        .current_dir(root);
     if let Some(echo) = built_echo_example() {
         cmd.env(server_env, echo);
     }
