@@ -15,11 +15,13 @@
 
 use std::any::Any;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead, WebSocketWrite};
@@ -30,12 +32,14 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
 use crate::close::{parse_close_payload, CloseCode, CloseFrame};
+use crate::guard::{FrameGuard, WireViolation};
 use crate::layer::Config;
 use crate::message::{Message, Utf8Bytes};
 use crate::reassembly::Reassembly;
-use crate::socket::{self, Inbound, Outbound, WebSocket};
+use crate::socket::{self, Inbound, Outbound, Shared, WebSocket};
 
 /// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
 /// pushes back on the peer) but keeps writing.
@@ -70,10 +74,12 @@ where
     let record = Record::new(&parts, protocol.as_ref());
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
-    let socket = WebSocket::new(parts, protocol, in_rx, out_tx);
+    let shared = Arc::new(Shared::default());
+    let socket = WebSocket::new(parts, protocol, in_rx, out_tx, Arc::clone(&shared));
     let mut handler = AssertUnwindSafe((config.handler)(socket)).catch_unwind();
 
     let (mut read_io, mut write_io) = tokio::io::split(io);
+    let now = Instant::now();
     let mut conn = Conn {
         config,
         in_tx,
@@ -83,11 +89,30 @@ where
         closing: None,
         handler_done: false,
         record,
+        shared,
+        keepalive: config.ping_interval.map(|interval| Keepalive {
+            interval,
+            next_ping: now + interval,
+            awaiting: None,
+            sent: 0,
+        }),
+        last_activity: now,
+        idle_deadline: config.idle_timeout.map(|idle| now + idle),
     };
 
     let ending = {
-        let (mut reader, writer) =
-            fastwebsockets::after_handshake_split(&mut read_io, &mut write_io, Role::Server);
+        let write_sleep = pin!(tokio::time::sleep(Duration::ZERO));
+        let writer = TimedWrite {
+            inner: &mut write_io,
+            timeout: config.write_timeout,
+            sleep: write_sleep,
+            armed: false,
+        };
+        let (mut reader, writer) = fastwebsockets::after_handshake_split(
+            FrameGuard::new(&mut read_io),
+            writer,
+            Role::Server,
+        );
         reader.set_auto_close(false);
         reader.set_auto_pong(false);
         // fastwebsockets refuses frames of `max` bytes or more; ours is inclusive.
@@ -251,7 +276,15 @@ fn read_error(error: WebSocketError) -> Result<CloseFrame, String> {
         WebSocketError::UnexpectedEOF => {
             return Err("the peer closed TCP without a close frame".to_string())
         }
-        WebSocketError::IoError(e) => return Err(e.to_string()),
+        WebSocketError::IoError(e) => {
+            return match e.get_ref().and_then(|e| e.downcast_ref::<WireViolation>()) {
+                Some(violation) => Ok(CloseFrame::new(
+                    violation.code,
+                    Utf8Bytes::from_static(violation.reason),
+                )),
+                None => Err(e.to_string()),
+            }
+        }
         WebSocketError::FrameTooLarge => (CloseCode::MESSAGE_TOO_BIG, "frame too big"),
         WebSocketError::InvalidUTF8 => (
             CloseCode::INVALID_PAYLOAD,
@@ -286,6 +319,31 @@ struct Conn<'c> {
     closing: Option<CloseFrame>,
     handler_done: bool,
     record: Record,
+    shared: Arc<Shared>,
+    keepalive: Option<Keepalive>,
+    /// When the last message went either way (kept only when an idle timeout is set).
+    last_activity: Instant,
+    /// When the idle timer next looks at `last_activity`.
+    idle_deadline: Option<Instant>,
+}
+
+/// The keepalive pings' state.
+#[derive(Debug)]
+struct Keepalive {
+    interval: Duration,
+    next_ping: Instant,
+    /// The ping in flight: its payload, when it left, when its pong is due.
+    awaiting: Option<(u64, Instant, Instant)>,
+    sent: u64,
+}
+
+impl Keepalive {
+    fn deadline(&self) -> Instant {
+        match self.awaiting {
+            Some((_, _, due)) => due,
+            None => self.next_ping,
+        }
+    }
 }
 
 impl Conn<'_> {
@@ -304,8 +362,22 @@ impl Conn<'_> {
         // rather than `self`.
         let in_tx = self.in_tx.clone();
         let mut read = pin!(next_frame(reader));
-        let mut deadline = pin!(tokio::time::sleep(Duration::from_secs(86_400 * 365)));
+        // One timer for every deadline: keepalive, idle, and the close timeout once closing.
+        // It is reset only when the earliest deadline changes, never per message.
+        let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut armed: Option<Instant> = None;
+        let mut close_deadline = None;
         loop {
+            let next = match close_deadline {
+                Some(deadline) => Some(deadline),
+                None => self.next_deadline(),
+            };
+            if next != armed {
+                if let Some(at) = next {
+                    timer.as_mut().reset(at);
+                }
+                armed = next;
+            }
             let open = self.closing.is_none();
             let step = tokio::select! {
                 biased;
@@ -331,22 +403,89 @@ impl Conn<'_> {
                         },
                     }
                 }
-                () = &mut deadline, if !open => {
-                    let sent = self.closing.take().unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, ""));
-                    Err(Ending::CloseTimeout { sent })
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    match self.closing.take() {
+                        Some(sent) => Err(Ending::CloseTimeout { sent }),
+                        None => self.on_timer(&mut writer).await,
+                    }
                 }
             };
             match step {
                 Ok(()) => {}
                 Err(ending) => return ending,
             }
-            if !open || self.closing.is_none() {
-                continue;
+            if open && self.closing.is_some() {
+                // This turn started the closing handshake: bound the wait for the answer.
+                close_deadline = Some(Instant::now() + self.config.close_timeout);
             }
-            // This turn started the closing handshake: bound the wait for the peer's answer.
-            deadline
-                .as_mut()
-                .reset(tokio::time::Instant::now() + self.config.close_timeout);
+        }
+    }
+
+    /// The earliest keepalive or idle deadline, if any.
+    fn next_deadline(&self) -> Option<Instant> {
+        let keepalive = self.keepalive.as_ref().map(Keepalive::deadline);
+        match (keepalive, self.idle_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The timer fired while open: send a ping, give up on a missing pong, or close when idle.
+    async fn on_timer<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut WebSocketWrite<W>,
+    ) -> Result<(), Ending> {
+        let now = Instant::now();
+        if let (Some(idle), Some(deadline)) = (self.config.idle_timeout, self.idle_deadline) {
+            if now >= deadline {
+                let quiet_until = self.last_activity + idle;
+                if now >= quiet_until {
+                    self.idle_deadline = None;
+                    let frame = CloseFrame::new(CloseCode::GOING_AWAY, "idle timeout");
+                    return self.start_close(frame, writer).await;
+                }
+                self.idle_deadline = Some(quiet_until);
+            }
+        }
+        let Some(keepalive) = &mut self.keepalive else {
+            return Ok(());
+        };
+        match keepalive.awaiting {
+            Some((_, _, due)) if now >= due => {
+                let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "keepalive ping timeout");
+                Err(self.fail(frame, writer).await)
+            }
+            None if now >= keepalive.next_ping => {
+                keepalive.sent += 1;
+                let payload = keepalive.sent.to_be_bytes();
+                keepalive.awaiting = Some((keepalive.sent, now, now + self.config.ping_timeout));
+                keepalive.next_ping = now + keepalive.interval;
+                let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&payload));
+                writer.write_frame(ping).await.map_err(lost)?;
+                writer.flush().await.map_err(lost)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A pong arrived: if it answers our ping, note the round trip.
+    fn on_pong(&mut self, payload: &[u8]) {
+        let Some(keepalive) = &mut self.keepalive else {
+            return;
+        };
+        if let Some((sent, at, _)) = keepalive.awaiting {
+            if payload == sent.to_be_bytes() {
+                self.shared.set_rtt(at.elapsed());
+                keepalive.awaiting = None;
+            }
+        }
+    }
+
+    /// A message went either way: the idle timer looks at this lazily.
+    fn touch(&mut self) {
+        if self.idle_deadline.is_some() {
+            self.last_activity = Instant::now();
         }
     }
 
@@ -417,6 +556,7 @@ impl Conn<'_> {
                     .map_err(lost)?;
                 self.record.messages_out += 1;
                 self.record.bytes_out += payload.len() as u64;
+                self.touch();
                 Ok(())
             }
             Outbound::Close(frame) => self.start_close(frame, writer).await,
@@ -484,13 +624,8 @@ impl Conn<'_> {
                 Ok(())
             }
             OpCode::Pong => {
-                if frame.payload.len() > 125 {
-                    let frame = CloseFrame::new(
-                        CloseCode::PROTOCOL_ERROR,
-                        "control frame longer than 125 bytes",
-                    );
-                    return Err(self.fail(frame, writer).await);
-                }
+                // The frame guard has refused pongs over 125 bytes already.
+                self.on_pong(&frame.payload);
                 Ok(())
             }
             OpCode::Close => {
@@ -525,6 +660,7 @@ impl Conn<'_> {
 
     /// Hands a message to the handler, or parks it when the handler's queue is full.
     fn deliver(&mut self, message: Message) {
+        self.touch();
         self.record.messages_in += 1;
         self.record.bytes_in += message.len() as u64;
         match self.in_tx.try_send(Inbound::Message(message)) {
@@ -552,6 +688,73 @@ async fn write_close<W: AsyncWrite + Unpin>(
     writer.flush().await
 }
 
+/// The write half with a progress timeout: a write that makes no progress for `timeout`
+/// (the peer stopped reading and its buffers are full) fails with `TimedOut`. The timer is
+/// touched only when a write would block, never on the ordinary path.
+struct TimedWrite<'s, W> {
+    inner: W,
+    timeout: Option<Duration>,
+    sleep: Pin<&'s mut Sleep>,
+    armed: bool,
+}
+
+impl<W> TimedWrite<'_, W> {
+    fn bound<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.armed = false;
+            return poll;
+        }
+        let Some(timeout) = self.timeout else {
+            return Poll::Pending;
+        };
+        if !self.armed {
+            self.sleep.as_mut().reset(Instant::now() + timeout);
+            self.armed = true;
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("write timed out: the peer read nothing for {timeout:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<'_, W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bound(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.bound(cx, poll)
+    }
+}
+
 fn lost(error: WebSocketError) -> Ending {
     Ending::Lost {
         reason: error.to_string(),
@@ -565,7 +768,7 @@ struct Record {
     uri: Uri,
     peer: Option<SocketAddr>,
     protocol: Option<HeaderValue>,
-    started: Instant,
+    started: std::time::Instant,
     messages_in: u64,
     bytes_in: u64,
     messages_out: u64,
@@ -579,7 +782,7 @@ impl Record {
             uri: parts.uri.clone(),
             peer: socket::peer_addr(parts),
             protocol: protocol.cloned(),
-            started: Instant::now(),
+            started: std::time::Instant::now(),
             messages_in: 0,
             bytes_in: 0,
             messages_out: 0,

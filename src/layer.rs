@@ -41,6 +41,12 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 /// Default for [`WebSocketLayer::close_timeout`]: 5 seconds.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`WebSocketLayer::ping_interval`]: a keepalive ping every 30 seconds.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Default for [`WebSocketLayer::ping_timeout`]: 30 seconds for the pong to come back.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`WebSocketLayer::write_timeout`]: 30 seconds without the peer reading.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The settings shared by every connection of one layer, behind one `Arc`.
 #[derive(Clone)]
@@ -50,6 +56,10 @@ pub(crate) struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) max_frame_size: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) ping_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -59,6 +69,10 @@ impl fmt::Debug for Config {
             .field("max_message_size", &self.max_message_size)
             .field("max_frame_size", &self.max_frame_size)
             .field("close_timeout", &self.close_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("write_timeout", &self.write_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +105,10 @@ impl WebSocketLayer {
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
                 max_frame_size: DEFAULT_MAX_FRAME_SIZE,
                 close_timeout: DEFAULT_CLOSE_TIMEOUT,
+                ping_interval: Some(DEFAULT_PING_INTERVAL),
+                ping_timeout: DEFAULT_PING_TIMEOUT,
+                idle_timeout: None,
+                write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             }),
         }
     }
@@ -150,6 +168,44 @@ impl WebSocketLayer {
     /// Default: [`DEFAULT_CLOSE_TIMEOUT`] (5 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config_mut().close_timeout = timeout;
+        self
+    }
+
+    /// How often to ping the peer to find out that it is still there, or `None` for no
+    /// keepalive. A peer that does not answer within [`ping_timeout`](Self::ping_timeout) is
+    /// closed with 1011 ("keepalive ping timeout") and its handler's `recv` returns `None`.
+    /// The last round trip is [`WebSocket::rtt`].
+    ///
+    /// Default: [`DEFAULT_PING_INTERVAL`] (30 s).
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config_mut().ping_interval = interval;
+        self
+    }
+
+    /// How long a keepalive ping may wait for its pong.
+    ///
+    /// Default: [`DEFAULT_PING_TIMEOUT`] (30 s).
+    pub fn ping_timeout(mut self, timeout: Duration) -> Self {
+        self.config_mut().ping_timeout = timeout;
+        self
+    }
+
+    /// Close a connection on which no message has gone either way for this long, with 1001
+    /// ("idle timeout"). Pings and pongs do not count as messages.
+    ///
+    /// Default: `None` (no idle timeout: keepalive pings already find dead peers).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config_mut().idle_timeout = timeout;
+        self
+    }
+
+    /// Drop a connection whose writes make no progress for this long: the peer stopped
+    /// reading, so no close frame can reach it either. Its handler's `recv` returns `None`
+    /// and its sends fail; the closure log says `closed_by="lost"` with the reason.
+    ///
+    /// Default: [`DEFAULT_WRITE_TIMEOUT`] (30 s).
+    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config_mut().write_timeout = timeout;
         self
     }
 

@@ -47,6 +47,7 @@ pub mod body;
 pub mod close;
 mod connection;
 pub mod error;
+mod guard;
 pub mod handler;
 pub mod handshake;
 pub mod layer;

@@ -30,6 +30,9 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap};
 use http::request::Parts;
@@ -55,6 +58,20 @@ pub(crate) enum Outbound {
     Close(CloseFrame),
 }
 
+/// What the connection task publishes for the socket to read.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// The last keepalive round trip in microseconds, 0 before the first.
+    rtt_micros: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn set_rtt(&self, rtt: Duration) {
+        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.rtt_micros.store(micros, Ordering::Relaxed);
+    }
+}
+
 /// One WebSocket connection, as its handler sees it.
 ///
 /// Dropping the last handle, or returning from the handler, closes the connection with 1000.
@@ -65,6 +82,7 @@ pub struct WebSocket {
     outbound: mpsc::Sender<Outbound>,
     peer_close: Option<CloseFrame>,
     close_sent: bool,
+    shared: Arc<Shared>,
 }
 
 impl WebSocket {
@@ -73,6 +91,7 @@ impl WebSocket {
         protocol: Option<HeaderValue>,
         inbound: mpsc::Receiver<Inbound>,
         outbound: mpsc::Sender<Outbound>,
+        shared: Arc<Shared>,
     ) -> Self {
         WebSocket {
             parts,
@@ -81,6 +100,17 @@ impl WebSocket {
             outbound,
             peer_close: None,
             close_sent: false,
+            shared,
+        }
+    }
+
+    /// The round-trip time of the last keepalive ping (see
+    /// [`WebSocketLayer::ping_interval`](crate::WebSocketLayer::ping_interval)), `None` before
+    /// the first pong.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.shared.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
         }
     }
 

@@ -1,0 +1,405 @@
+//! A read-side adapter between the upgraded connection and fastwebsockets that watches the
+//! bytes as they arrive, for the rules fastwebsockets cannot check from its `Frame` API:
+//!
+//! - a client frame must be masked (fastwebsockets' `Frame` keeps its mask private);
+//! - a control frame carries at most 125 bytes (fastwebsockets checks pings only);
+//! - text must be UTF-8 *as it arrives*: invalid text fails at the chunk where it becomes
+//!   invalid, even when the frame's payload is still on its way (Autobahn 6.4.3, 6.4.4).
+//!
+//! Bytes pass through untouched; a violation becomes an `io::Error` carrying a
+//! [`WireViolation`], which the connection answers with its close code.
+//!
+//! Cost: headers are parsed once more (a few bytes per frame). Text payload is unmasked into a
+//! stack buffer and checked only when it cannot be checked whole later: when a text frame's
+//! payload does not arrive in one read, or the message is fragmented. A text message that
+//! arrives whole in one read is left to the later check, so the common case costs nothing.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::close::CloseCode;
+
+/// A rule broken on the wire, with the close code that answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WireViolation {
+    pub(crate) code: CloseCode,
+    pub(crate) reason: &'static str,
+}
+
+impl fmt::Display for WireViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.reason, self.code)
+    }
+}
+
+impl std::error::Error for WireViolation {}
+
+const fn violation(code: CloseCode, reason: &'static str) -> WireViolation {
+    WireViolation { code, reason }
+}
+
+const UNMASKED: WireViolation = violation(CloseCode::PROTOCOL_ERROR, "client frame is not masked");
+const LONG_CONTROL: WireViolation = violation(
+    CloseCode::PROTOCOL_ERROR,
+    "control frame longer than 125 bytes",
+);
+const BAD_UTF8: WireViolation = violation(
+    CloseCode::INVALID_PAYLOAD,
+    "text message is not valid UTF-8",
+);
+
+/// Where the scanner is in the byte stream.
+#[derive(Debug)]
+enum Position {
+    /// Gathering a frame header: the bytes seen so far.
+    Header { bytes: [u8; 14], len: usize },
+    /// Inside a payload.
+    Payload {
+        remaining: u64,
+        mask: [u8; 4],
+        /// Bytes of this payload already seen (the mask's phase).
+        offset: u64,
+        /// Whether this payload is text to check as it comes.
+        check: bool,
+        /// Whether this frame ends its message.
+        fin: bool,
+    },
+}
+
+/// The scanner's memory of the message across frames.
+#[derive(Debug, Default)]
+struct MessageState {
+    /// A fragmented text message is in progress.
+    text_fragmented: bool,
+    /// The check of the current text message has started (it spans reads or frames).
+    checking: bool,
+    utf8: Utf8Stream,
+}
+
+/// Wraps the read half of a connection; see the module docs.
+#[derive(Debug)]
+pub(crate) struct FrameGuard<R> {
+    inner: R,
+    position: Position,
+    message: MessageState,
+}
+
+impl<R> FrameGuard<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        FrameGuard {
+            inner,
+            position: Position::Header {
+                bytes: [0; 14],
+                len: 0,
+            },
+            message: MessageState::default(),
+        }
+    }
+
+    /// Scans bytes just read.
+    fn scan(&mut self, mut data: &[u8]) -> Result<(), WireViolation> {
+        while !data.is_empty() {
+            match &mut self.position {
+                Position::Header { bytes, len } => {
+                    // The first two bytes tell the header's length; then take the rest.
+                    let need = header_len(&bytes[..*len]).unwrap_or(2);
+                    let take = (need - *len).min(data.len());
+                    bytes[*len..*len + take].copy_from_slice(&data[..take]);
+                    *len += take;
+                    data = &data[take..];
+                    if header_len(&bytes[..*len]) == Some(*len) {
+                        let header = *bytes;
+                        self.start_payload(&header, data.len() as u64)?;
+                    }
+                }
+                Position::Payload {
+                    remaining,
+                    mask,
+                    offset,
+                    check,
+                    ..
+                } => {
+                    let take = (*remaining).min(data.len() as u64) as usize;
+                    if *check {
+                        let (mask, phase) = (*mask, *offset);
+                        check_masked_text(&mut self.message.utf8, &data[..take], mask, phase)?;
+                    }
+                    *remaining -= take as u64;
+                    *offset += take as u64;
+                    data = &data[take..];
+                    if *remaining == 0 {
+                        self.end_payload()?;
+                    }
+                }
+            }
+        }
+        // A header with a zero-length payload ends its frame at once.
+        if let Position::Payload { remaining: 0, .. } = self.position {
+            self.end_payload()?;
+        }
+        Ok(())
+    }
+
+    /// A header is complete; `available` bytes of payload follow in this read.
+    fn start_payload(&mut self, header: &[u8; 14], available: u64) -> Result<(), WireViolation> {
+        let fin = header[0] & 0x80 != 0;
+        let opcode = header[0] & 0x0f;
+        let masked = header[1] & 0x80 != 0;
+        let (len, at) = match header[1] & 0x7f {
+            126 => (u16::from_be_bytes([header[2], header[3]]) as u64, 4),
+            127 => (
+                u64::from_be_bytes(header[2..10].try_into().unwrap_or([0; 8])),
+                10,
+            ),
+            n => (n as u64, 2),
+        };
+        if !masked {
+            return Err(UNMASKED);
+        }
+        let mask = [header[at], header[at + 1], header[at + 2], header[at + 3]];
+        let control = opcode & 0x08 != 0;
+        if control && len > 125 {
+            return Err(LONG_CONTROL);
+        }
+        // Everything else about the header (RSV bits, opcodes, fragmentation, sizes) is
+        // fastwebsockets' and the reassembly's to judge; here only what decides the text check.
+        let check = match opcode {
+            0x1 => {
+                self.message = MessageState::default();
+                self.message.text_fragmented = !fin;
+                // Checked as it comes when it does not arrive whole, or when it is fragmented.
+                self.message.checking = !fin || len > available;
+                self.message.checking
+            }
+            0x0 if self.message.text_fragmented => {
+                self.message.checking = true;
+                true
+            }
+            _ => false,
+        };
+        self.position = Position::Payload {
+            remaining: len,
+            mask,
+            offset: 0,
+            check,
+            fin,
+        };
+        Ok(())
+    }
+
+    fn end_payload(&mut self) -> Result<(), WireViolation> {
+        let Position::Payload { check, fin, .. } = self.position else {
+            return Ok(());
+        };
+        self.position = Position::Header {
+            bytes: [0; 14],
+            len: 0,
+        };
+        if check {
+            if fin {
+                let complete = self.message.utf8.is_complete();
+                self.message = MessageState::default();
+                if !complete {
+                    return Err(BAD_UTF8);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Length of a frame header from its first bytes, once they tell.
+fn header_len(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 2 {
+        return None;
+    }
+    let ext = match bytes[1] & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let mask = if bytes[1] & 0x80 != 0 { 4 } else { 0 };
+    Some(2 + ext + mask)
+}
+
+/// Unmasks `data` (payload bytes from `phase` on) into a stack buffer and checks it.
+fn check_masked_text(
+    utf8: &mut Utf8Stream,
+    data: &[u8],
+    mask: [u8; 4],
+    phase: u64,
+) -> Result<(), WireViolation> {
+    let mut scratch = [0u8; 512];
+    let mut phase = (phase % 4) as usize;
+    for chunk in data.chunks(scratch.len()) {
+        for (out, byte) in scratch.iter_mut().zip(chunk) {
+            *out = byte ^ mask[phase];
+            phase = (phase + 1) & 3;
+        }
+        utf8.feed(&scratch[..chunk.len()]).map_err(|()| BAD_UTF8)?;
+    }
+    Ok(())
+}
+
+/// UTF-8 checked in pieces: a character may be split between pieces.
+#[derive(Debug, Default)]
+struct Utf8Stream {
+    pending: [u8; 4],
+    pending_len: usize,
+}
+
+impl Utf8Stream {
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), ()> {
+        if self.pending_len > 0 {
+            // Complete the character begun in the last piece, one byte at a time.
+            while self.pending_len < 4 && !data.is_empty() {
+                self.pending[self.pending_len] = data[0];
+                self.pending_len += 1;
+                data = &data[1..];
+                match std::str::from_utf8(&self.pending[..self.pending_len]) {
+                    Ok(_) => {
+                        self.pending_len = 0;
+                        break;
+                    }
+                    Err(e) if e.error_len().is_some() => return Err(()),
+                    Err(_) => {}
+                }
+            }
+            if self.pending_len > 0 {
+                return Ok(());
+            }
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_some() => Err(()),
+            Err(e) => {
+                let tail = &data[e.valid_up_to()..];
+                self.pending[..tail.len()].copy_from_slice(tail);
+                self.pending_len = tail.len();
+                Ok(())
+            }
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.pending_len == 0
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for FrameGuard<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let this = &mut *self;
+        match this.scan(&buf.filled()[before..]) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(violation) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, violation)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
+
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![(fin as u8) << 7 | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        out
+    }
+
+    /// Feeds `bytes` in pieces of `piece` bytes; returns the first violation.
+    fn feed(bytes: &[u8], piece: usize) -> Result<(), WireViolation> {
+        let mut guard = FrameGuard::new(());
+        bytes.chunks(piece).try_for_each(|chunk| guard.scan(chunk))
+    }
+
+    #[test]
+    fn valid_traffic_passes_in_any_pieces() {
+        let mut bytes = frame(true, 0x1, "héllo €".as_bytes());
+        bytes.extend(frame(false, 0x1, &"κόσμε".as_bytes()[..3]));
+        bytes.extend(frame(true, 0x9, b"ping"));
+        bytes.extend(frame(true, 0x0, &"κόσμε".as_bytes()[3..]));
+        bytes.extend(frame(true, 0x2, &[0xff; 300]));
+        for piece in [1, 2, 3, 7, 64, 4096] {
+            assert_eq!(feed(&bytes, piece), Ok(()), "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn unmasked_frame_is_refused() {
+        let mut bytes = frame(true, 0x1, b"hi");
+        bytes[1] &= 0x7f;
+        assert_eq!(feed(&bytes, 100), Err(UNMASKED));
+    }
+
+    #[test]
+    fn long_close_and_pong_are_refused_at_their_header() {
+        for opcode in [0x8, 0xA] {
+            let bytes = frame(true, opcode, &[b'a'; 126]);
+            // The header alone is enough.
+            assert_eq!(feed(&bytes[..8], 100), Err(LONG_CONTROL));
+        }
+    }
+
+    #[test]
+    fn invalid_text_fails_before_the_frame_is_complete() {
+        let mut payload = b"valid start ".to_vec();
+        payload.extend_from_slice(&[0xce, 0xba, 0xff]);
+        payload.extend_from_slice(&[b'x'; 100]);
+        let bytes = frame(true, 0x1, &payload);
+        let mut guard = FrameGuard::new(());
+        // The invalid byte arrives in the second piece; the frame is far from complete.
+        assert_eq!(guard.scan(&bytes[..12]), Ok(()));
+        assert_eq!(guard.scan(&bytes[12..24]), Err(BAD_UTF8));
+    }
+
+    #[test]
+    fn invalid_text_in_a_fragment_fails_at_that_fragment() {
+        let mut bytes = frame(false, 0x1, b"ok");
+        bytes.extend(frame(false, 0x0, &[0xf4, 0x90]));
+        assert_eq!(feed(&bytes, 4096), Err(BAD_UTF8));
+    }
+
+    #[test]
+    fn fragmented_text_ending_mid_character_fails() {
+        let mut bytes = frame(false, 0x1, &[0xe2, 0x82]);
+        bytes.extend(frame(true, 0x0, b""));
+        assert_eq!(feed(&bytes, 4096), Err(BAD_UTF8));
+    }
+
+    #[test]
+    fn binary_is_never_checked() {
+        let mut bytes = frame(false, 0x2, &[0xff, 0xfe]);
+        bytes.extend(frame(true, 0x0, &[0xc0]));
+        assert_eq!(feed(&bytes, 1), Ok(()));
+    }
+
+    #[test]
+    fn character_split_across_reads_is_fine() {
+        let bytes = frame(true, 0x1, "aaaa€€€€".as_bytes());
+        for piece in 1..bytes.len() {
+            assert_eq!(feed(&bytes, piece), Ok(()), "pieces of {piece}");
+        }
+    }
+}
