@@ -39,6 +39,7 @@ use crate::guard::{FrameGuard, WireViolation};
 use crate::layer::Config;
 use crate::message::{Message, Utf8Bytes};
 use crate::reassembly::Reassembly;
+use crate::service::ConnectionSlot;
 use crate::socket::{self, Inbound, Outbound, Shared, WebSocket};
 
 /// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
@@ -55,6 +56,7 @@ pub(crate) async fn run(
     parts: Parts,
     protocol: Option<HeaderValue>,
     config: Arc<Config>,
+    _slot: ConnectionSlot,
 ) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,

@@ -49,7 +49,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Version};
 use http_body_util::Full;
 use sha1::{Digest, Sha1};
 
@@ -87,6 +88,23 @@ pub enum HandshakeRejection {
     ConnectionNotUpgradable,
     /// A plain HTTP request reached a WebSocket-only service (426, with `Upgrade: websocket`).
     UpgradeRequired,
+    /// The origin policy refused the browser page that asked (403). See
+    /// [`OriginPolicy`](crate::origin::OriginPolicy).
+    OriginNotAllowed(String),
+    /// A subprotocol is required and none of the client's is spoken here (400). See
+    /// [`Subprotocols::required`](crate::protocol::Subprotocols::required).
+    NoCommonProtocol {
+        /// What the client offered, comma-separated.
+        offered: String,
+        /// What the server speaks, comma-separated (empty for a selector function).
+        supported: String,
+    },
+    /// The live-connection limit is reached (503). See
+    /// [`WebSocketLayer::max_connections`](crate::WebSocketLayer::max_connections).
+    TooManyConnections {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl HandshakeRejection {
@@ -97,13 +115,19 @@ impl HandshakeRejection {
             | HandshakeRejection::LegacyHixie76
             | HandshakeRejection::ConnectionNotUpgradable
             | HandshakeRejection::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            HandshakeRejection::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            HandshakeRejection::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }
 
     /// The refusal as an HTTP response: status, headers the RFC asks for, plain-text body.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let mut res = Response::new(Full::new(Bytes::from(format!("{self}\n"))));
+        self.to_response().map(Full::new)
+    }
+
+    fn to_response(&self) -> Response<Bytes> {
+        let mut res = Response::new(Bytes::from(format!("{self}\n")));
         *res.status_mut() = self.status();
         let headers = res.headers_mut();
         headers.insert(
@@ -117,7 +141,7 @@ impl HandshakeRejection {
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
             );
-        } else if self == HandshakeRejection::MissingVersion {
+        } else if *self == HandshakeRejection::MissingVersion {
             headers.insert(
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
@@ -165,30 +189,37 @@ impl fmt::Display for HandshakeRejection {
             HandshakeRejection::UpgradeRequired => f.write_str(
                 "this endpoint only speaks WebSocket: send a GET with Upgrade: websocket",
             ),
+            HandshakeRejection::OriginNotAllowed(origin) => write!(
+                f,
+                "WebSocket handshake refused: origin {origin:?} may not open WebSockets here \
+                 (a page from another site; the server's origin policy allows it or not)"
+            ),
+            HandshakeRejection::NoCommonProtocol { offered, supported } if offered.is_empty() => write!(
+                f,
+                "WebSocket handshake refused: a subprotocol is required; offer one of: {supported}"
+            ),
+            HandshakeRejection::NoCommonProtocol { offered, supported } => write!(
+                f,
+                "WebSocket handshake refused: none of the offered subprotocols ({offered}) is spoken here; \
+                 offer one of: {supported}"
+            ),
+            HandshakeRejection::TooManyConnections { limit } => write!(
+                f,
+                "WebSocket handshake refused: the server is at its limit of {limit} live WebSocket connections; try again later"
+            ),
         }
     }
 }
 
 impl std::error::Error for HandshakeRejection {}
 
-/// What the layer makes of a request.
-#[derive(Debug)]
-pub(crate) enum Inspection {
-    /// Not a WebSocket attempt: hand it to the inner service.
-    PassThrough,
-    /// A valid handshake.
-    Accept(Accept),
-    /// A WebSocket attempt that breaks a rule.
-    Refuse(HandshakeRejection),
-}
-
-/// What a valid handshake needs for its answer.
-#[derive(Debug)]
-pub(crate) struct Accept {
-    /// The `Sec-WebSocket-Accept` value.
-    pub(crate) accept: HeaderValue,
-    /// The subprotocol chosen, if any.
-    pub(crate) protocol: Option<HeaderValue>,
+/// Whether a request is a WebSocket attempt at all: `Upgrade: websocket`, or any
+/// `Sec-WebSocket-*` request header. Anything else passes through the layer.
+pub(crate) fn is_websocket_attempt(headers: &HeaderMap) -> bool {
+    header_has_token(headers, &header::UPGRADE, "websocket")
+        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+        || headers.contains_key(header::SEC_WEBSOCKET_VERSION)
+        || headers.contains_key("sec-websocket-key1")
 }
 
 /// Whether `name`'s values, split on commas, contain `token` (ASCII case-insensitive).
@@ -201,33 +232,14 @@ fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool
     })
 }
 
-/// Whether a request is a WebSocket attempt at all.
-pub(crate) fn is_websocket_attempt<B>(req: &Request<B>) -> bool {
-    let headers = req.headers();
-    header_has_token(headers, &header::UPGRADE, "websocket")
-        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
-        || headers.contains_key(header::SEC_WEBSOCKET_VERSION)
-        || headers.contains_key("sec-websocket-key1")
-}
-
-/// Checks a request against RFC 6455 section 4.2.1 and chooses a subprotocol from `protocols`
-/// (the server's list, in order of preference).
-pub(crate) fn inspect<B>(req: &Request<B>, protocols: &[HeaderValue]) -> Inspection {
-    if !is_websocket_attempt(req) {
-        return Inspection::PassThrough;
+/// Checks a WebSocket attempt against RFC 6455 section 4.2.1; returns the
+/// `Sec-WebSocket-Accept` value.
+pub(crate) fn validate(request: &Parts) -> Result<HeaderValue, HandshakeRejection> {
+    let headers = &request.headers;
+    if request.method != Method::GET {
+        return Err(HandshakeRejection::MethodNotGet(request.method.clone()));
     }
-    match validate(req, protocols) {
-        Ok(accept) => Inspection::Accept(accept),
-        Err(rejection) => Inspection::Refuse(rejection),
-    }
-}
-
-fn validate<B>(req: &Request<B>, protocols: &[HeaderValue]) -> Result<Accept, HandshakeRejection> {
-    let headers = req.headers();
-    if req.method() != Method::GET {
-        return Err(HandshakeRejection::MethodNotGet(req.method().clone()));
-    }
-    if req.version() < Version::HTTP_11 {
+    if request.version < Version::HTTP_11 {
         return Err(HandshakeRejection::HttpVersionTooOld);
     }
     if !header_has_token(headers, &header::UPGRADE, "websocket") {
@@ -259,13 +271,9 @@ fn validate<B>(req: &Request<B>, protocols: &[HeaderValue]) -> Result<Accept, Ha
     };
     let key = key.as_bytes().trim_ascii();
     match STANDARD.decode(key) {
-        Ok(raw) if raw.len() == 16 => {}
-        _ => return Err(HandshakeRejection::InvalidKey),
+        Ok(raw) if raw.len() == 16 => Ok(accept_key(key)),
+        _ => Err(HandshakeRejection::InvalidKey),
     }
-    Ok(Accept {
-        accept: accept_key(key),
-        protocol: choose_protocol(headers, protocols),
-    })
 }
 
 /// `Sec-WebSocket-Accept` for a key: base64 of the SHA-1 of the key and the GUID.
@@ -277,34 +285,75 @@ pub(crate) fn accept_key(key: &[u8]) -> HeaderValue {
     HeaderValue::from_str(&encoded).expect("base64 is a valid header value")
 }
 
-/// The first of the server's protocols that the client offered.
-fn choose_protocol(headers: &HeaderMap, protocols: &[HeaderValue]) -> Option<HeaderValue> {
-    if protocols.is_empty() {
-        return None;
+/// A refusal of the [`before_upgrade`](crate::WebSocketLayer::before_upgrade) hook: the
+/// response the client gets instead of the `101`.
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_websocket::handshake::Refusal;
+///
+/// let refusal = Refusal::new(StatusCode::UNAUTHORIZED, "log in first")
+///     .header(http::header::WWW_AUTHENTICATE, "Bearer");
+/// let response = refusal.into_response();
+/// assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+/// assert_eq!(response.headers()["www-authenticate"], "Bearer");
+/// ```
+#[derive(Debug)]
+pub struct Refusal(Response<Bytes>);
+
+impl Refusal {
+    /// A refusal with this status and a plain-text body.
+    pub fn new(status: StatusCode, body: impl Into<Bytes>) -> Self {
+        let mut response = Response::new(body.into());
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Refusal(response)
     }
-    let offered = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL);
-    protocols
-        .iter()
-        .find(|ours| {
-            offered.iter().any(|value| {
-                value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|part| part.trim_ascii() == ours.as_bytes())
-            })
-        })
-        .cloned()
+
+    /// Adds a header to the response.
+    pub fn header(mut self, name: HeaderName, value: &'static str) -> Self {
+        self.0
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+        self
+    }
+
+    /// The response.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        self.0.map(Full::new)
+    }
 }
 
-/// The `101 Switching Protocols` answer to an accepted handshake.
-pub(crate) fn switching_protocols<B: Default>(accept: &Accept) -> Response<B> {
+impl From<HandshakeRejection> for Refusal {
+    fn from(rejection: HandshakeRejection) -> Self {
+        Refusal(rejection.to_response())
+    }
+}
+
+impl From<Response<Bytes>> for Refusal {
+    fn from(response: Response<Bytes>) -> Self {
+        Refusal(response)
+    }
+}
+
+/// The `101 Switching Protocols` answer to an accepted handshake, with the headers a
+/// `before_upgrade` hook added.
+pub(crate) fn switching_protocols<B: Default>(
+    accept: HeaderValue,
+    protocol: Option<&HeaderValue>,
+    extra: HeaderMap,
+) -> Response<B> {
     let mut res = Response::new(B::default());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = res.headers_mut();
+    *headers = extra;
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept.accept.clone());
-    if let Some(protocol) = &accept.protocol {
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(protocol) = protocol {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
     }
     res
@@ -313,6 +362,7 @@ pub(crate) fn switching_protocols<B: Default>(accept: &Accept) -> Response<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn request() -> http::request::Builder {
         Request::get("/chat")
@@ -322,11 +372,12 @@ mod tests {
             .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
     }
 
+    fn parts(req: Request<()>) -> Parts {
+        req.into_parts().0
+    }
+
     fn refusal(req: Request<()>) -> HandshakeRejection {
-        match inspect(&req, &[]) {
-            Inspection::Refuse(r) => r,
-            other => panic!("expected a refusal, got {other:?}"),
-        }
+        validate(&parts(req)).unwrap_err()
     }
 
     #[test]
@@ -340,26 +391,22 @@ mod tests {
 
     #[test]
     fn browser_connection_header_is_accepted() {
-        assert!(matches!(
-            inspect(&request().body(()).unwrap(), &[]),
-            Inspection::Accept(_)
+        let accept = validate(&parts(request().body(()).unwrap())).unwrap();
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn plain_and_h2c_requests_are_not_attempts() {
+        assert!(!is_websocket_attempt(
+            Request::get("/").body(()).unwrap().headers()
         ));
-    }
-
-    #[test]
-    fn plain_request_passes_through() {
-        let req = Request::get("/").body(()).unwrap();
-        assert!(matches!(inspect(&req, &[]), Inspection::PassThrough));
-    }
-
-    #[test]
-    fn h2c_upgrade_passes_through() {
-        let req = Request::get("/")
+        let h2c = Request::get("/")
             .header("upgrade", "h2c")
             .header("connection", "upgrade")
             .body(())
             .unwrap();
-        assert!(matches!(inspect(&req, &[]), Inspection::PassThrough));
+        assert!(!is_websocket_attempt(h2c.headers()));
+        assert!(is_websocket_attempt(request().body(()).unwrap().headers()));
     }
 
     #[test]
@@ -413,31 +460,33 @@ mod tests {
     }
 
     #[test]
-    fn protocol_is_chosen_in_server_order() {
-        let req = request()
-            .header("sec-websocket-protocol", "chat, superchat")
-            .header("sec-websocket-protocol", "v2")
-            .body(())
-            .unwrap();
-        let ours = [
-            HeaderValue::from_static("v2"),
-            HeaderValue::from_static("chat"),
-        ];
-        match inspect(&req, &ours) {
-            Inspection::Accept(accept) => assert_eq!(accept.protocol.unwrap(), "v2"),
-            other => panic!("{other:?}"),
-        }
+    fn statuses_of_the_policy_refusals() {
+        assert_eq!(
+            HandshakeRejection::OriginNotAllowed("https://evil.example".into()).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            HandshakeRejection::TooManyConnections { limit: 3 }.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let none = HandshakeRejection::NoCommonProtocol {
+            offered: String::new(),
+            supported: "mqtt".into(),
+        };
+        assert_eq!(none.status(), StatusCode::BAD_REQUEST);
+        assert!(none.to_string().contains("offer one of: mqtt"));
     }
 
     #[test]
-    fn no_common_protocol_means_none() {
-        let req = request()
-            .header("sec-websocket-protocol", "mqtt")
-            .body(())
-            .unwrap();
-        match inspect(&req, &[HeaderValue::from_static("chat")]) {
-            Inspection::Accept(accept) => assert!(accept.protocol.is_none()),
-            other => panic!("{other:?}"),
-        }
+    fn hook_headers_cannot_override_the_handshake() {
+        let mut extra = HeaderMap::new();
+        extra.insert(header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        extra.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_static("forged"),
+        );
+        let res: Response<()> = switching_protocols(HeaderValue::from_static("real"), None, extra);
+        assert_eq!(res.headers()["set-cookie"], "a=1");
+        assert_eq!(res.headers()["sec-websocket-accept"], "real");
     }
 }

@@ -25,13 +25,18 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::request::Parts;
+use http::HeaderMap;
 use tower_layer::Layer;
 
 use crate::handler::{self, BoxHandler, HandlerResult};
+use crate::handshake::Refusal;
+use crate::origin::OriginPolicy;
+use crate::protocol::Subprotocols;
 use crate::service::{UpgradeRequired, WebSocketService};
 use crate::socket::WebSocket;
 
@@ -48,11 +53,21 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`WebSocketLayer::write_timeout`]: 30 seconds without the peer reading.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A hook run before the `101`: it may refuse, add response headers, or change the request
+/// the handler will see.
+pub(crate) type BeforeUpgrade =
+    Arc<dyn Fn(&mut Parts, &mut HeaderMap) -> Result<(), Refusal> + Send + Sync>;
+
 /// The settings shared by every connection of one layer, behind one `Arc`.
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) handler: BoxHandler,
-    pub(crate) protocols: Vec<HeaderValue>,
+    pub(crate) subprotocols: Subprotocols,
+    pub(crate) origin: OriginPolicy,
+    pub(crate) before_upgrade: Option<BeforeUpgrade>,
+    pub(crate) max_connections: Option<usize>,
+    /// Live connections, shared by every clone of the layer.
+    pub(crate) live: Arc<AtomicUsize>,
     pub(crate) max_message_size: usize,
     pub(crate) max_frame_size: usize,
     pub(crate) close_timeout: Duration,
@@ -65,7 +80,10 @@ pub(crate) struct Config {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("protocols", &self.protocols)
+            .field("subprotocols", &self.subprotocols)
+            .field("origin", &self.origin)
+            .field("before_upgrade", &self.before_upgrade.is_some())
+            .field("max_connections", &self.max_connections)
             .field("max_message_size", &self.max_message_size)
             .field("max_frame_size", &self.max_frame_size)
             .field("close_timeout", &self.close_timeout)
@@ -101,7 +119,11 @@ impl WebSocketLayer {
         WebSocketLayer {
             config: Arc::new(Config {
                 handler: handler::boxed(handler),
-                protocols: Vec::new(),
+                subprotocols: Subprotocols::none(),
+                origin: OriginPolicy::same_site(),
+                before_upgrade: None,
+                max_connections: None,
+                live: Arc::new(AtomicUsize::new(0)),
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
                 max_frame_size: DEFAULT_MAX_FRAME_SIZE,
                 close_timeout: DEFAULT_CLOSE_TIMEOUT,
@@ -119,7 +141,8 @@ impl WebSocketLayer {
 
     /// The subprotocols this server speaks, in its order of preference. The first one the
     /// client also offers is agreed and readable with [`WebSocket::protocol`]; when none is
-    /// common, the connection is accepted without a subprotocol.
+    /// common, the connection is accepted without a subprotocol (see
+    /// [`subprotocols`](Self::subprotocols) to require one, or to choose with a function).
     ///
     /// Default: none (no `Sec-WebSocket-Protocol` in the answer).
     ///
@@ -127,21 +150,85 @@ impl WebSocketLayer {
     ///
     /// When a name is not a valid HTTP header value (a programmer error, caught when the
     /// layer is built).
-    pub fn protocols<I, P>(mut self, protocols: I) -> Self
+    pub fn protocols<I, P>(self, protocols: I) -> Self
     where
         I: IntoIterator<Item = P>,
         P: AsRef<str>,
     {
-        self.config_mut().protocols = protocols
-            .into_iter()
-            .map(|p| {
-                let p = p.as_ref();
-                HeaderValue::from_str(p).unwrap_or_else(|_| {
-                    panic!("subprotocol {p:?} is not a valid Sec-WebSocket-Protocol value")
-                })
-            })
-            .collect();
+        self.subprotocols(Subprotocols::list(protocols))
+    }
+
+    /// How a subprotocol is chosen: a list, a list that is required (400 otherwise), or a
+    /// function of the offer and the request. See [`Subprotocols`].
+    ///
+    /// Default: [`Subprotocols::none`].
+    pub fn subprotocols(mut self, subprotocols: Subprotocols) -> Self {
+        self.config_mut().subprotocols = subprotocols;
         self
+    }
+
+    /// Which browser origins may connect; a refused one gets `403 Forbidden`. Requests without
+    /// `Origin` (non-browser clients) are always accepted. See [`OriginPolicy`].
+    ///
+    /// Default: [`OriginPolicy::same_site`]: cross-site browser requests are refused, which
+    /// closes cross-site WebSocket hijacking unless you open it.
+    pub fn origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.config_mut().origin = policy;
+        self
+    }
+
+    /// A hook run for every valid handshake just before the `101`, after the origin and
+    /// subprotocol checks. It may refuse with any response (`Err(Refusal)`: a 401 from an
+    /// auth check, say), add headers to the `101` (a `Set-Cookie`), or add extensions to the
+    /// request the handler will see. It runs on the request's task: keep it quick, and do
+    /// slow work (a database lookup) in a middleware before the layer.
+    ///
+    /// ```
+    /// use http::{header, HeaderValue, StatusCode};
+    /// use tower_websocket::{handshake::Refusal, WebSocket, WebSocketLayer};
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String);
+    ///
+    /// let layer = WebSocketLayer::new(|ws: WebSocket| async move {
+    ///     let name = ws.extension::<User>().map(|u| u.0.clone());
+    ///     let _ = ws.send(format!("hello {}", name.unwrap_or_default())).await;
+    /// })
+    /// .before_upgrade(|request, response_headers| {
+    ///     let token = request.headers.get("authorization").ok_or_else(|| {
+    ///         Refusal::new(StatusCode::UNAUTHORIZED, "log in first")
+    ///             .header(header::WWW_AUTHENTICATE, "Bearer")
+    ///     })?;
+    ///     request.extensions.insert(User(format!("{token:?}")));
+    ///     response_headers.insert(header::SET_COOKIE, HeaderValue::from_static("seen=1"));
+    ///     Ok(())
+    /// });
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// Default: no hook.
+    pub fn before_upgrade<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&mut Parts, &mut HeaderMap) -> Result<(), Refusal> + Send + Sync + 'static,
+    {
+        self.config_mut().before_upgrade = Some(Arc::new(hook));
+        self
+    }
+
+    /// The most live WebSocket connections this layer serves at once; one more handshake is
+    /// refused with `503 Service Unavailable` before upgrading. (tower's `ConcurrencyLimit`
+    /// cannot do this: it is released when the `101` is sent.) Clones of a layer share the
+    /// count.
+    ///
+    /// Default: `None` (no limit).
+    pub fn max_connections(mut self, limit: usize) -> Self {
+        self.config_mut().max_connections = Some(limit);
+        self
+    }
+
+    /// How many WebSocket connections of this layer (and its clones) are live now.
+    pub fn live_connections(&self) -> usize {
+        self.config.live.load(Ordering::Relaxed)
     }
 
     /// The largest message accepted, in bytes, counted across all its fragments. A larger

@@ -26,18 +26,21 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::{Request, Response};
+use http::request::Parts;
+use http::{HeaderMap, Request, Response};
 use http_body_util::Full;
+use hyper::upgrade::OnUpgrade;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::connection;
-use crate::handshake::{self, HandshakeRejection, Inspection};
+use crate::handshake::{self, HandshakeRejection, Refusal};
 use crate::layer::Config;
 
 /// A service that answers WebSocket upgrades and forwards everything else to `S`.
@@ -103,30 +106,75 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let accept = match handshake::inspect(&req, &self.config.protocols) {
-            Inspection::PassThrough => return ResponseFuture::inner(self.inner.call(req)),
-            Inspection::Refuse(rejection) => return ResponseFuture::refused(rejection),
-            Inspection::Accept(accept) => accept,
-        };
-        if req
-            .extensions()
-            .get::<hyper::upgrade::OnUpgrade>()
-            .is_none()
-        {
-            return ResponseFuture::refused(HandshakeRejection::ConnectionNotUpgradable);
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if !handshake::is_websocket_attempt(req.headers()) {
+            return ResponseFuture::inner(self.inner.call(req));
         }
-        let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, _body) = req.into_parts();
-        let response = handshake::switching_protocols(&accept);
-        let config = Arc::clone(&self.config);
-        // The connection runs in the span of the request (a `TraceLayer` span, say), so its
-        // closure log is attributed to the request that opened it.
-        tokio::spawn(
-            connection::run(on_upgrade, parts, accept.protocol, config)
-                .instrument(tracing::Span::current()),
-        );
-        ResponseFuture::ready(response)
+        match accept(parts, &self.config) {
+            Ok(response) => ResponseFuture::ready(response),
+            Err(refusal) => {
+                let response = refusal.into_response();
+                tracing::debug!(status = %response.status(), "WebSocket handshake refused");
+                ResponseFuture::ready(response.map(ResponseBody::from))
+            }
+        }
+    }
+}
+
+/// Runs every check on a WebSocket attempt, in order: the RFC's rules (400/426), an upgradable
+/// connection (426), the origin policy (403), the subprotocol (400 when required), the
+/// `before_upgrade` hook (its own answer), the connection limit (503). Then spawns the
+/// connection and answers `101`.
+fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<ResponseBody<B>>, Refusal> {
+    let accept_key = handshake::validate(&parts)?;
+    let on_upgrade = parts
+        .extensions
+        .remove::<OnUpgrade>()
+        .ok_or(HandshakeRejection::ConnectionNotUpgradable)?;
+    config.origin.check(&parts)?;
+    let protocol = config.subprotocols.choose(&parts)?;
+    let mut headers = HeaderMap::new();
+    if let Some(hook) = &config.before_upgrade {
+        hook(&mut parts, &mut headers)?;
+    }
+    let slot = ConnectionSlot::take(config)?;
+    let response = handshake::switching_protocols(accept_key, protocol.as_ref(), headers);
+    // The connection runs in the span of the request (a `TraceLayer` span, say), so its
+    // closure log is attributed to the request that opened it.
+    tokio::spawn(
+        connection::run(on_upgrade, parts, protocol, Arc::clone(config), slot)
+            .instrument(tracing::Span::current()),
+    );
+    Ok(response)
+}
+
+/// One place under [`WebSocketLayer::max_connections`](crate::WebSocketLayer::max_connections),
+/// held from the `101` until the connection and its handler have both ended.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(config: &Config) -> Result<Self, HandshakeRejection> {
+        let live = &config.live;
+        match config.max_connections {
+            None => {
+                live.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(limit) => {
+                live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < limit).then_some(n + 1)
+                })
+                .map_err(|_| HandshakeRejection::TooManyConnections { limit })?;
+            }
+        }
+        Ok(ConnectionSlot(Arc::clone(live)))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -160,11 +208,6 @@ impl<F, B> ResponseFuture<F, B> {
                 response: Some(response),
             },
         }
-    }
-
-    fn refused(rejection: HandshakeRejection) -> Self {
-        tracing::debug!(%rejection, "WebSocket handshake refused");
-        Self::ready(rejection.into_response().map(ResponseBody::from))
     }
 }
 

@@ -323,8 +323,9 @@ async fn environ_shows_path_protocol_origin_and_upstream_extensions() {
         "sec-websocket-protocol",
         "chat.v1, chat.v2".parse().unwrap(),
     );
+    // A page of this very server (the default origin policy refuses other sites).
     req.headers_mut()
-        .insert("origin", "http://example.com".parse().unwrap());
+        .insert("origin", format!("http://{addr}").parse().unwrap());
     let (mut client, res) = within("the handshake", tokio_tungstenite::connect_async(req))
         .await
         .unwrap();
@@ -332,10 +333,10 @@ async fn environ_shows_path_protocol_origin_and_upstream_extensions() {
     assert_eq!(res.headers()["sec-websocket-protocol"], "chat.v2");
     assert_eq!(
         next(&mut client).await,
-        T::text(
+        T::text(format!(
             "path=/room/7 query=Some(\"x=1\") protocol=Some(\"chat.v2\") \
-             origin=Some(\"http://example.com\") user=Some(\"alice\") peer_known=true method=GET"
-        )
+             origin=Some(\"http://{addr}\") user=Some(\"alice\") peer_known=true method=GET"
+        ))
     );
 }
 

@@ -89,6 +89,31 @@ impl RawClient {
         (client, head)
     }
 
+    /// Sends a handshake expected to be refused; returns the status, the head and the body.
+    pub async fn refused(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, String) {
+        let (mut client, head) = RawClient::handshake(addr, path, extra).await;
+        let status: u16 = head[9..12].parse().unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())
+                    .flatten()
+            })
+            .expect("a content-length on the refusal");
+        within("the refusal body", async {
+            while client.buf.len() < length {
+                client.buf.reserve(4096);
+                let n = client.stream.read_buf(&mut client.buf).await.unwrap();
+                assert!(n > 0, "connection closed inside the body");
+            }
+        })
+        .await;
+        let body = String::from_utf8(client.buf[..length].to_vec()).unwrap();
+        (status, head, body)
+    }
+
     async fn read_head(&mut self) -> String {
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
