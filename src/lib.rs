@@ -34,6 +34,7 @@
 //! - [`handshake`]: the RFC 6455 opening handshake and [`HandshakeRejection`].
 //! - [`socket`]: [`WebSocket`], the handle a handler gets.
 //! - [`message`], [`close`]: [`Message`], [`Utf8Bytes`], [`CloseCode`], [`CloseFrame`].
+//! - [`origin`], [`protocol`]: the origin policy and subprotocol selection.
 //! - [`handler`]: what a handler may be and return.
 //! - [`body`]: the response body type.
 //! - [`error`]: [`Error`], what a socket operation can fail with.
@@ -52,9 +53,13 @@ pub mod handler;
 pub mod handshake;
 pub mod layer;
 pub mod message;
+pub mod origin;
+pub mod protocol;
 mod reassembly;
 pub mod service;
 pub mod socket;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use close::{CloseCode, CloseFrame};
 pub use error::Error;
@@ -70,4 +75,7 @@ pub mod docs {
     pub mod guide {}
     #[doc = include_str!("../docs/eventlet.md")]
     pub mod eventlet {}
+    #[cfg(feature = "testing")]
+    #[doc = include_str!("../docs/testing.md")]
+    pub mod testing {}
 }
