@@ -75,6 +75,8 @@ pub mod docs {
     pub mod guide {}
     #[doc = include_str!("../docs/eventlet.md")]
     pub mod eventlet {}
+    #[doc = include_str!("../docs/limits.md")]
+    pub mod limits {}
     #[cfg(feature = "testing")]
     #[doc = include_str!("../docs/testing.md")]
     pub mod testing {}
