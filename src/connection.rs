@@ -45,8 +45,6 @@ use crate::socket::{self, Inbound, Outbound, Shared, WebSocket};
 /// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
 /// pushes back on the peer) but keeps writing.
 const INBOUND_CAPACITY: usize = 32;
-/// Messages queued by the handler but not yet written; `send` waits when full.
-const OUTBOUND_CAPACITY: usize = 32;
 /// The most queued messages written before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -75,9 +73,16 @@ where
 {
     let record = Record::new(&parts, protocol.as_ref());
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
-    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (out_tx, out_rx) = mpsc::channel(config.send_queue_capacity);
     let shared = Arc::new(Shared::default());
-    let socket = WebSocket::new(parts, protocol, in_rx, out_tx, Arc::clone(&shared));
+    let socket = WebSocket::new(
+        parts,
+        protocol,
+        in_rx,
+        out_tx,
+        Arc::clone(&shared),
+        config.send_queue_policy,
+    );
     let mut handler = AssertUnwindSafe((config.handler)(socket)).catch_unwind();
 
     let (mut read_io, mut write_io) = tokio::io::split(io);
@@ -109,6 +114,7 @@ where
             timeout: config.write_timeout,
             sleep: write_sleep,
             armed: false,
+            shared: Arc::clone(&conn.shared),
         };
         let (mut reader, writer) = fastwebsockets::after_handshake_split(
             FrameGuard::new(&mut read_io),
@@ -381,6 +387,11 @@ impl Conn<'_> {
                 armed = next;
             }
             let open = self.closing.is_none();
+            if let (true, Some(code)) = (open, self.shared.overflow()) {
+                // A send found the queue full under `QueuePolicy::Close`.
+                let frame = CloseFrame::new(code, "send queue full: the peer reads too slowly");
+                return self.fail(frame, &mut writer).await;
+            }
             let step = tokio::select! {
                 biased;
                 outcome = &mut *handler, if !self.handler_done => {
@@ -693,11 +704,15 @@ async fn write_close<W: AsyncWrite + Unpin>(
 /// The write half with a progress timeout: a write that makes no progress for `timeout`
 /// (the peer stopped reading and its buffers are full) fails with `TimedOut`. The timer is
 /// touched only when a write would block, never on the ordinary path.
+///
+/// A blocked write also gives up at once when a send overflowed the queue under
+/// `QueuePolicy::Close`: the slow peer is being dropped anyway.
 struct TimedWrite<'s, W> {
     inner: W,
     timeout: Option<Duration>,
     sleep: Pin<&'s mut Sleep>,
     armed: bool,
+    shared: Arc<Shared>,
 }
 
 impl<W> TimedWrite<'_, W> {
@@ -705,6 +720,13 @@ impl<W> TimedWrite<'_, W> {
         if poll.is_ready() {
             self.armed = false;
             return poll;
+        }
+        self.shared.waker.register(cx.waker());
+        if self.shared.overflow().is_some() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "send queue full and the peer is not reading: connection dropped",
+            )));
         }
         let Some(timeout) = self.timeout else {
             return Poll::Pending;

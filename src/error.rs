@@ -23,6 +23,10 @@ pub enum Error {
     InvalidCloseCode(u16),
     /// A close reason longer than 123 bytes, the most a close frame can carry.
     CloseReasonTooLong(usize),
+    /// The socket's outgoing queue is full and the send did not wait (under
+    /// [`QueuePolicy::Fail`](crate::socket::QueuePolicy::Fail), from `try_send`, or from a
+    /// hub's publish): the message was not queued. The connection stays open.
+    QueueFull,
 }
 
 impl fmt::Display for Error {
@@ -38,6 +42,9 @@ impl fmt::Display for Error {
             Error::CloseReasonTooLong(len) => write!(
                 f,
                 "close reason is {len} bytes long; a close frame carries at most 123"
+            ),
+            Error::QueueFull => f.write_str(
+                "the WebSocket's send queue is full (the peer reads more slowly than messages are sent); the message was not queued",
             ),
         }
     }

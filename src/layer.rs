@@ -38,6 +38,7 @@ use crate::handshake::Refusal;
 use crate::origin::OriginPolicy;
 use crate::protocol::Subprotocols;
 use crate::service::{UpgradeRequired, WebSocketService};
+use crate::socket::QueuePolicy;
 use crate::socket::WebSocket;
 
 /// Default for [`WebSocketLayer::max_message_size`]: 16 MiB.
@@ -50,6 +51,8 @@ pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default for [`WebSocketLayer::ping_timeout`]: 30 seconds for the pong to come back.
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default capacity of [`WebSocketLayer::send_queue`]: 64 messages.
+pub const DEFAULT_SEND_QUEUE_CAPACITY: usize = 64;
 /// Default for [`WebSocketLayer::write_timeout`]: 30 seconds without the peer reading.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -75,6 +78,8 @@ pub(crate) struct Config {
     pub(crate) ping_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) write_timeout: Option<Duration>,
+    pub(crate) send_queue_capacity: usize,
+    pub(crate) send_queue_policy: QueuePolicy,
 }
 
 impl fmt::Debug for Config {
@@ -91,6 +96,8 @@ impl fmt::Debug for Config {
             .field("ping_timeout", &self.ping_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("write_timeout", &self.write_timeout)
+            .field("send_queue_capacity", &self.send_queue_capacity)
+            .field("send_queue_policy", &self.send_queue_policy)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +138,8 @@ impl WebSocketLayer {
                 ping_timeout: DEFAULT_PING_TIMEOUT,
                 idle_timeout: None,
                 write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+                send_queue_capacity: DEFAULT_SEND_QUEUE_CAPACITY,
+                send_queue_policy: QueuePolicy::Wait,
             }),
         }
     }
@@ -293,6 +302,29 @@ impl WebSocketLayer {
     /// Default: [`DEFAULT_WRITE_TIMEOUT`] (30 s).
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config_mut().write_timeout = timeout;
+        self
+    }
+
+    /// Each socket's outgoing queue: how many messages may wait to be written, and what a
+    /// send does when they are that many (see [`QueuePolicy`]).
+    ///
+    /// Default: [`DEFAULT_SEND_QUEUE_CAPACITY`] (64) messages and [`QueuePolicy::Wait`]: a
+    /// handler that replies slows down to its peer's pace instead of losing messages, while a
+    /// [`Hub`](crate::hub::Hub) publishing to many sockets never waits for a slow one (that
+    /// socket misses the message instead). Choose `QueuePolicy::Close(CloseCode::POLICY_VIOLATION)`
+    /// to drop peers that cannot keep up.
+    ///
+    /// # Panics
+    ///
+    /// When `capacity` is 0 (a programmer error, caught when the layer is built).
+    pub fn send_queue(mut self, capacity: usize, policy: QueuePolicy) -> Self {
+        assert!(
+            capacity > 0,
+            "the send queue needs room for at least one message"
+        );
+        let config = self.config_mut();
+        config.send_queue_capacity = capacity;
+        config.send_queue_policy = policy;
         self
     }
 

@@ -35,6 +35,7 @@
 //! - [`socket`]: [`WebSocket`], the handle a handler gets.
 //! - [`message`], [`close`]: [`Message`], [`Utf8Bytes`], [`CloseCode`], [`CloseFrame`].
 //! - [`origin`], [`protocol`]: the origin policy and subprotocol selection.
+//! - [`hub`]: topics and broadcast to many sockets.
 //! - [`handler`]: what a handler may be and return.
 //! - [`body`]: the response body type.
 //! - [`error`]: [`Error`], what a socket operation can fail with.
@@ -51,6 +52,7 @@ pub mod error;
 mod guard;
 pub mod handler;
 pub mod handshake;
+pub mod hub;
 pub mod layer;
 pub mod message;
 pub mod origin;
@@ -67,7 +69,7 @@ pub use handshake::HandshakeRejection;
 pub use layer::WebSocketLayer;
 pub use message::{Message, Utf8Bytes};
 pub use service::WebSocketService;
-pub use socket::WebSocket;
+pub use socket::{QueuePolicy, WebSocket, WebSocketReceiver, WebSocketSender};
 
 /// Long-form documentation, compiled and tested with the crate.
 pub mod docs {

@@ -30,10 +30,11 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::HeaderValue;
@@ -58,11 +59,18 @@ pub(crate) enum Outbound {
     Close(CloseFrame),
 }
 
-/// What the connection task publishes for the socket to read.
+/// What the connection task and the socket's handles share.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     /// The last keepalive round trip in microseconds, 0 before the first.
     rtt_micros: AtomicU64,
+    /// Some handle has sent a close frame: later sends fail.
+    close_sent: AtomicBool,
+    /// A send found the queue full under [`QueuePolicy::Close`]: the close code to fail the
+    /// connection with, 0 when none.
+    overflow: AtomicU16,
+    /// Wakes the connection task when `overflow` is set while it waits on a write.
+    pub(crate) waker: AtomicWaker,
 }
 
 impl Shared {
@@ -70,19 +78,103 @@ impl Shared {
         let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
         self.rtt_micros.store(micros, Ordering::Relaxed);
     }
+
+    /// The close code a queue overflow asked for, if any.
+    pub(crate) fn overflow(&self) -> Option<CloseCode> {
+        match self.overflow.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(CloseCode::from(code)),
+        }
+    }
+}
+
+/// What a send does when the socket's outgoing queue is full (see
+/// [`WebSocketLayer::send_queue`](crate::WebSocketLayer::send_queue)).
+///
+/// Publishing through a [`Hub`](crate::hub::Hub) and [`WebSocketSender::try_send`] never
+/// wait, whatever the policy: under `Wait` and `Fail` a full queue makes them fail with
+/// [`Error::QueueFull`] (the message is not queued for that socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueuePolicy {
+    /// `send` waits until the queue has room: the sender slows down to the peer's pace,
+    /// the way TCP itself pushes back. The default.
+    Wait,
+    /// `send` fails at once with [`Error::QueueFull`]; the connection stays open.
+    Fail,
+    /// The slow peer is closed with this code (1008 policy violation or 1013 try again
+    /// later) and the send fails with [`Error::Closed`]. If even the close frame cannot be
+    /// written, TCP is dropped.
+    Close(CloseCode),
+}
+
+/// The request a socket was opened with, and what the handshake agreed.
+struct Environ {
+    parts: Parts,
+    protocol: Option<HeaderValue>,
+}
+
+/// Generates the environ accessors shared by [`WebSocket`] and [`WebSocketReceiver`].
+macro_rules! environ_accessors {
+    ($($environ:ident).+) => {
+        /// The path of the upgrade request, such as `/chat`.
+        pub fn path(&self) -> &str {
+            self.$($environ).+.parts.uri.path()
+        }
+
+        /// The query string of the upgrade request, without the `?`.
+        pub fn query(&self) -> Option<&str> {
+            self.$($environ).+.parts.uri.query()
+        }
+
+        /// The subprotocol agreed in the handshake, `None` if none was (see
+        /// [`WebSocketLayer::protocols`](crate::WebSocketLayer::protocols)).
+        pub fn protocol(&self) -> Option<&str> {
+            self.$($environ).+.protocol.as_ref().and_then(|p| p.to_str().ok())
+        }
+
+        /// The `Origin` header of the upgrade request: browsers send it, other clients
+        /// seldom do.
+        pub fn origin(&self) -> Option<&str> {
+            self.$($environ).+
+                .parts
+                .headers
+                .get(header::ORIGIN)
+                .and_then(|o| o.to_str().ok())
+        }
+
+        /// The headers of the upgrade request.
+        pub fn headers(&self) -> &HeaderMap {
+            &self.$($environ).+.parts.headers
+        }
+
+        /// The whole upgrade request but its body: method, URI, version, headers and every
+        /// extension earlier middleware put there (auth claims, `ConnectInfo`, ...).
+        pub fn environ(&self) -> &Parts {
+            &self.$($environ).+.parts
+        }
+
+        /// An extension of the upgrade request, put there by earlier middleware.
+        pub fn extension<T: Send + Sync + 'static>(&self) -> Option<&T> {
+            self.$($environ).+.parts.extensions.get::<T>()
+        }
+
+        /// The peer's address, when the server recorded it: axum's `ConnectInfo<SocketAddr>`
+        /// (serve with `into_make_service_with_connect_info::<SocketAddr>()`), or a plain
+        /// `SocketAddr` extension.
+        pub fn peer_addr(&self) -> Option<SocketAddr> {
+            peer_addr(&self.$($environ).+.parts)
+        }
+    };
 }
 
 /// One WebSocket connection, as its handler sees it.
 ///
-/// Dropping the last handle, or returning from the handler, closes the connection with 1000.
+/// Returning from the handler closes the connection with 1000. For reading and writing from
+/// different tasks, [`split`](Self::split) it, or take extra [`sender`](Self::sender)s.
 pub struct WebSocket {
-    parts: Parts,
-    protocol: Option<HeaderValue>,
-    inbound: mpsc::Receiver<Inbound>,
-    outbound: mpsc::Sender<Outbound>,
-    peer_close: Option<CloseFrame>,
-    close_sent: bool,
-    shared: Arc<Shared>,
+    rx: WebSocketReceiver,
+    tx: WebSocketSender,
 }
 
 impl WebSocket {
@@ -92,74 +184,23 @@ impl WebSocket {
         inbound: mpsc::Receiver<Inbound>,
         outbound: mpsc::Sender<Outbound>,
         shared: Arc<Shared>,
+        policy: QueuePolicy,
     ) -> Self {
         WebSocket {
-            parts,
-            protocol,
-            inbound,
-            outbound,
-            peer_close: None,
-            close_sent: false,
-            shared,
+            rx: WebSocketReceiver {
+                environ: Environ { parts, protocol },
+                inbound,
+                peer_close: None,
+            },
+            tx: WebSocketSender {
+                outbound,
+                shared,
+                policy,
+            },
         }
     }
 
-    /// The round-trip time of the last keepalive ping (see
-    /// [`WebSocketLayer::ping_interval`](crate::WebSocketLayer::ping_interval)), `None` before
-    /// the first pong.
-    pub fn rtt(&self) -> Option<Duration> {
-        match self.shared.rtt_micros.load(Ordering::Relaxed) {
-            0 => None,
-            micros => Some(Duration::from_micros(micros)),
-        }
-    }
-
-    /// The path of the upgrade request, such as `/chat`.
-    pub fn path(&self) -> &str {
-        self.parts.uri.path()
-    }
-
-    /// The query string of the upgrade request, without the `?`.
-    pub fn query(&self) -> Option<&str> {
-        self.parts.uri.query()
-    }
-
-    /// The subprotocol agreed in the handshake, `None` if none was (see
-    /// [`WebSocketLayer::protocols`](crate::WebSocketLayer::protocols)).
-    pub fn protocol(&self) -> Option<&str> {
-        self.protocol.as_ref().and_then(|p| p.to_str().ok())
-    }
-
-    /// The `Origin` header of the upgrade request: browsers send it, other clients seldom do.
-    pub fn origin(&self) -> Option<&str> {
-        self.parts
-            .headers
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-    }
-
-    /// The headers of the upgrade request.
-    pub fn headers(&self) -> &HeaderMap {
-        &self.parts.headers
-    }
-
-    /// The whole upgrade request but its body: method, URI, version, headers and every
-    /// extension earlier middleware put there (auth claims, `ConnectInfo`, ...).
-    pub fn environ(&self) -> &Parts {
-        &self.parts
-    }
-
-    /// An extension of the upgrade request, put there by earlier middleware.
-    pub fn extension<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.parts.extensions.get::<T>()
-    }
-
-    /// The peer's address, when the server recorded it: axum's `ConnectInfo<SocketAddr>`
-    /// (serve with `into_make_service_with_connect_info::<SocketAddr>()`), or a plain
-    /// `SocketAddr` extension.
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
-        peer_addr(&self.parts)
-    }
+    environ_accessors!(rx.environ);
 
     /// The next whole message, or `None` once the peer has closed or the connection is gone.
     ///
@@ -171,77 +212,91 @@ impl WebSocket {
     /// Cancel safe: if the future is dropped before it completes (in a `tokio::select!` arm
     /// that lost, say), no message is lost; the next call returns it.
     pub async fn recv(&mut self) -> Option<Message> {
-        match self.inbound.recv().await? {
-            Inbound::Message(message) => Some(message),
-            Inbound::Closed(frame) => {
-                self.peer_close = frame;
-                None
-            }
-        }
+        self.rx.recv().await
     }
 
-    /// Queues a message to the peer.
-    ///
-    /// `Ok` means the connection accepted the message; it is written in order with every
-    /// other message from this socket. Waits while the socket's outgoing queue is full.
+    /// Queues a message to the peer; see [`WebSocketSender::send`].
     ///
     /// # Errors
     ///
     /// [`Error::Closed`] once the peer has closed, this side has closed, or the connection is
-    /// gone.
+    /// gone; [`Error::QueueFull`] under [`QueuePolicy::Fail`].
     ///
     /// # Cancel safety
     ///
     /// If the future is dropped before it completes, the message was not queued.
     pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
-        if self.close_sent {
-            return Err(Error::Closed);
-        }
-        self.outbound
-            .send(Outbound::Message(message.into()))
-            .await
-            .map_err(|_| Error::Closed)
+        self.tx.send(message).await
     }
 
     /// Closes the connection with 1000 (normal closure). See [`close_with`](Self::close_with).
     pub async fn close(&mut self) -> Result<(), Error> {
-        self.close_with(CloseCode::NORMAL, "").await
+        self.tx.close().await
     }
 
-    /// Starts the closing handshake with a code and a reason.
-    ///
-    /// Messages queued before are written first. [`recv`](Self::recv) keeps returning what the
-    /// peer sends until its close frame arrives, then `None`; the connection is dropped if the
-    /// peer does not answer within the close timeout. Closing twice, or after the peer closed,
-    /// does nothing.
+    /// Starts the closing handshake with a code and a reason; see
+    /// [`WebSocketSender::close_with`].
     ///
     /// # Errors
     ///
     /// [`Error::InvalidCloseCode`] for a code that may not be sent (see
     /// [`CloseCode::is_sendable`]), [`Error::CloseReasonTooLong`] for a reason over 123 bytes.
     pub async fn close_with(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
-        if !code.is_sendable() {
-            return Err(Error::InvalidCloseCode(code.into()));
-        }
-        if reason.len() > MAX_REASON_LEN {
-            return Err(Error::CloseReasonTooLong(reason.len()));
-        }
-        if self.close_sent {
-            return Ok(());
-        }
-        self.close_sent = true;
-        // A closed channel means the connection is already over: nothing left to close.
-        let _ = self
-            .outbound
-            .send(Outbound::Close(CloseFrame::new(code, reason)))
-            .await;
-        Ok(())
+        self.tx.close_with(code, reason).await
     }
 
     /// The close frame the peer sent, once [`recv`](Self::recv) has returned `None`; `None`
     /// before that, or when the peer closed without a code or the connection was lost.
     pub fn peer_close(&self) -> Option<&CloseFrame> {
-        self.peer_close.as_ref()
+        self.rx.peer_close()
+    }
+
+    /// The round-trip time of the last keepalive ping (see
+    /// [`WebSocketLayer::ping_interval`](crate::WebSocketLayer::ping_interval)), `None` before
+    /// the first pong.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.tx.rtt()
+    }
+
+    /// Another handle for sending, for another task (a broadcaster, a timer). The socket
+    /// still closes when the handler returns; the handle's sends then fail with
+    /// [`Error::Closed`].
+    pub fn sender(&self) -> WebSocketSender {
+        self.tx.clone()
+    }
+
+    /// Splits the socket into its receiving half and a sending half that can be cloned and
+    /// shared between tasks.
+    ///
+    /// ```
+    /// use tower_websocket::{WebSocket, WebSocketLayer};
+    ///
+    /// async fn handler(ws: WebSocket) {
+    ///     let (mut rx, tx) = ws.split();
+    ///     // A task that sends while the handler reads.
+    ///     let ticker = tokio::spawn({
+    ///         let tx = tx.clone();
+    ///         async move {
+    ///             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    ///             loop {
+    ///                 tick.tick().await;
+    ///                 if tx.send("tick").await.is_err() {
+    ///                     break;
+    ///                 }
+    ///             }
+    ///         }
+    ///     });
+    ///     while let Some(msg) = rx.recv().await {
+    ///         if tx.send(msg).await.is_err() {
+    ///             break;
+    ///         }
+    ///     }
+    ///     ticker.abort();
+    /// }
+    /// # let _ = WebSocketLayer::new(handler);
+    /// ```
+    pub fn split(self) -> (WebSocketReceiver, WebSocketSender) {
+        (self.rx, self.tx)
     }
 }
 
@@ -251,7 +306,173 @@ impl fmt::Debug for WebSocket {
             .field("path", &self.path())
             .field("protocol", &self.protocol())
             .field("origin", &self.origin())
+            .field("peer_close", &self.rx.peer_close)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receiving half of a [`WebSocket`], with its environ.
+pub struct WebSocketReceiver {
+    environ: Environ,
+    inbound: mpsc::Receiver<Inbound>,
+    peer_close: Option<CloseFrame>,
+}
+
+impl WebSocketReceiver {
+    environ_accessors!(environ);
+
+    /// The next whole message, or `None` once the peer has closed or the connection is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped before it completes, no message is lost.
+    pub async fn recv(&mut self) -> Option<Message> {
+        match self.inbound.recv().await? {
+            Inbound::Message(message) => Some(message),
+            Inbound::Closed(frame) => {
+                self.peer_close = frame;
+                None
+            }
+        }
+    }
+
+    /// The close frame the peer sent, once [`recv`](Self::recv) has returned `None`.
+    pub fn peer_close(&self) -> Option<&CloseFrame> {
+        self.peer_close.as_ref()
+    }
+}
+
+impl fmt::Debug for WebSocketReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketReceiver")
+            .field("path", &self.path())
             .field("peer_close", &self.peer_close)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sending half of a [`WebSocket`]: `Clone + Send + Sync`, so any number of tasks can
+/// send. Messages from one handle are written in the order they were sent; a frame is never
+/// interleaved with another.
+#[derive(Clone)]
+pub struct WebSocketSender {
+    outbound: mpsc::Sender<Outbound>,
+    shared: Arc<Shared>,
+    policy: QueuePolicy,
+}
+
+impl WebSocketSender {
+    /// Queues a message to the peer. What happens when the socket's outgoing queue is full
+    /// is the layer's [`QueuePolicy`] (default: wait for room).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the peer has closed, this side has closed, or the connection is
+    /// gone (and under [`QueuePolicy::Close`] when the queue was full);
+    /// [`Error::QueueFull`] under [`QueuePolicy::Fail`].
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped before it completes, the message was not queued.
+    pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let item = Outbound::Message(message.into());
+        match self.policy {
+            QueuePolicy::Wait => self.outbound.send(item).await.map_err(|_| Error::Closed),
+            _ => self.enqueue_now(item),
+        }
+    }
+
+    /// Queues a message without waiting: when the queue is full it fails with
+    /// [`Error::QueueFull`] (or closes the peer under [`QueuePolicy::Close`]). What a
+    /// [`Hub`](crate::hub::Hub) uses to publish.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), and [`Error::QueueFull`] under every policy but `Close`.
+    pub fn try_send(&self, message: impl Into<Message>) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.enqueue_now(Outbound::Message(message.into()))
+    }
+
+    fn enqueue_now(&self, item: Outbound) -> Result<(), Error> {
+        match self.outbound.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
+            Err(mpsc::error::TrySendError::Full(_)) => match self.policy {
+                QueuePolicy::Close(code) => {
+                    self.shared.overflow.store(code.into(), Ordering::Release);
+                    self.shared.close_sent.store(true, Ordering::Release);
+                    self.shared.waker.wake();
+                    Err(Error::Closed)
+                }
+                QueuePolicy::Wait | QueuePolicy::Fail => Err(Error::QueueFull),
+            },
+        }
+    }
+
+    /// Closes the connection with 1000 (normal closure). See [`close_with`](Self::close_with).
+    pub async fn close(&self) -> Result<(), Error> {
+        self.close_with(CloseCode::NORMAL, "").await
+    }
+
+    /// Starts the closing handshake with a code and a reason.
+    ///
+    /// Messages queued before are written first. The receiver keeps returning what the peer
+    /// sends until its close frame arrives, then `None`; the connection is dropped if the
+    /// peer does not answer within the close timeout. Closing twice, or after the peer
+    /// closed, does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCloseCode`] for a code that may not be sent (see
+    /// [`CloseCode::is_sendable`]), [`Error::CloseReasonTooLong`] for a reason over 123 bytes.
+    pub async fn close_with(&self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        if !code.is_sendable() {
+            return Err(Error::InvalidCloseCode(code.into()));
+        }
+        if reason.len() > MAX_REASON_LEN {
+            return Err(Error::CloseReasonTooLong(reason.len()));
+        }
+        if self.shared.close_sent.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // A closed channel means the connection is already over: nothing left to close.
+        let _ = self
+            .outbound
+            .send(Outbound::Close(CloseFrame::new(code, reason)))
+            .await;
+        Ok(())
+    }
+
+    /// Whether sends will fail: the connection is over, or a close frame was sent.
+    pub fn is_closed(&self) -> bool {
+        self.outbound.is_closed() || self.shared.close_sent.load(Ordering::Acquire)
+    }
+
+    /// Whether two senders are for the same socket.
+    pub fn same_socket(&self, other: &WebSocketSender) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// The round-trip time of the last keepalive ping, `None` before the first pong.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.shared.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+}
+
+impl fmt::Debug for WebSocketSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketSender")
+            .field("closed", &self.is_closed())
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }

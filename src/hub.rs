@@ -1,0 +1,277 @@
+//! Topics and broadcast: an in-process hub that fans a message out to every socket subscribed
+//! to a topic (a room).
+//!
+//! Publishing never waits: each subscriber gets the message through
+//! [`WebSocketSender::try_send`], so a slow subscriber is handled by its socket's
+//! [`QueuePolicy`](crate::QueuePolicy) (it misses the message, or is closed), never by holding
+//! up the publisher or the other subscribers. The message's bytes are shared, not copied, among
+//! subscribers. A [`Hub`] is a cheap `Clone`: put it in your state and publish from anywhere,
+//! a handler or a plain HTTP route.
+//!
+//! ```
+//! use axum::{routing::post, Router};
+//! use tower_websocket::{hub::Hub, Message, WebSocket, WebSocketLayer};
+//!
+//! let hub = Hub::new();
+//!
+//! let chat = {
+//!     let hub = hub.clone();
+//!     move |ws: WebSocket| {
+//!         let hub = hub.clone();
+//!         async move {
+//!             let (mut rx, tx) = ws.split();
+//!             let _subscription = hub.subscribe("lobby", &tx); // left when dropped
+//!             while let Some(msg) = rx.recv().await {
+//!                 hub.publish("lobby", msg);
+//!             }
+//!         }
+//!     }
+//! };
+//!
+//! // An HTTP route that publishes too.
+//! let announce = {
+//!     let hub = hub.clone();
+//!     move |body: String| {
+//!         let hub = hub.clone();
+//!         async move { format!("{:?}", hub.publish("lobby", Message::text(body))) }
+//!     }
+//! };
+//!
+//! let app: Router = Router::new()
+//!     .route("/announce", post(announce))
+//!     .layer(WebSocketLayer::new(chat));
+//! ```
+//!
+//! # Across processes
+//!
+//! The hub keeps its subscribers in this process. A [`HubBackend`] carries what is published
+//! to other processes (a Redis channel, a message bus); what they publish comes back through
+//! [`Hub::deliver_local`]. Without a backend the hub is purely local.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::error::Error;
+use crate::message::Message;
+use crate::socket::WebSocketSender;
+
+/// Carries published messages to the hubs of other processes.
+///
+/// [`Hub::publish`] hands every message to the backend after delivering it locally; the
+/// backend sends it on, and each other process calls [`Hub::deliver_local`] with what it
+/// receives. It must not block: queue the message and send it from a task of its own.
+pub trait HubBackend: Send + Sync + 'static {
+    /// A message was published in this process to `topic`.
+    fn publish(&self, topic: &str, message: &Message);
+}
+
+/// What one publish did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Subscribers that got the message queued.
+    pub delivered: usize,
+    /// Subscribers whose send queue was full: they miss this message.
+    pub dropped: usize,
+    /// Subscribers whose socket is closed (or was closed now, under
+    /// [`QueuePolicy::Close`](crate::QueuePolicy::Close)): they are unsubscribed.
+    pub closed: usize,
+}
+
+/// An in-process publish/subscribe hub for WebSockets. See the [module docs](self).
+#[derive(Clone, Default)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    topics: RwLock<HashMap<String, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+    backend: Option<Box<dyn HubBackend>>,
+}
+
+struct Subscriber {
+    id: u64,
+    sender: WebSocketSender,
+}
+
+impl Hub {
+    /// A hub with no subscribers, local to this process.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A hub that also hands every published message to `backend` (see [`HubBackend`]).
+    pub fn with_backend(backend: impl HubBackend) -> Self {
+        Hub {
+            inner: Arc::new(Inner {
+                backend: Some(Box::new(backend)),
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// Subscribes a socket to `topic`, until the returned [`Subscription`] is dropped (or the
+    /// socket closes: closed subscribers are removed at the next publish).
+    pub fn subscribe(&self, topic: &str, sender: &WebSocketSender) -> Subscription {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(topic.to_string())
+            .or_default()
+            .push(Subscriber {
+                id,
+                sender: sender.clone(),
+            });
+        Subscription {
+            hub: Arc::clone(&self.inner),
+            topic: topic.to_string(),
+            id,
+        }
+    }
+
+    /// Sends `message` to every subscriber of `topic` (and to the backend, if any), without
+    /// waiting for any of them.
+    pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Delivery {
+        let message = message.into();
+        let delivery = self.fan_out(topic, &message, None);
+        if let Some(backend) = &self.inner.backend {
+            backend.publish(topic, &message);
+        }
+        delivery
+    }
+
+    /// As [`publish`](Self::publish), to every subscriber but `except` (the sender of the
+    /// message, say).
+    pub fn publish_except(
+        &self,
+        topic: &str,
+        message: impl Into<Message>,
+        except: &WebSocketSender,
+    ) -> Delivery {
+        let message = message.into();
+        let delivery = self.fan_out(topic, &message, Some(except));
+        if let Some(backend) = &self.inner.backend {
+            backend.publish(topic, &message);
+        }
+        delivery
+    }
+
+    /// Delivers a message that another process published, to this process's subscribers only
+    /// (it is not handed to the backend again).
+    pub fn deliver_local(&self, topic: &str, message: impl Into<Message>) -> Delivery {
+        self.fan_out(topic, &message.into(), None)
+    }
+
+    /// How many sockets are subscribed to `topic`.
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.inner
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .map_or(0, Vec::len)
+    }
+
+    /// How many topics have at least one subscriber.
+    pub fn topic_count(&self) -> usize {
+        self.inner
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn fan_out(
+        &self,
+        topic: &str,
+        message: &Message,
+        except: Option<&WebSocketSender>,
+    ) -> Delivery {
+        let mut delivery = Delivery::default();
+        let mut gone = Vec::new();
+        {
+            let topics = self
+                .inner
+                .topics
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(subscribers) = topics.get(topic) else {
+                return delivery;
+            };
+            for subscriber in subscribers {
+                if except.is_some_and(|e| e.same_socket(&subscriber.sender)) {
+                    continue;
+                }
+                // A clone of a message shares its bytes: no payload is copied.
+                match subscriber.sender.try_send(message.clone()) {
+                    Ok(()) => delivery.delivered += 1,
+                    Err(Error::QueueFull) => delivery.dropped += 1,
+                    Err(_) => {
+                        delivery.closed += 1;
+                        gone.push(subscriber.id);
+                    }
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.inner.remove(topic, |id| gone.contains(&id));
+        }
+        delivery
+    }
+}
+
+impl Inner {
+    fn remove(&self, topic: &str, doomed: impl Fn(u64) -> bool) {
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(subscribers) = topics.get_mut(topic) {
+            subscribers.retain(|s| !doomed(s.id));
+            if subscribers.is_empty() {
+                topics.remove(topic);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("topics", &self.topic_count())
+            .field("backend", &self.inner.backend.is_some())
+            .finish()
+    }
+}
+
+/// A socket's subscription to a topic; dropping it unsubscribes.
+#[must_use = "the subscription ends when this is dropped"]
+pub struct Subscription {
+    hub: Arc<Inner>,
+    topic: String,
+    id: u64,
+}
+
+impl Subscription {
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.hub.remove(&self.topic, |other| other == id);
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
