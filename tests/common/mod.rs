@@ -73,9 +73,29 @@ impl RawClient {
         client
     }
 
+    /// Connects with a receive buffer of a few KiB, so that a peer that never reads shows
+    /// its backlog in the server's queue instead of in kernel buffers.
+    pub async fn connect_small_window(addr: SocketAddr, path: &str) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let (client, head) = RawClient::handshake_on(stream, addr, path, "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "expected 101, got {head}");
+        client
+    }
+
     /// Sends a handshake with extra header lines (each ending in \r\n); returns the head.
     pub async fn handshake(addr: SocketAddr, path: &str, extra: &str) -> (RawClient, String) {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        RawClient::handshake_on(stream, addr, path, extra).await
+    }
+
+    async fn handshake_on(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        extra: &str,
+    ) -> (RawClient, String) {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n"
