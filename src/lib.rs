@@ -79,6 +79,8 @@ pub mod docs {
     pub mod eventlet {}
     #[doc = include_str!("../docs/limits.md")]
     pub mod limits {}
+    #[doc = include_str!("../docs/concurrency.md")]
+    pub mod concurrency {}
     #[cfg(feature = "testing")]
     #[doc = include_str!("../docs/testing.md")]
     pub mod testing {}
