@@ -19,6 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,6 +55,7 @@ pub(crate) async fn run(
     parts: Parts,
     protocol: Option<HeaderValue>,
     config: Arc<Config>,
+    shared: Arc<Shared>,
     _slot: ConnectionSlot,
 ) {
     let upgraded = match on_upgrade.await {
@@ -63,18 +65,22 @@ pub(crate) async fn run(
             return;
         }
     };
-    serve(TokioIo::new(upgraded), parts, protocol, &config).await;
+    serve(TokioIo::new(upgraded), parts, protocol, &config, shared).await;
 }
 
 /// Serves one WebSocket over an IO whose handshake is done.
-pub(crate) async fn serve<T>(io: T, parts: Parts, protocol: Option<HeaderValue>, config: &Config)
-where
+pub(crate) async fn serve<T>(
+    io: T,
+    parts: Parts,
+    protocol: Option<HeaderValue>,
+    config: &Config,
+    shared: Arc<Shared>,
+) where
     T: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let record = Record::new(&parts, protocol.as_ref());
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
     let (out_tx, out_rx) = mpsc::channel(config.send_queue_capacity);
-    let shared = Arc::new(Shared::default());
     let socket = WebSocket::new(
         parts,
         protocol,
@@ -387,10 +393,21 @@ impl Conn<'_> {
                 armed = next;
             }
             let open = self.closing.is_none();
-            if let (true, Some(code)) = (open, self.shared.overflow()) {
-                // A send found the queue full under `QueuePolicy::Close`.
-                let frame = CloseFrame::new(code, "send queue full: the peer reads too slowly");
-                return self.fail(frame, &mut writer).await;
+            if open {
+                if let Some(code) = self.shared.overflow() {
+                    // A send found the queue full under `QueuePolicy::Close`.
+                    let frame = CloseFrame::new(code, "send queue full: the peer reads too slowly");
+                    return self.fail(frame, &mut writer).await;
+                }
+                if self.shared.shutdown_requested() {
+                    // The layer's handle is shutting down: write what was accepted, then 1001.
+                    let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
+                    if let Err(ending) = self.close_after_queue(frame, &mut writer).await {
+                        return ending;
+                    }
+                    close_deadline = Some(Instant::now() + self.config.close_timeout);
+                    continue;
+                }
             }
             let step = tokio::select! {
                 biased;
@@ -416,6 +433,7 @@ impl Conn<'_> {
                         },
                     }
                 }
+                () = std::future::poll_fn(|cx| self.shared.poll_signal(cx)), if open => Ok(()),
                 () = &mut timer, if armed.is_some() => {
                     armed = None;
                     match self.closing.take() {
@@ -518,6 +536,16 @@ impl Conn<'_> {
         if self.closing.is_some() {
             return Ok(());
         }
+        self.close_after_queue(frame, writer).await
+    }
+
+    /// Writes every message already queued, then starts closing with `frame` (unless a close
+    /// queued among them started it first).
+    async fn close_after_queue<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: CloseFrame,
+        writer: &mut WebSocketWrite<W>,
+    ) -> Result<(), Ending> {
         while let Ok(item) = self.out_rx.try_recv() {
             self.write_item(item, writer).await?;
             if self.closing.is_some() {
@@ -569,6 +597,11 @@ impl Conn<'_> {
                     .map_err(lost)?;
                 self.record.messages_out += 1;
                 self.record.bytes_out += payload.len() as u64;
+                let registry = &self.config.registry;
+                registry.messages_out.fetch_add(1, Ordering::Relaxed);
+                registry
+                    .bytes_out
+                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
                 self.touch();
                 Ok(())
             }
@@ -676,6 +709,11 @@ impl Conn<'_> {
         self.touch();
         self.record.messages_in += 1;
         self.record.bytes_in += message.len() as u64;
+        let registry = &self.config.registry;
+        registry.messages_in.fetch_add(1, Ordering::Relaxed);
+        registry
+            .bytes_in
+            .fetch_add(message.len() as u64, Ordering::Relaxed);
         match self.in_tx.try_send(Inbound::Message(message)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(Inbound::Message(message))) => {
@@ -846,7 +884,8 @@ mod tests {
         let (io, _peer) = tokio::io::duplex(64);
         let parts = http::Request::new(()).into_parts().0;
         let config = crate::layer::tests_config();
-        let fut = super::serve(io, parts, None, &config);
+        let shared = std::sync::Arc::new(crate::socket::Shared::default());
+        let fut = super::serve(io, parts, None, &config, shared);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 4096, "the connection future grew to {size} bytes");
     }

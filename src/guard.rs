@@ -199,13 +199,11 @@ impl<R> FrameGuard<R> {
             bytes: [0; 14],
             len: 0,
         };
-        if check {
-            if fin {
-                let complete = self.message.utf8.is_complete();
-                self.message = MessageState::default();
-                if !complete {
-                    return Err(BAD_UTF8);
-                }
+        if check && fin {
+            let complete = self.message.utf8.is_complete();
+            self.message = MessageState::default();
+            if !complete {
+                return Err(BAD_UTF8);
             }
         }
         Ok(())

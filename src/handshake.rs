@@ -105,6 +105,9 @@ pub enum HandshakeRejection {
         /// The limit.
         limit: usize,
     },
+    /// The server is shutting down (503). See
+    /// [`WebSocketHandle::shutdown`](crate::handle::WebSocketHandle::shutdown).
+    ShuttingDown,
 }
 
 impl HandshakeRejection {
@@ -116,7 +119,9 @@ impl HandshakeRejection {
             | HandshakeRejection::ConnectionNotUpgradable
             | HandshakeRejection::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             HandshakeRejection::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
-            HandshakeRejection::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            HandshakeRejection::TooManyConnections { .. } | HandshakeRejection::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -202,6 +207,9 @@ impl fmt::Display for HandshakeRejection {
                 f,
                 "WebSocket handshake refused: none of the offered subprotocols ({offered}) is spoken here; \
                  offer one of: {supported}"
+            ),
+            HandshakeRejection::ShuttingDown => f.write_str(
+                "WebSocket handshake refused: the server is shutting down; try again later",
             ),
             HandshakeRejection::TooManyConnections { limit } => write!(
                 f,
@@ -299,7 +307,7 @@ pub(crate) fn accept_key(key: &[u8]) -> HeaderValue {
 /// assert_eq!(response.headers()["www-authenticate"], "Bearer");
 /// ```
 #[derive(Debug)]
-pub struct Refusal(Response<Bytes>);
+pub struct Refusal(Box<Response<Bytes>>);
 
 impl Refusal {
     /// A refusal with this status and a plain-text body.
@@ -310,7 +318,7 @@ impl Refusal {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        Refusal(response)
+        Refusal(Box::new(response))
     }
 
     /// Adds a header to the response.
@@ -323,19 +331,19 @@ impl Refusal {
 
     /// The response.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        self.0.map(Full::new)
+        (*self.0).map(Full::new)
     }
 }
 
 impl From<HandshakeRejection> for Refusal {
     fn from(rejection: HandshakeRejection) -> Self {
-        Refusal(rejection.to_response())
+        Refusal(Box::new(rejection.to_response()))
     }
 }
 
 impl From<Response<Bytes>> for Refusal {
     fn from(response: Response<Bytes>) -> Self {
-        Refusal(response)
+        Refusal(Box::new(response))
     }
 }
 

@@ -25,7 +25,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use http::request::Parts;
 use http::HeaderMap;
 use tower_layer::Layer;
 
+use crate::handle::{Registry, WebSocketHandle};
 use crate::handler::{self, BoxHandler, HandlerResult};
 use crate::handshake::Refusal;
 use crate::origin::OriginPolicy;
@@ -69,8 +70,8 @@ pub(crate) struct Config {
     pub(crate) origin: OriginPolicy,
     pub(crate) before_upgrade: Option<BeforeUpgrade>,
     pub(crate) max_connections: Option<usize>,
-    /// Live connections, shared by every clone of the layer.
-    pub(crate) live: Arc<AtomicUsize>,
+    /// Live connections and counters, shared by every clone of the layer.
+    pub(crate) registry: Arc<Registry>,
     pub(crate) max_message_size: usize,
     pub(crate) max_frame_size: usize,
     pub(crate) close_timeout: Duration,
@@ -130,7 +131,7 @@ impl WebSocketLayer {
                 origin: OriginPolicy::same_site(),
                 before_upgrade: None,
                 max_connections: None,
-                live: Arc::new(AtomicUsize::new(0)),
+                registry: Arc::new(Registry::default()),
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
                 max_frame_size: DEFAULT_MAX_FRAME_SIZE,
                 close_timeout: DEFAULT_CLOSE_TIMEOUT,
@@ -237,7 +238,14 @@ impl WebSocketLayer {
 
     /// How many WebSocket connections of this layer (and its clones) are live now.
     pub fn live_connections(&self) -> usize {
-        self.config.live.load(Ordering::Relaxed)
+        self.config.registry.live.load(Ordering::Relaxed)
+    }
+
+    /// A handle on this layer's sockets (and those of its clones): live
+    /// [`metrics`](WebSocketHandle::metrics) and graceful
+    /// [`shutdown`](WebSocketHandle::shutdown).
+    pub fn handle(&self) -> WebSocketHandle {
+        WebSocketHandle::new(Arc::clone(&self.config.registry))
     }
 
     /// The largest message accepted, in bytes, counted across all its fragments. A larger

@@ -36,6 +36,7 @@
 //! - [`message`], [`close`]: [`Message`], [`Utf8Bytes`], [`CloseCode`], [`CloseFrame`].
 //! - [`origin`], [`protocol`]: the origin policy and subprotocol selection.
 //! - [`hub`]: topics and broadcast to many sockets.
+//! - [`handle`]: graceful shutdown and live metrics of a layer's sockets.
 //! - [`handler`]: what a handler may be and return.
 //! - [`body`]: the response body type.
 //! - [`error`]: [`Error`], what a socket operation can fail with.
@@ -50,6 +51,7 @@ pub mod close;
 mod connection;
 pub mod error;
 mod guard;
+pub mod handle;
 pub mod handler;
 pub mod handshake;
 pub mod hub;

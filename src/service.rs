@@ -26,7 +26,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -40,8 +40,10 @@ use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::connection;
+use crate::handle::Registry;
 use crate::handshake::{self, HandshakeRejection, Refusal};
 use crate::layer::Config;
+use crate::socket::Shared;
 
 /// A service that answers WebSocket upgrades and forwards everything else to `S`.
 ///
@@ -115,6 +117,7 @@ where
             Ok(response) => ResponseFuture::ready(response),
             Err(refusal) => {
                 let response = refusal.into_response();
+                self.config.registry.count_rejection(response.status());
                 tracing::debug!(status = %response.status(), "WebSocket handshake refused");
                 ResponseFuture::ready(response.map(ResponseBody::from))
             }
@@ -138,25 +141,39 @@ fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<Response
     if let Some(hook) = &config.before_upgrade {
         hook(&mut parts, &mut headers)?;
     }
-    let slot = ConnectionSlot::take(config)?;
+    if config.registry.is_shutting_down() {
+        return Err(HandshakeRejection::ShuttingDown.into());
+    }
+    let mut slot = ConnectionSlot::take(config)?;
     let response = handshake::switching_protocols(accept_key, protocol.as_ref(), headers);
-    // The connection runs in the span of the request (a `TraceLayer` span, say), so its
-    // closure log is attributed to the request that opened it.
-    tokio::spawn(
-        connection::run(on_upgrade, parts, protocol, Arc::clone(config), slot)
-            .instrument(tracing::Span::current()),
-    );
+    let shared = Arc::new(Shared::default());
+    config.registry.spawn(Arc::clone(&shared), |id| {
+        slot.id = id;
+        // The connection runs in the span of the request (a `TraceLayer` span, say), so its
+        // closure log is attributed to the request that opened it.
+        let task = connection::run(
+            on_upgrade,
+            parts,
+            protocol,
+            Arc::clone(config),
+            shared,
+            slot,
+        );
+        tokio::spawn(task.instrument(tracing::Span::current())).abort_handle()
+    });
     Ok(response)
 }
 
 /// One place under [`WebSocketLayer::max_connections`](crate::WebSocketLayer::max_connections),
 /// held from the `101` until the connection and its handler have both ended.
-#[derive(Debug)]
-pub(crate) struct ConnectionSlot(Arc<AtomicUsize>);
+pub(crate) struct ConnectionSlot {
+    registry: Arc<Registry>,
+    id: u64,
+}
 
 impl ConnectionSlot {
     fn take(config: &Config) -> Result<Self, HandshakeRejection> {
-        let live = &config.live;
+        let live = &config.registry.live;
         match config.max_connections {
             None => {
                 live.fetch_add(1, Ordering::AcqRel);
@@ -168,13 +185,16 @@ impl ConnectionSlot {
                 .map_err(|_| HandshakeRejection::TooManyConnections { limit })?;
             }
         }
-        Ok(ConnectionSlot(Arc::clone(live)))
+        Ok(ConnectionSlot {
+            registry: Arc::clone(&config.registry),
+            id: u64::MAX,
+        })
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.registry.unregister(self.id);
     }
 }
 

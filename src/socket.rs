@@ -69,7 +69,9 @@ pub(crate) struct Shared {
     /// A send found the queue full under [`QueuePolicy::Close`]: the close code to fail the
     /// connection with, 0 when none.
     overflow: AtomicU16,
-    /// Wakes the connection task when `overflow` is set while it waits on a write.
+    /// The layer's handle asked for a graceful close (1001).
+    shutdown: AtomicBool,
+    /// Wakes the connection task when `overflow` or `shutdown` is set.
     pub(crate) waker: AtomicWaker,
 }
 
@@ -77,6 +79,26 @@ impl Shared {
     pub(crate) fn set_rtt(&self, rtt: Duration) {
         let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
         self.rtt_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// Asks the connection task to close with 1001.
+    pub(crate) fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready when an overflow or a shutdown asks the connection task to act.
+    pub(crate) fn poll_signal(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.waker.register(cx.waker());
+        if self.overflow().is_some() || self.shutdown_requested() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    pub(crate) fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
     }
 
     /// The close code a queue overflow asked for, if any.
