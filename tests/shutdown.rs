@@ -1,0 +1,166 @@
+//! Graceful shutdown and live metrics through the layer's handle.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use common::{serve, within, RawClient};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as T;
+use tower_websocket::{WebSocket, WebSocketLayer};
+
+async fn server(layer: WebSocketLayer) -> SocketAddr {
+    serve(Router::new().layer(layer)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_100_sockets_with_1001_after_what_they_had_accepted() {
+    const SOCKETS: usize = 100;
+    const BURST: usize = 50;
+    let returned = Arc::new(AtomicUsize::new(0));
+    let layer = {
+        let returned = returned.clone();
+        WebSocketLayer::new(move |mut ws: WebSocket| {
+            let returned = returned.clone();
+            async move {
+                while let Some(msg) = ws.recv().await {
+                    if msg.as_text() == Some("burst") {
+                        for i in 0..BURST {
+                            if ws.send(format!("m{i}")).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                returned.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let handle = layer.handle();
+    let addr = server(layer).await;
+
+    let mut clients = Vec::new();
+    for _ in 0..SOCKETS {
+        let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        client.send(T::text("burst")).await.unwrap();
+        clients.push(client);
+    }
+    // Every burst has been accepted by the server (queued or written).
+    within("the bursts", async {
+        while handle.metrics().messages_in < SOCKETS as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(handle.live(), SOCKETS);
+
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut data = 0;
+                loop {
+                    match client.next().await {
+                        Some(Ok(T::Text(_))) => data += 1,
+                        Some(Ok(T::Close(frame))) => {
+                            return (data, frame.map(|f| u16::from(f.code)));
+                        }
+                        Some(Ok(_)) => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let report = within("the shutdown", handle.shutdown(Duration::from_secs(5))).await;
+    assert_eq!(
+        (report.live_at_start, report.closed, report.aborted),
+        (SOCKETS, SOCKETS, 0)
+    );
+    for reader in readers {
+        let (data, code) = within("a client", reader).await.unwrap();
+        assert_eq!(
+            data, BURST,
+            "messages accepted before the shutdown were lost"
+        );
+        assert_eq!(code, Some(1001));
+    }
+    assert_eq!(
+        returned.load(Ordering::SeqCst),
+        SOCKETS,
+        "a handler did not return"
+    );
+    assert_eq!(handle.live(), 0);
+
+    // New upgrades are refused while (and after) shutting down.
+    let (status, _, body) = RawClient::refused(addr, "/", "").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("shutting down"), "{body}");
+    assert_eq!(handle.metrics().rejected.unavailable, 1);
+}
+
+#[tokio::test]
+async fn handlers_that_do_not_finish_are_dropped_after_the_grace_period() {
+    let layer = WebSocketLayer::new(|mut ws: WebSocket| async move {
+        while ws.recv().await.is_some() {}
+        // Ignores the end and keeps going.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    })
+    .close_timeout(Duration::from_millis(100));
+    let handle = layer.handle();
+    let addr = server(layer).await;
+    let mut raw = RawClient::connect(addr, "/").await;
+    within("the connection", async {
+        while handle.live() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let report = within("the shutdown", handle.shutdown(Duration::from_millis(300))).await;
+    assert_eq!(
+        (report.live_at_start, report.closed, report.aborted),
+        (1, 0, 1)
+    );
+    assert_eq!(raw.expect_close().await.close_code(), 1001);
+    within("the abort to take effect", async {
+        while handle.live() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_count_upgrades_refusals_messages_and_bytes() {
+    let layer = WebSocketLayer::new(|mut ws: WebSocket| async move {
+        while let Some(msg) = ws.recv().await {
+            let _ = ws.send(msg).await;
+        }
+    });
+    let handle = layer.handle();
+    let addr = server(layer).await;
+    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    client.send(T::text("hello")).await.unwrap();
+    client.send(T::binary(vec![0u8; 1000])).await.unwrap();
+    for _ in 0..2 {
+        within("an echo", client.next()).await.unwrap().unwrap();
+    }
+    let (status, _, _) = RawClient::refused(addr, "/", "Origin: http://evil.example\r\n").await;
+    assert_eq!(status, 403);
+    let (mut raw, _) = RawClient::handshake(addr, "/", "").await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut raw.stream).await;
+    let m = handle.metrics();
+    assert_eq!(m.accepted, 2);
+    assert_eq!(m.rejected.forbidden, 1);
+    assert_eq!((m.messages_in, m.bytes_in), (2, 1005));
+    assert_eq!((m.messages_out, m.bytes_out), (2, 1005));
+    client.close(None).await.unwrap();
+}
