@@ -240,9 +240,48 @@ fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool
     })
 }
 
-/// Checks a WebSocket attempt against RFC 6455 section 4.2.1; returns the
-/// `Sec-WebSocket-Accept` value.
-pub(crate) fn validate(request: &Parts) -> Result<HeaderValue, HandshakeRejection> {
+/// Whether a request is an HTTP/2 WebSocket attempt (RFC 8441): an extended `CONNECT` with
+/// `:protocol` `websocket`.
+#[cfg(feature = "http2")]
+pub(crate) fn is_extended_connect(method: &Method, extensions: &http::Extensions) -> bool {
+    method == Method::CONNECT
+        && extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Checks a WebSocket attempt: RFC 6455 section 4.2.1 on HTTP/1.1, RFC 8441 on HTTP/2.
+/// Returns the `Sec-WebSocket-Accept` value, which HTTP/2 does not use (`None`).
+pub(crate) fn validate(request: &Parts) -> Result<Option<HeaderValue>, HandshakeRejection> {
+    #[cfg(feature = "http2")]
+    if is_extended_connect(&request.method, &request.extensions) {
+        check_version(&request.headers)?;
+        return Ok(None);
+    }
+    validate_http1(request).map(Some)
+}
+
+/// `Sec-WebSocket-Version` must be exactly `13`.
+fn check_version(headers: &HeaderMap) -> Result<(), HandshakeRejection> {
+    let versions = headers.get_all(header::SEC_WEBSOCKET_VERSION);
+    let mut iter = versions.iter();
+    match (iter.next(), iter.next()) {
+        (None, _) if headers.contains_key("sec-websocket-key1") => {
+            Err(HandshakeRejection::LegacyHixie76)
+        }
+        (None, _) => Err(HandshakeRejection::MissingVersion),
+        (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => Ok(()),
+        _ => {
+            let asked: Vec<_> = versions
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            Err(HandshakeRejection::UnsupportedVersion(asked.join(", ")))
+        }
+    }
+}
+
+fn validate_http1(request: &Parts) -> Result<HeaderValue, HandshakeRejection> {
     let headers = &request.headers;
     if request.method != Method::GET {
         return Err(HandshakeRejection::MethodNotGet(request.method.clone()));
@@ -256,22 +295,7 @@ pub(crate) fn validate(request: &Parts) -> Result<HeaderValue, HandshakeRejectio
     if !header_has_token(headers, &header::CONNECTION, "upgrade") {
         return Err(HandshakeRejection::InvalidConnectionHeader);
     }
-    let versions = headers.get_all(header::SEC_WEBSOCKET_VERSION);
-    let mut iter = versions.iter();
-    match (iter.next(), iter.next()) {
-        (None, _) if headers.contains_key("sec-websocket-key1") => {
-            return Err(HandshakeRejection::LegacyHixie76)
-        }
-        (None, _) => return Err(HandshakeRejection::MissingVersion),
-        (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => {}
-        _ => {
-            let asked: Vec<_> = versions
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect();
-            return Err(HandshakeRejection::UnsupportedVersion(asked.join(", ")));
-        }
-    }
+    check_version(headers)?;
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
     let key = match (keys.next(), keys.next()) {
         (Some(key), None) => key,
@@ -347,22 +371,29 @@ impl From<Response<Bytes>> for Refusal {
     }
 }
 
-/// The `101 Switching Protocols` answer to an accepted handshake, with the headers a
-/// `before_upgrade` hook added.
-pub(crate) fn switching_protocols<B: Default>(
-    accept: HeaderValue,
+/// The answer to an accepted handshake, with the headers a `before_upgrade` hook added:
+/// `101 Switching Protocols` on HTTP/1.1 (`accept` is the `Sec-WebSocket-Accept` value), `200`
+/// on HTTP/2 (`accept` is `None`; the stream itself becomes the WebSocket).
+pub(crate) fn accepted<B: Default>(
+    accept: Option<HeaderValue>,
     protocol: Option<&HeaderValue>,
     extra: HeaderMap,
 ) -> Response<B> {
     let mut res = Response::new(B::default());
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = res.headers_mut();
     *headers = extra;
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    match accept {
+        Some(accept) => {
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        }
+        None => *res.status_mut() = StatusCode::OK,
+    }
     if let Some(protocol) = protocol {
-        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+        res.headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
     }
     res
 }
@@ -400,7 +431,7 @@ mod tests {
     #[test]
     fn browser_connection_header_is_accepted() {
         let accept = validate(&parts(request().body(()).unwrap())).unwrap();
-        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(accept.unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -486,6 +517,24 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "http2")]
+    fn extended_connect_is_validated_without_a_key() {
+        let mut req = Request::connect("https://example.com/chat")
+            .version(Version::HTTP_2)
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let parts = parts(req);
+        assert!(is_extended_connect(&parts.method, &parts.extensions));
+        assert_eq!(validate(&parts), Ok(None));
+        let res: Response<()> = accepted(None, None, HeaderMap::new());
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers().get(header::UPGRADE).is_none());
+    }
+
+    #[test]
     fn hook_headers_cannot_override_the_handshake() {
         let mut extra = HeaderMap::new();
         extra.insert(header::SET_COOKIE, HeaderValue::from_static("a=1"));
@@ -493,7 +542,7 @@ mod tests {
             header::SEC_WEBSOCKET_ACCEPT,
             HeaderValue::from_static("forged"),
         );
-        let res: Response<()> = switching_protocols(HeaderValue::from_static("real"), None, extra);
+        let res: Response<()> = accepted(Some(HeaderValue::from_static("real")), None, extra);
         assert_eq!(res.headers()["set-cookie"], "a=1");
         assert_eq!(res.headers()["sec-websocket-accept"], "real");
     }

@@ -109,7 +109,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if !handshake::is_websocket_attempt(req.headers()) {
+        #[cfg(feature = "http2")]
+        let attempt = handshake::is_websocket_attempt(req.headers())
+            || handshake::is_extended_connect(req.method(), req.extensions());
+        #[cfg(not(feature = "http2"))]
+        let attempt = handshake::is_websocket_attempt(req.headers());
+        if !attempt {
             return ResponseFuture::inner(self.inner.call(req));
         }
         let (parts, _body) = req.into_parts();
@@ -145,7 +150,7 @@ fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<Response
         return Err(HandshakeRejection::ShuttingDown.into());
     }
     let mut slot = ConnectionSlot::take(config)?;
-    let response = handshake::switching_protocols(accept_key, protocol.as_ref(), headers);
+    let response = handshake::accepted(accept_key, protocol.as_ref(), headers);
     let shared = Arc::new(Shared::default());
     config.registry.spawn(Arc::clone(&shared), |id| {
         slot.id = id;
