@@ -10,9 +10,13 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::{response::Html, routing::get, Router};
 use tower_websocket::{WebSocket, WebSocketLayer};
+
+#[path = "common/shutdown.rs"]
+mod shutdown;
 
 async fn echo(mut ws: WebSocket) {
     while let Some(msg) = ws.recv().await {
@@ -30,10 +34,13 @@ async fn main() {
         )
         .init();
 
-    // Every default is kept: its 16 MiB message limit is what the Autobahn limits cases need.
+    // Every default is kept (origin policy included): its 16 MiB message limit is what the
+    // Autobahn limits cases need.
+    let layer = WebSocketLayer::new(echo);
+    let sockets = layer.handle();
     let app = Router::new()
         .route("/", get(|| async { Html(include_str!("pages/echo.html")) }))
-        .layer(WebSocketLayer::new(echo));
+        .layer(layer);
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -47,6 +54,14 @@ async fn main() {
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
+    // On Ctrl-C or SIGTERM: axum stops accepting once this future completes, but it does not
+    // know about upgraded sockets, so they are closed (1001) and waited for here first.
+    .with_graceful_shutdown(async move {
+        shutdown::signal().await;
+        tracing::info!("shutting down: closing WebSockets");
+        let report = sockets.shutdown(Duration::from_secs(10)).await;
+        tracing::info!(?report, "WebSockets closed");
+    })
     .await
     .expect("server error");
 }

@@ -2,8 +2,11 @@
 //! pages and drives them (`scripts/browser.sh` installs Debian's chromium and playwright-core on
 //! first use, and runs `scripts/browser/run.mjs`).
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+#[path = "common/external.rs"]
+#[allow(dead_code)]
+mod external;
 
 /// The examples the browser checks run, and the variables that hand them to the script.
 const EXAMPLES: [(&str, &str); 3] = [
@@ -12,13 +15,6 @@ const EXAMPLES: [(&str, &str); 3] = [
     ("live_plot", "BROWSER_LIVE_PLOT_BIN"),
 ];
 
-/// An example as `cargo test` built it, next to this test binary (`target/debug/examples`).
-fn built_example(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    path.is_file().then_some(path)
-}
-
 #[test]
 fn examples_work_in_a_browser() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -26,15 +22,9 @@ fn examples_work_in_a_browser() {
     cmd.arg(format!("{root}/scripts/browser.sh"))
         .current_dir(root)
         .stdin(Stdio::null());
-    // Hand over all three or none: with none, the script builds them itself.
-    let built: Vec<_> = EXAMPLES
-        .iter()
-        .filter_map(|(name, var)| built_example(name).map(|path| (var, path)))
-        .collect();
-    if built.len() == EXAMPLES.len() {
-        for (var, path) in built {
-            cmd.env(var, path);
-        }
+    // Freshly built binaries, so that the script need not build them itself.
+    for (name, var) in EXAMPLES {
+        cmd.env(var, external::example_binary(name));
     }
     let output = cmd
         .output()

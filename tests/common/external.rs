@@ -4,26 +4,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The echo example as `cargo test` built it, next to this test binary (`target/debug/examples`).
-pub(crate) fn built_echo_example() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let profile_dir = exe.parent()?.parent()?;
-    let echo = profile_dir.join("examples").join("echo");
-    echo.is_file().then_some(echo)
-}
-
-/// Runs `script` from the repository root with `server_env` pointing at the built example
-/// (the script builds it itself when it is missing), and panics with its output unless it
-/// exits 0. Returns the output.
+/// Runs `script` from the repository root with `server_env` pointing at the freshly built echo
+/// example, and panics with its output unless it exits 0. Returns the output.
 pub(crate) fn run_script(script: &str, args: &[&str], server_env: &str) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let mut cmd = Command::new("bash");
     cmd.arg(format!("{root}/{script}"))
         .args(args)
         .current_dir(root);
-    if let Some(echo) = built_echo_example() {
-        cmd.env(server_env, echo);
-    }
+    cmd.env(server_env, example_binary("echo"));
     let output = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
@@ -35,4 +24,19 @@ pub(crate) fn run_script(script: &str, args: &[&str], server_env: &str) -> Strin
     println!("{text}");
     assert!(output.status.success(), "{script} failed:\n{text}");
     text
+}
+
+/// An example's binary, built now with every feature (a no-op when it is up to date), so that
+/// a test never drives a stale binary: `cargo test --test X` alone does not rebuild examples.
+pub(crate) fn example_binary(name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--all-features", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "cargo build --example {name} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("debug").join("examples").join(name)
 }
