@@ -83,6 +83,8 @@ pub mod docs {
     pub mod limits {}
     #[doc = include_str!("../docs/concurrency.md")]
     pub mod concurrency {}
+    #[doc = include_str!("../docs/serving.md")]
+    pub mod serving {}
     #[cfg(feature = "testing")]
     #[doc = include_str!("../docs/testing.md")]
     pub mod testing {}
