@@ -130,22 +130,24 @@ where
     }
 }
 
-/// Runs every check on a WebSocket attempt, in order: the RFC's rules (400/426), an upgradable
-/// connection (426), the origin policy (403), the subprotocol (400 when required), the
-/// `before_upgrade` hook (its own answer), the connection limit (503). Then spawns the
-/// connection and answers `101`.
+/// Runs every check on a WebSocket attempt, in order: the RFC's rules (400/426), the origin
+/// policy (403), the subprotocol (400 when required), the `before_upgrade` hook (its own
+/// answer), an upgradable connection (426), shutdown and the connection limit (503). Then
+/// spawns the connection and answers `101` (or `200` on HTTP/2).
 fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<ResponseBody<B>>, Refusal> {
     let accept_key = handshake::validate(&parts)?;
-    let on_upgrade = parts
-        .extensions
-        .remove::<OnUpgrade>()
-        .ok_or(HandshakeRejection::ConnectionNotUpgradable)?;
     config.origin.check(&parts)?;
     let protocol = config.subprotocols.choose(&parts)?;
     let mut headers = HeaderMap::new();
     if let Some(hook) = &config.before_upgrade {
         hook(&mut parts, &mut headers)?;
     }
+    // Checked after the policies, so that `oneshot` tests (which have no upgrade handle)
+    // can still see every policy's refusal.
+    let on_upgrade = parts
+        .extensions
+        .remove::<OnUpgrade>()
+        .ok_or(HandshakeRejection::ConnectionNotUpgradable)?;
     if config.registry.is_shutting_down() {
         return Err(HandshakeRejection::ShuttingDown.into());
     }

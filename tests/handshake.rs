@@ -341,3 +341,15 @@ async fn standalone_service_answers_plain_requests_with_426() {
     let body = body_text(res).await;
     assert!(body.contains("only speaks WebSocket"), "{body}");
 }
+
+#[tokio::test]
+async fn policy_refusals_are_visible_to_oneshot() {
+    // No upgrade handle under oneshot, yet the origin policy answers first.
+    let req = upgrade()
+        .header("origin", "http://evil.example")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = refusal(req).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("evil.example"), "{body}");
+}
