@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
 use futures_util::FutureExt;
 use http::request::Parts;
 use http::{HeaderValue, Method, Uri};
@@ -42,6 +42,7 @@ use crate::message::{Message, Utf8Bytes};
 use crate::reassembly::Reassembly;
 use crate::service::ConnectionSlot;
 use crate::socket::{self, Inbound, Outbound, Shared, WebSocket};
+use crate::writer::{FrameWriter, FLUSH_AT};
 
 /// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
 /// pushes back on the peer) but keeps writing.
@@ -115,16 +116,20 @@ pub(crate) async fn serve<T>(
 
     let ending = {
         let write_sleep = pin!(tokio::time::sleep(Duration::ZERO));
-        let writer = TimedWrite {
-            inner: &mut write_io,
-            timeout: config.write_timeout,
-            sleep: write_sleep,
-            armed: false,
-            shared: Arc::clone(&conn.shared),
+        let writer = Writer {
+            io: TimedWrite {
+                inner: &mut write_io,
+                timeout: config.write_timeout,
+                sleep: write_sleep,
+                armed: false,
+                shared: Arc::clone(&conn.shared),
+            },
+            out: FrameWriter::default(),
         };
-        let (mut reader, writer) = fastwebsockets::after_handshake_split(
+        // fastwebsockets reads; frames are written by our own coalescing `Writer`.
+        let (mut reader, _) = fastwebsockets::after_handshake_split(
             FrameGuard::new(&mut read_io),
-            writer,
+            tokio::io::sink(),
             Role::Server,
         );
         reader.set_auto_close(false);
@@ -364,7 +369,7 @@ impl Conn<'_> {
     async fn drive<R, W, H>(
         &mut self,
         reader: WebSocketRead<R>,
-        mut writer: WebSocketWrite<W>,
+        mut writer: Writer<'_, W>,
         handler: &mut H,
     ) -> Ending
     where
@@ -381,7 +386,7 @@ impl Conn<'_> {
         let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
         let mut armed: Option<Instant> = None;
         let mut close_deadline = None;
-        loop {
+        let ending = loop {
             let next = match close_deadline {
                 Some(deadline) => Some(deadline),
                 None => self.next_deadline(),
@@ -397,13 +402,13 @@ impl Conn<'_> {
                 if let Some(code) = self.shared.overflow() {
                     // A send found the queue full under `QueuePolicy::Close`.
                     let frame = CloseFrame::new(code, "send queue full: the peer reads too slowly");
-                    return self.fail(frame, &mut writer).await;
+                    break self.fail(frame, &mut writer).await;
                 }
                 if self.shared.shutdown_requested() {
                     // The layer's handle is shutting down: write what was accepted, then 1001.
                     let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
                     if let Err(ending) = self.close_after_queue(frame, &mut writer).await {
-                        return ending;
+                        break ending;
                     }
                     close_deadline = Some(Instant::now() + self.config.close_timeout);
                     continue;
@@ -441,16 +446,27 @@ impl Conn<'_> {
                         None => self.on_timer(&mut writer).await,
                     }
                 }
+                // Last, so that it runs only when nothing else is ready: the read side would
+                // block and nothing more is queued. Everything batched so far goes out in one
+                // vectored write. Cancel safe: a pending flush may lose to the branches above.
+                result = writer.out.flush(&mut writer.io), if writer.out.pending() > 0 => {
+                    result.map_err(lost_io)
+                }
             };
             match step {
                 Ok(()) => {}
-                Err(ending) => return ending,
+                Err(ending) => break ending,
             }
             if open && self.closing.is_some() {
                 // This turn started the closing handshake: bound the wait for the answer.
                 close_deadline = Some(Instant::now() + self.config.close_timeout);
             }
+        };
+        // What is batched (a close frame, say) goes out before the connection is torn down.
+        if !matches!(ending, Ending::Lost { .. }) {
+            let _ = writer.flush().await;
         }
+        ending
     }
 
     /// The earliest keepalive or idle deadline, if any.
@@ -465,7 +481,7 @@ impl Conn<'_> {
     /// The timer fired while open: send a ping, give up on a missing pong, or close when idle.
     async fn on_timer<W: AsyncWrite + Unpin>(
         &mut self,
-        writer: &mut WebSocketWrite<W>,
+        writer: &mut Writer<'_, W>,
     ) -> Result<(), Ending> {
         let now = Instant::now();
         if let (Some(idle), Some(deadline)) = (self.config.idle_timeout, self.idle_deadline) {
@@ -492,9 +508,8 @@ impl Conn<'_> {
                 let payload = keepalive.sent.to_be_bytes();
                 keepalive.awaiting = Some((keepalive.sent, now, now + self.config.ping_timeout));
                 keepalive.next_ping = now + keepalive.interval;
-                let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&payload));
-                writer.write_frame(ping).await.map_err(lost)?;
-                writer.flush().await.map_err(lost)
+                writer.queue(OpCode::Ping, &Bytes::copy_from_slice(&payload));
+                Ok(())
             }
             _ => Ok(()),
         }
@@ -524,7 +539,7 @@ impl Conn<'_> {
     async fn handler_returned<W: AsyncWrite + Unpin>(
         &mut self,
         outcome: Result<(), String>,
-        writer: &mut WebSocketWrite<W>,
+        writer: &mut Writer<'_, W>,
     ) -> Result<(), Ending> {
         let frame = match outcome {
             Ok(()) => CloseFrame::new(CloseCode::NORMAL, ""),
@@ -544,7 +559,7 @@ impl Conn<'_> {
     async fn close_after_queue<W: AsyncWrite + Unpin>(
         &mut self,
         frame: CloseFrame,
-        writer: &mut WebSocketWrite<W>,
+        writer: &mut Writer<'_, W>,
     ) -> Result<(), Ending> {
         while let Ok(item) = self.out_rx.try_recv() {
             self.write_item(item, writer).await?;
@@ -559,7 +574,7 @@ impl Conn<'_> {
     async fn write_queued<W: AsyncWrite + Unpin>(
         &mut self,
         item: Option<Outbound>,
-        writer: &mut WebSocketWrite<W>,
+        writer: &mut Writer<'_, W>,
     ) -> Result<(), Ending> {
         let Some(item) = item else {
             // Every handle is gone while the handler still runs: close normally.
@@ -577,24 +592,23 @@ impl Conn<'_> {
                 Err(_) => break,
             }
         }
-        writer.flush().await.map_err(lost)
+        // The batch is flushed when the task would go idle (or when it grows large).
+        Ok(())
     }
 
     async fn write_item<W: AsyncWrite + Unpin>(
         &mut self,
         item: Outbound,
-        writer: &mut WebSocketWrite<W>,
+        writer: &mut Writer<'_, W>,
     ) -> Result<(), Ending> {
         match item {
             Outbound::Message(message) => {
-                let (opcode, payload): (OpCode, &[u8]) = match &message {
+                let (opcode, payload) = match &message {
                     Message::Text(text) => (OpCode::Text, text.as_bytes()),
                     Message::Binary(data) => (OpCode::Binary, data),
                 };
-                writer
-                    .write_frame(Frame::new(true, opcode, None, Payload::Borrowed(payload)))
-                    .await
-                    .map_err(lost)?;
+                writer.queue(opcode, payload);
+                writer.flush_if_large().await?;
                 self.record.messages_out += 1;
                 self.record.bytes_out += payload.len() as u64;
                 let registry = &self.config.registry;
@@ -613,9 +627,9 @@ impl Conn<'_> {
     async fn start_close<W: AsyncWrite + Unpin>(
         &mut self,
         frame: CloseFrame,
-        writer: &mut WebSocketWrite<W>,
+        writer: &mut Writer<'_, W>,
     ) -> Result<(), Ending> {
-        write_close(writer, &frame).await.map_err(lost)?;
+        write_close(writer, &frame).await?;
         self.closing = Some(frame);
         self.out_rx.close();
         Ok(())
@@ -625,11 +639,11 @@ impl Conn<'_> {
     async fn fail<W: AsyncWrite + Unpin>(
         &mut self,
         frame: CloseFrame,
-        writer: &mut WebSocketWrite<W>,
+        writer: &mut Writer<'_, W>,
     ) -> Ending {
         tracing::debug!(code = %frame.code, reason = %frame.reason, "failing the WebSocket connection");
         if self.closing.is_none() {
-            if let Err(ending) = write_close(writer, &frame).await.map_err(lost) {
+            if let Err(ending) = write_close(writer, &frame).await {
                 return ending;
             }
         }
@@ -639,7 +653,7 @@ impl Conn<'_> {
     async fn on_frame<W: AsyncWrite + Unpin>(
         &mut self,
         frame: RawFrame,
-        writer: &mut WebSocketWrite<W>,
+        writer: &mut Writer<'_, W>,
     ) -> Result<(), Ending> {
         match frame.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
@@ -661,11 +675,8 @@ impl Conn<'_> {
             OpCode::Ping => {
                 // fastwebsockets has refused pings over 125 bytes already.
                 if self.closing.is_none() {
-                    writer
-                        .write_frame(Frame::pong(Payload::Borrowed(&frame.payload)))
-                        .await
-                        .map_err(lost)?;
-                    writer.flush().await.map_err(lost)?;
+                    // Batched with the rest; flushed when the task would go idle.
+                    writer.queue(OpCode::Pong, &frame.payload);
                 }
                 Ok(())
             }
@@ -693,10 +704,13 @@ impl Conn<'_> {
                     None => {
                         // Answer with the peer's code (an empty close gets an empty close).
                         let reply = match &received {
-                            Some(frame) => Frame::close(frame.code.into(), b""),
-                            None => Frame::close_raw(Payload::Borrowed(&[])),
+                            Some(frame) => {
+                                Bytes::copy_from_slice(&u16::from(frame.code).to_be_bytes())
+                            }
+                            None => Bytes::new(),
                         };
-                        writer.write_frame(reply).await.map_err(lost)?;
+                        writer.queue(OpCode::Close, &reply);
+                        writer.flush().await?;
                         Err(Ending::ClosedByPeer(received))
                     }
                 }
@@ -730,13 +744,46 @@ impl Conn<'_> {
 }
 
 async fn write_close<W: AsyncWrite + Unpin>(
-    writer: &mut WebSocketWrite<W>,
+    writer: &mut Writer<'_, W>,
     frame: &CloseFrame,
-) -> Result<(), WebSocketError> {
-    writer
-        .write_frame(Frame::close(frame.code.into(), frame.reason.as_bytes()))
-        .await?;
+) -> Result<(), Ending> {
+    let mut payload = Vec::with_capacity(2 + frame.reason.len());
+    payload.extend_from_slice(&u16::from(frame.code).to_be_bytes());
+    payload.extend_from_slice(frame.reason.as_bytes());
+    writer.queue(OpCode::Close, &Bytes::from(payload));
     writer.flush().await
+}
+
+/// The write side: frames are batched in a [`FrameWriter`] and written through the IO under
+/// its progress timeout.
+struct Writer<'s, W> {
+    io: TimedWrite<'s, W>,
+    out: FrameWriter,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<'_, W> {
+    fn queue(&mut self, opcode: OpCode, payload: &Bytes) {
+        self.out.push(opcode, payload);
+    }
+
+    async fn flush(&mut self) -> Result<(), Ending> {
+        self.out.flush(&mut self.io).await.map_err(lost_io)
+    }
+
+    /// Writes the batch now if it has grown large; otherwise it waits for the idle flush.
+    async fn flush_if_large(&mut self) -> Result<(), Ending> {
+        if self.out.pending() >= FLUSH_AT {
+            self.flush().await
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn lost_io(error: io::Error) -> Ending {
+    Ending::Lost {
+        reason: error.to_string(),
+    }
 }
 
 /// The write half with a progress timeout: a write that makes no progress for `timeout`
@@ -817,12 +864,6 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<'_, W> {
     }
 }
 
-fn lost(error: WebSocketError) -> Ending {
-    Ending::Lost {
-        reason: error.to_string(),
-    }
-}
-
 /// What the closure log reports about one connection.
 #[derive(Debug)]
 struct Record {
@@ -878,6 +919,115 @@ impl Record {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+    /// The server's end of a pipe, counting the writes that went through.
+    struct CountingIo {
+        inner: tokio::io::DuplexStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for CountingIo {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingIo {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if poll.is_ready() {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+            }
+            poll
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            if poll.is_ready() {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+            }
+            poll
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    fn masked_text(payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    #[tokio::test]
+    async fn pipelined_replies_are_coalesced_into_few_writes() {
+        const MESSAGES: usize = 200;
+        let (server, mut client) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let io = CountingIo {
+            inner: server,
+            writes: writes.clone(),
+        };
+        let config = crate::layer::tests_config_with(|mut ws: crate::WebSocket| async move {
+            while let Some(msg) = ws.recv().await {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let parts = http::Request::new(()).into_parts().0;
+        let shared = Arc::new(crate::socket::Shared::default());
+        let server =
+            tokio::spawn(async move { super::serve(io, parts, None, &config, shared).await });
+
+        // Every request in one write, as a pipelining client sends them.
+        let mut requests = Vec::new();
+        for i in 0..MESSAGES {
+            requests.extend(masked_text(format!("message {i:03}").as_bytes()));
+        }
+        client.write_all(&requests).await.unwrap();
+        let expected_len = MESSAGES * (2 + "message 000".len());
+        let mut replies = vec![0u8; expected_len];
+        client.read_exact(&mut replies).await.unwrap();
+        assert_eq!(&replies[..13], b"\x81\x0bmessage 000");
+        assert_eq!(&replies[expected_len - 11..], b"message 199");
+        let writes = writes.load(Ordering::SeqCst);
+        assert!(
+            writes * 10 <= MESSAGES,
+            "{MESSAGES} replies took {writes} writes"
+        );
+        drop(client);
+        let _ = server.await;
+    }
+
     #[test]
     fn connection_future_stays_small() {
         // Every live connection holds one of these: keep it in check.

@@ -354,5 +354,14 @@ impl<S> Layer<S> for WebSocketLayer {
 
 #[cfg(test)]
 pub(crate) fn tests_config() -> Config {
-    (*WebSocketLayer::new(|_ws: WebSocket| async {}).config).clone()
+    tests_config_with(|_ws: WebSocket| async {})
+}
+
+#[cfg(test)]
+pub(crate) fn tests_config_with<H, Fut>(handler: H) -> Config
+where
+    H: Fn(WebSocket) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    (*WebSocketLayer::new(handler).config).clone()
 }

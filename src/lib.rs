@@ -64,6 +64,7 @@ pub mod service;
 pub mod socket;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod writer;
 
 pub use close::{CloseCode, CloseFrame};
 pub use error::Error;
