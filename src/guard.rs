@@ -167,7 +167,14 @@ impl<R> FrameGuard<R> {
         }
         // Everything else about the header (RSV bits, opcodes, fragmentation, sizes) is
         // fastwebsockets' and the reassembly's to judge; here only what decides the text check.
+        // A compressed message (RSV1, permessage-deflate) is not text on the wire: its UTF-8
+        // is checked after inflating, by fastwebsockets and the reassembly.
+        let compressed = header[0] & 0x40 != 0;
         let check = match opcode {
+            0x1 if compressed => {
+                self.message = MessageState::default();
+                false
+            }
             0x1 => {
                 self.message = MessageState::default();
                 self.message.text_fragmented = !fin;
@@ -384,6 +391,14 @@ mod tests {
         let mut bytes = frame(false, 0x1, &[0xe2, 0x82]);
         bytes.extend(frame(true, 0x0, b""));
         assert_eq!(feed(&bytes, 4096), Err(BAD_UTF8));
+    }
+
+    #[test]
+    fn compressed_text_is_left_to_the_check_after_inflating() {
+        let mut bytes = frame(false, 0x1, &[0xff, 0x00, 0x12]);
+        bytes[0] |= 0x40; // RSV1: deflated, not UTF-8 on the wire
+        bytes.extend(frame(true, 0x0, &[0xfe]));
+        assert_eq!(feed(&bytes, 1), Ok(()));
     }
 
     #[test]

@@ -64,9 +64,23 @@ pub(crate) struct FrameWriter {
 impl FrameWriter {
     /// Queues one whole frame (FIN set, unmasked: the server's frames are never masked).
     pub(crate) fn push(&mut self, opcode: OpCode, payload: &Bytes) {
+        self.push_frame(opcode, payload, false);
+    }
+
+    /// Queues one whole frame whose payload is compressed (RSV1 set, permessage-deflate).
+    #[cfg_attr(not(feature = "deflate"), allow(dead_code))]
+    pub(crate) fn push_compressed(&mut self, opcode: OpCode, payload: &Bytes) {
+        self.push_frame(opcode, payload, true);
+    }
+
+    fn push_frame(&mut self, opcode: OpCode, payload: &Bytes, rsv1: bool) {
         let mut head = [0u8; 14];
         let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
         let head_len = frame.fmt_head(&mut head);
+        if rsv1 {
+            // fastwebsockets' `Frame` has no RSV bits: set RSV1 on the header it formatted.
+            head[0] |= 0x40;
+        }
         self.push_inline(&head[..head_len]);
         if payload.len() <= INLINE_MAX {
             self.push_inline(payload);
