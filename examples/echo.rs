@@ -7,6 +7,7 @@
 //! ```text
 //! cargo run --example echo            # then open http://127.0.0.1:3000
 //! ADDR=127.0.0.1:9001 cargo run --example echo
+//! WS_DEFLATE=1 cargo run --example echo   # with permessage-deflate
 //! ```
 
 use std::net::SocketAddr;
@@ -35,8 +36,12 @@ async fn main() {
         .init();
 
     // Every default is kept (origin policy included): its 16 MiB message limit is what the
-    // Autobahn limits cases need.
-    let layer = WebSocketLayer::new(echo);
+    // Autobahn limits cases need. WS_DEFLATE=1 turns permessage-deflate on, and nothing else.
+    let mut layer = WebSocketLayer::new(echo);
+    if std::env::var("WS_DEFLATE").is_ok_and(|v| v == "1") {
+        layer = layer.deflate(tower_websocket::deflate::DeflateConfig::new());
+        tracing::info!("permessage-deflate on");
+    }
     let sockets = layer.handle();
     let app = Router::new()
         .route("/", get(|| async { Html(include_str!("pages/echo.html")) }))

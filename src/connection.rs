@@ -50,11 +50,19 @@ const INBOUND_CAPACITY: usize = 32;
 /// The most queued messages written before one flush.
 const WRITE_BATCH: usize = 64;
 
+/// The extensions agreed in the handshake: permessage-deflate's parameters, or none.
+#[cfg(feature = "deflate")]
+pub(crate) type Extensions = Option<crate::deflate::Agreed>;
+/// The extensions agreed in the handshake: none without the `deflate` feature.
+#[cfg(not(feature = "deflate"))]
+pub(crate) type Extensions = ();
+
 /// Waits for hyper to hand over the upgraded connection, then serves it.
 pub(crate) async fn run(
     on_upgrade: OnUpgrade,
     parts: Parts,
     protocol: Option<HeaderValue>,
+    extensions: Extensions,
     config: Arc<Config>,
     shared: Arc<Shared>,
     _slot: ConnectionSlot,
@@ -66,7 +74,15 @@ pub(crate) async fn run(
             return;
         }
     };
-    serve(TokioIo::new(upgraded), parts, protocol, &config, shared).await;
+    serve(
+        TokioIo::new(upgraded),
+        parts,
+        protocol,
+        extensions,
+        &config,
+        shared,
+    )
+    .await;
 }
 
 /// Serves one WebSocket over an IO whose handshake is done.
@@ -74,6 +90,7 @@ pub(crate) async fn serve<T>(
     io: T,
     parts: Parts,
     protocol: Option<HeaderValue>,
+    extensions: Extensions,
     config: &Config,
     shared: Arc<Shared>,
 ) where
@@ -125,13 +142,29 @@ pub(crate) async fn serve<T>(
                 shared: Arc::clone(&conn.shared),
             },
             out: FrameWriter::default(),
+            #[cfg(feature = "deflate")]
+            compressor: extensions.as_ref().map(|agreed| {
+                let deflate = config.deflate.clone().unwrap_or_default();
+                crate::deflate::Compressor::new(agreed, &deflate)
+            }),
+        };
+        let guarded = FrameGuard::new(&mut read_io);
+        #[cfg(feature = "deflate")]
+        let stack = match &extensions {
+            Some(agreed) => ReadStack::Inflate(Box::new(
+                crate::deflate::InflateRead::new(guarded, agreed, config.max_message_size)
+                    .max_frame_size(config.max_frame_size),
+            )),
+            None => ReadStack::Plain(guarded),
+        };
+        #[cfg(not(feature = "deflate"))]
+        let stack = {
+            let () = extensions;
+            ReadStack::Plain(guarded)
         };
         // fastwebsockets reads; frames are written by our own coalescing `Writer`.
-        let (mut reader, _) = fastwebsockets::after_handshake_split(
-            FrameGuard::new(&mut read_io),
-            tokio::io::sink(),
-            Role::Server,
-        );
+        let (mut reader, _) =
+            fastwebsockets::after_handshake_split(stack, tokio::io::sink(), Role::Server);
         reader.set_auto_close(false);
         reader.set_auto_pong(false);
         // fastwebsockets refuses frames of `max` bytes or more; ours is inclusive.
@@ -607,7 +640,7 @@ impl Conn<'_> {
                     Message::Text(text) => (OpCode::Text, text.as_bytes()),
                     Message::Binary(data) => (OpCode::Binary, data),
                 };
-                writer.queue(opcode, payload);
+                writer.queue_message(opcode, payload);
                 writer.flush_if_large().await?;
                 self.record.messages_out += 1;
                 self.record.bytes_out += payload.len() as u64;
@@ -759,10 +792,25 @@ async fn write_close<W: AsyncWrite + Unpin>(
 struct Writer<'s, W> {
     io: TimedWrite<'s, W>,
     out: FrameWriter,
+    /// permessage-deflate's compressor, when the extension was agreed.
+    #[cfg(feature = "deflate")]
+    compressor: Option<crate::deflate::Compressor>,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<'_, W> {
+    /// Queues a control frame (never compressed).
     fn queue(&mut self, opcode: OpCode, payload: &Bytes) {
+        self.out.push(opcode, payload);
+    }
+
+    /// Queues a data message: compressed (RSV1) when the extension is agreed and the message
+    /// is over the threshold, as it is otherwise.
+    fn queue_message(&mut self, opcode: OpCode, payload: &Bytes) {
+        #[cfg(feature = "deflate")]
+        if let Some(compressed) = self.compressor.as_mut().and_then(|c| c.compress(payload)) {
+            self.out.push_compressed(opcode, &compressed);
+            return;
+        }
         self.out.push(opcode, payload);
     }
 
@@ -783,6 +831,29 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
 fn lost_io(error: io::Error) -> Ending {
     Ending::Lost {
         reason: error.to_string(),
+    }
+}
+
+/// The read side under fastwebsockets: the frame guard, and permessage-deflate's inflater
+/// on top of it when the extension was agreed.
+enum ReadStack<R> {
+    Plain(R),
+    /// Boxed: only connections that agreed on compression pay for its state.
+    #[cfg(feature = "deflate")]
+    Inflate(Box<crate::deflate::InflateRead<R>>),
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadStack<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadStack::Plain(inner) => Pin::new(inner).poll_read(cx, buf),
+            #[cfg(feature = "deflate")]
+            ReadStack::Inflate(inner) => Pin::new(&mut **inner).poll_read(cx, buf),
+        }
     }
 }
 
@@ -1008,8 +1079,9 @@ mod tests {
         });
         let parts = http::Request::new(()).into_parts().0;
         let shared = Arc::new(crate::socket::Shared::default());
-        let server =
-            tokio::spawn(async move { super::serve(io, parts, None, &config, shared).await });
+        let server = tokio::spawn(async move {
+            super::serve(io, parts, None, Default::default(), &config, shared).await
+        });
 
         // Every request in one write, as a pipelining client sends them.
         let mut requests = Vec::new();
@@ -1038,7 +1110,7 @@ mod tests {
         let parts = http::Request::new(()).into_parts().0;
         let config = crate::layer::tests_config();
         let shared = std::sync::Arc::new(crate::socket::Shared::default());
-        let fut = super::serve(io, parts, None, &config, shared);
+        let fut = super::serve(io, parts, None, Default::default(), &config, shared);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 4096, "the connection future grew to {size} bytes");
     }

@@ -81,6 +81,8 @@ pub(crate) struct Config {
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) send_queue_capacity: usize,
     pub(crate) send_queue_policy: QueuePolicy,
+    #[cfg(feature = "deflate")]
+    pub(crate) deflate: Option<crate::deflate::DeflateConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -141,6 +143,8 @@ impl WebSocketLayer {
                 write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
                 send_queue_capacity: DEFAULT_SEND_QUEUE_CAPACITY,
                 send_queue_policy: QueuePolicy::Wait,
+                #[cfg(feature = "deflate")]
+                deflate: None,
             }),
         }
     }
@@ -333,6 +337,19 @@ impl WebSocketLayer {
         let config = self.config_mut();
         config.send_queue_capacity = capacity;
         config.send_queue_policy = policy;
+        self
+    }
+
+    /// Compress messages with permessage-deflate (RFC 7692) when the client offers it (every
+    /// browser does). The inflated size of a message is held to
+    /// [`max_message_size`](Self::max_message_size): a decompression bomb closes with 1009
+    /// without being inflated. See [`DeflateConfig`](crate::deflate::DeflateConfig) for the
+    /// level, the threshold, the windows and context takeover, and the memory each costs.
+    ///
+    /// Default: off (no extension is accepted).
+    #[cfg(feature = "deflate")]
+    pub fn deflate(mut self, config: crate::deflate::DeflateConfig) -> Self {
+        self.config_mut().deflate = Some(config);
         self
     }
 

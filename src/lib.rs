@@ -35,6 +35,7 @@
 //! - [`socket`]: [`WebSocket`], the handle a handler gets.
 //! - [`message`], [`close`]: [`Message`], [`Utf8Bytes`], [`CloseCode`], [`CloseFrame`].
 //! - [`origin`], [`protocol`]: the origin policy and subprotocol selection.
+//! - `deflate`: permessage-deflate (feature `deflate`, on by default).
 //! - [`hub`]: topics and broadcast to many sockets.
 //! - [`handle`]: graceful shutdown and live metrics of a layer's sockets.
 //! - [`handler`]: what a handler may be and return.
@@ -49,6 +50,8 @@
 pub mod body;
 pub mod close;
 mod connection;
+#[cfg(feature = "deflate")]
+pub mod deflate;
 pub mod error;
 mod guard;
 pub mod handle;
@@ -67,6 +70,8 @@ pub mod testing;
 mod writer;
 
 pub use close::{CloseCode, CloseFrame};
+#[cfg(feature = "deflate")]
+pub use deflate::DeflateConfig;
 pub use error::Error;
 pub use handshake::HandshakeRejection;
 pub use layer::WebSocketLayer;

@@ -142,6 +142,15 @@ fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<Response
     if let Some(hook) = &config.before_upgrade {
         hook(&mut parts, &mut headers)?;
     }
+    // After the hook, so that its headers cannot speak for the extension.
+    #[cfg(feature = "deflate")]
+    let extensions = config.deflate.as_ref().and_then(|deflate| {
+        let (agreed, answer) = crate::deflate::negotiate(&parts.headers, deflate)?;
+        headers.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, answer);
+        Some(agreed)
+    });
+    #[cfg(not(feature = "deflate"))]
+    let extensions = ();
     // Checked after the policies, so that `oneshot` tests (which have no upgrade handle)
     // can still see every policy's refusal.
     let on_upgrade = parts
@@ -162,6 +171,7 @@ fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<Response
             on_upgrade,
             parts,
             protocol,
+            extensions,
             Arc::clone(config),
             shared,
             slot,

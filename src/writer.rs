@@ -68,7 +68,7 @@ impl FrameWriter {
     }
 
     /// Queues one whole frame whose payload is compressed (RSV1 set, permessage-deflate).
-    #[allow(dead_code)] // until the deflate integration lands
+    #[cfg(feature = "deflate")]
     pub(crate) fn push_compressed(&mut self, opcode: OpCode, payload: &Bytes) {
         self.push_frame(opcode, payload, true);
     }

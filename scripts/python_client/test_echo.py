@@ -24,12 +24,21 @@ ADDR = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("ADDR", "127.0.0.1:3
 HOST, PORT = ADDR.rsplit(":", 1)
 PORT = int(PORT)
 WS_URL = "ws://%s:%d" % (HOST, PORT)
+# The server was started with WS_DEFLATE=1: permessage-deflate must be agreed and work.
+DEFLATE = os.environ.get("WS_DEFLATE") == "1"
 
 CHECKS = []
 
 
 def check(fn):
     CHECKS.append(fn)
+    return fn
+
+
+def deflate_check(fn):
+    """A check that runs only against a server with permessage-deflate on."""
+    if DEFLATE:
+        CHECKS.append(fn)
     return fn
 
 
@@ -118,14 +127,70 @@ async def echo_on_any_path():
             await roundtrip(conn, "path " + path)
 
 
-@check
+def no_deflate_check(fn):
+    """A check that runs only against a server without compression."""
+    if not DEFLATE:
+        CHECKS.append(fn)
+    return fn
+
+
+@no_deflate_check
 async def no_extension_negotiated():
-    # The client offers permessage-deflate; the server must not accept an extension it does
-    # not implement.
+    # The client offers permessage-deflate; the server must not accept it unless told to.
     async with ws() as conn:
         accepted = conn.response.headers.get("Sec-WebSocket-Extensions")
         assert accepted is None, "server accepted extensions: %r" % accepted
         await roundtrip(conn, "uncompressed")
+
+
+def agreed(conn):
+    return conn.response.headers.get("Sec-WebSocket-Extensions") or ""
+
+
+@deflate_check
+async def deflate_agreed_with_context_takeover_both_ways():
+    # websockets offers permessage-deflate with client_max_window_bits and keeps its context
+    # both ways unless told otherwise: the server must agree without imposing takeover limits.
+    async with ws() as conn:
+        answer = agreed(conn)
+        assert answer.startswith("permessage-deflate"), "not agreed: %r" % answer
+        assert "no_context_takeover" not in answer, answer
+        await roundtrip(conn, "compressed " * 50)
+
+
+@deflate_check
+async def deflate_large_messages():
+    async with ws() as conn:
+        await roundtrip(conn, "large and compressible text " * 30000)      # ~840 KiB
+        await roundtrip(conn, bytes(range(256)) * 4096)                      # 1 MiB binary
+        await roundtrip(conn, os.urandom(200000))                            # incompressible
+
+
+@deflate_check
+async def deflate_utf8_and_repeated_messages():
+    async with ws() as conn:
+        for i in range(200):
+            # Similar messages: each refers back to the ones before it (context takeover).
+            await roundtrip(conn, "κόσμε 🌍 message number %d, much like the others" % i)
+
+
+@deflate_check
+async def deflate_fragmented_messages():
+    async with ws() as conn:
+        parts = ["fragment %d ✓ " % i * 20 for i in range(10)]
+        await conn.send(iter(parts))           # one message in ten frames
+        got = await asyncio.wait_for(conn.recv(), TIMEOUT)
+        assert got == "".join(parts), "fragmented echo differs"
+        await roundtrip(conn, "after the fragments")
+
+
+@deflate_check
+async def deflate_small_messages_stay_uncompressed_and_pings_work():
+    async with ws() as conn:
+        await roundtrip(conn, "tiny")
+        await roundtrip(conn, b"")
+        pong = await conn.ping(b"compressed or not")
+        await asyncio.wait_for(pong, TIMEOUT)
 
 
 def http_get(path, headers=None):
@@ -175,7 +240,8 @@ async def plain_get_other_path_is_404():
 
 
 async def main():
-    print("python-client: websockets %s against %s" % (websockets.__version__, WS_URL))
+    print("python-client: websockets %s against %s%s" % (
+        websockets.__version__, WS_URL, " (permessage-deflate)" if DEFLATE else ""))
     passed = failed = 0
     for fn in CHECKS:
         t0 = time.monotonic()

@@ -7,11 +7,22 @@ use std::process::Command;
 /// Runs `script` from the repository root with `server_env` pointing at the freshly built echo
 /// example, and panics with its output unless it exits 0. Returns the output.
 pub(crate) fn run_script(script: &str, args: &[&str], server_env: &str) -> String {
+    run_script_with(script, args, server_env, &[])
+}
+
+/// As [`run_script`], with more environment for the script and the server it starts.
+pub(crate) fn run_script_with(
+    script: &str,
+    args: &[&str],
+    server_env: &str,
+    env: &[(&str, &str)],
+) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let mut cmd = Command::new("bash");
     cmd.arg(format!("{root}/{script}"))
         .args(args)
-        .current_dir(root);
+        .current_dir(root)
+        .envs(env.iter().copied());
     cmd.env(server_env, example_binary("echo"));
     let output = cmd
         .output()
