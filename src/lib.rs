@@ -91,6 +91,9 @@ pub mod docs {
     pub mod concurrency {}
     #[doc = include_str!("../docs/serving.md")]
     pub mod serving {}
+    #[cfg(feature = "deflate")]
+    #[doc = include_str!("../docs/compression.md")]
+    pub mod compression {}
     #[cfg(feature = "testing")]
     #[doc = include_str!("../docs/testing.md")]
     pub mod testing {}
