@@ -3,6 +3,15 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// The scripts share their work directories under `target/` (a virtualenv, a report
+/// directory): the tests of one binary run them one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Runs `script` from the repository root with `server_env` pointing at the freshly built echo
 /// example, and panics with its output unless it exits 0. Returns the output.
@@ -17,6 +26,7 @@ pub(crate) fn run_script_with(
     server_env: &str,
     env: &[(&str, &str)],
 ) -> String {
+    let _turn = one_at_a_time();
     let root = env!("CARGO_MANIFEST_DIR");
     let mut cmd = Command::new("bash");
     cmd.arg(format!("{root}/{script}"))
