@@ -533,23 +533,20 @@ fn sync_flush(deflater: &mut Compress, input: &[u8]) -> Option<Vec<u8>> {
 // Read side
 // ---------------------------------------------------------------------------------------------
 
-const fn violation(code: CloseCode, reason: &'static str) -> WireViolation {
-    WireViolation { code, reason }
-}
-
-const TOO_BIG: WireViolation = violation(CloseCode::MESSAGE_TOO_BIG, "message too big");
-const CORRUPT: WireViolation = violation(
+const TOO_BIG: WireViolation = WireViolation::new(CloseCode::MESSAGE_TOO_BIG, "message too big");
+const CORRUPT: WireViolation = WireViolation::new(
     CloseCode::INVALID_PAYLOAD,
     "compressed message is not valid deflate data",
 );
-const RSV1_CONTINUATION: WireViolation = violation(
+const RSV1_CONTINUATION: WireViolation = WireViolation::new(
     CloseCode::PROTOCOL_ERROR,
     "RSV1 set on a continuation frame",
 );
 const RSV1_CONTROL: WireViolation =
-    violation(CloseCode::PROTOCOL_ERROR, "RSV1 set on a control frame");
-const FRAME_TOO_BIG: WireViolation = violation(CloseCode::MESSAGE_TOO_BIG, "frame too big");
-const NEW_MESSAGE_INSIDE: WireViolation = violation(
+    WireViolation::new(CloseCode::PROTOCOL_ERROR, "RSV1 set on a control frame");
+const FRAME_TOO_BIG: WireViolation =
+    WireViolation::new(CloseCode::MESSAGE_TOO_BIG, "frame too big");
+const NEW_MESSAGE_INSIDE: WireViolation = WireViolation::new(
     CloseCode::PROTOCOL_ERROR,
     "new message started inside a fragmented message",
 );

@@ -38,16 +38,19 @@ impl fmt::Display for WireViolation {
 
 impl std::error::Error for WireViolation {}
 
-const fn violation(code: CloseCode, reason: &'static str) -> WireViolation {
-    WireViolation { code, reason }
+impl WireViolation {
+    pub(crate) const fn new(code: CloseCode, reason: &'static str) -> Self {
+        WireViolation { code, reason }
+    }
 }
 
-const UNMASKED: WireViolation = violation(CloseCode::PROTOCOL_ERROR, "client frame is not masked");
-const LONG_CONTROL: WireViolation = violation(
+const UNMASKED: WireViolation =
+    WireViolation::new(CloseCode::PROTOCOL_ERROR, "client frame is not masked");
+const LONG_CONTROL: WireViolation = WireViolation::new(
     CloseCode::PROTOCOL_ERROR,
     "control frame longer than 125 bytes",
 );
-const BAD_UTF8: WireViolation = violation(
+const BAD_UTF8: WireViolation = WireViolation::new(
     CloseCode::INVALID_PAYLOAD,
     "text message is not valid UTF-8",
 );
