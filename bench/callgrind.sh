@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Instructions per WebSocket upgrade, counted by callgrind, for this crate's layer and for raw
+# fastwebsockets, both inside an axum Router (and axum's built-in ws, for reference).
+#
+# `bench upgrade-cost <kind> --count N` performs N upgrades in one process over in-memory
+# pipes (hyper http1 server connection + a minimal client: handshake, 101, close frame, close
+# reply). Each kind runs twice under callgrind, with SMALL and LARGE upgrades; the difference
+# of the two instruction totals divided by LARGE - SMALL is the cost of one upgrade, with the
+# process's start-up and exit cancelled out.
+#
+# The binary is built in its own target directory with RUSTFLAGS="-C target-cpu=x86-64-v2",
+# so that nothing in it uses AVX-512 (which valgrind cannot run) and the count does not
+# depend on the build machine's CPU.
+#
+# Usage: bench/callgrind.sh            (SMALL=200 LARGE=2200 KINDS="layer fastwebsockets axum-ws")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SMALL=${SMALL:-200}
+LARGE=${LARGE:-2200}
+KINDS=${KINDS:-"layer fastwebsockets axum-ws"}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/callgrind}
+
+command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed" >&2; exit 1; }
+RUSTFLAGS="-C target-cpu=x86-64-v2" cargo build --release -p tower-websocket-bench
+BIN="$CARGO_TARGET_DIR/release/bench"
+
+# Total instructions (Ir) of one run.
+instructions() {
+    local out
+    out=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        "$BIN" upgrade-cost "$1" --count "$2" 2>&1) || { echo "$out" >&2; return 1; }
+    echo "$out" | sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p'
+}
+
+declare -A PER
+printf '%-16s %14s %14s %16s\n' kind "Ir ($SMALL)" "Ir ($LARGE)" "Ir per upgrade"
+for kind in $KINDS; do
+    small=$(instructions "$kind" "$SMALL")
+    large=$(instructions "$kind" "$LARGE")
+    PER[$kind]=$(( (large - small) / (LARGE - SMALL) ))
+    printf '%-16s %14d %14d %16d\n' "$kind" "$small" "$large" "${PER[$kind]}"
+done
+if [[ -n "${PER[fastwebsockets]:-}" ]]; then
+    for kind in $KINDS; do
+        awk -v k="$kind" -v a="${PER[$kind]}" -v b="${PER[fastwebsockets]}" \
+            'BEGIN { printf "%-16s %.3f x fastwebsockets in an axum Router\n", k, a / b }'
+    done
+fi

@@ -1,0 +1,155 @@
+//! The tower-websocket benchmark: echo servers of several kinds, a load generator, and an
+//! orchestrator that runs them side by side. See `docs/performance.md`.
+//!
+//! ```text
+//! bench run [--quick] [--scenario NAME[,NAME...]] [--rounds R] [--duration S] [--warmup S]
+//!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
+//! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
+//! bench upgrade-cost <kind> --count N
+//! ```
+//!
+//! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
+
+mod client;
+mod report;
+mod run;
+mod servers;
+mod sys;
+mod upgrade_cost;
+mod wire;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use servers::Kind;
+
+const USAGE: &str = "\
+usage:
+  bench run [--quick] [--scenario NAME[,NAME...]] [--rounds R] [--duration S] [--warmup S]
+            [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
+  bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
+  bench upgrade-cost <kind> --count N
+
+kinds: layer, fastwebsockets, axum-ws, tcp
+scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
+  pipe-100x20Bx8, idle-5000, churn";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => parse_run(&args[1..]).and_then(|opts| run::run(&opts)),
+        Some("server") => server(&args[1..]),
+        Some("upgrade-cost") => upgrade_cost(&args[1..]),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Options as `--name value` pairs and bare flags.
+struct Args<'a> {
+    rest: &'a [String],
+}
+
+impl<'a> Args<'a> {
+    fn next(&mut self) -> Option<&'a str> {
+        let (first, rest) = self.rest.split_first()?;
+        self.rest = rest;
+        Some(first)
+    }
+
+    fn value(&mut self, flag: &str) -> Result<&'a str, String> {
+        self.next().ok_or_else(|| format!("{flag} needs a value"))
+    }
+
+    fn parse<T: std::str::FromStr>(&mut self, flag: &str) -> Result<T, String> {
+        let value = self.value(flag)?;
+        value
+            .parse()
+            .map_err(|_| format!("{flag}: cannot read {value:?}"))
+    }
+
+    fn seconds(&mut self, flag: &str) -> Result<Duration, String> {
+        let secs: f64 = self.parse(flag)?;
+        if secs.is_finite() && secs >= 0.0 {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err(format!("{flag}: seconds must be positive"))
+        }
+    }
+}
+
+fn parse_run(args: &[String]) -> Result<run::Options, String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut opts = if quick {
+        run::Options::quick()
+    } else {
+        run::Options::full()
+    };
+    let mut args = Args { rest: args };
+    while let Some(arg) = args.next() {
+        match arg {
+            "--quick" => {}
+            "--rounds" => opts.rounds = args.parse::<usize>(arg)?.max(1),
+            "--duration" => opts.duration = args.seconds(arg)?,
+            "--warmup" => opts.warmup = args.seconds(arg)?,
+            "--idle" => opts.idle_conns = args.parse::<usize>(arg)?.max(1),
+            "--churn-workers" => opts.churn_workers = args.parse::<usize>(arg)?.max(1),
+            "--max-quiet-wait" => opts.max_quiet_wait = args.seconds(arg)?,
+            "--scenario" => opts
+                .only
+                .extend(args.value(arg)?.split(',').map(str::to_string)),
+            "--kinds" => {
+                opts.kinds = args
+                    .value(arg)?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    if opts.duration.is_zero() {
+        return Err("--duration must be more than 0".to_string());
+    }
+    Ok(opts)
+}
+
+fn server(args: &[String]) -> Result<(), String> {
+    let mut args = Args { rest: args };
+    let kind: Kind = args.value("server")?.parse()?;
+    let mut addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mut cpu = None;
+    while let Some(arg) = args.next() {
+        match arg {
+            "--addr" => addr = args.parse(arg)?,
+            "--cpu" => cpu = Some(args.parse(arg)?),
+            "--die-with-parent" => sys::die_with_parent(),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    servers::serve(kind, addr, cpu).map_err(|e| format!("{kind} server: {e}"))
+}
+
+fn upgrade_cost(args: &[String]) -> Result<(), String> {
+    let mut args = Args { rest: args };
+    let kind: Kind = args.value("upgrade-cost")?.parse()?;
+    let mut count = 1000;
+    while let Some(arg) = args.next() {
+        match arg {
+            "--count" => count = args.parse(arg)?,
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    upgrade_cost::run(kind, count)
+}

@@ -1,0 +1,257 @@
+//! The echo servers, one kind per process (`bench server <kind>`), each on a current-thread
+//! tokio runtime pinned to one CPU, with `TCP_NODELAY` on every accepted socket.
+//!
+//! - `layer`: this crate's `WebSocketLayer` around an axum `Router`, with its defaults,
+//!   echoing every message, served by `axum::serve`.
+//! - `fastwebsockets`: raw fastwebsockets + hyper, as fastwebsockets' `echo_server` example
+//!   does it (hyper `http1` with upgrades, `upgrade::upgrade`, a `FragmentCollector`, the
+//!   connection task `unconstrained`), minus its `eprintln!` per connection error.
+//! - `axum-ws`: axum's built-in `extract::ws::WebSocketUpgrade` (tungstenite), served by
+//!   `axum::serve`.
+//! - `tcp`: the ceiling. It answers the opening handshake by hand (reads the head, computes
+//!   the accept key, writes a fixed 101), then echoes bytes unchanged: the client's masked
+//!   frames come back masked, which the load generator accepts (see [`crate::wire`]).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use axum::extract::ws::{Message as AxumMessage, WebSocket as AxumSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use fastwebsockets::{upgrade, OpCode, WebSocketError};
+use http_body_util::Empty;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tower_websocket::{WebSocket, WebSocketLayer};
+
+use crate::wire;
+
+/// A server implementation under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// This crate's layer inside an axum `Router`.
+    Layer,
+    /// Raw fastwebsockets with hyper: the reference for every ratio.
+    Fastwebsockets,
+    /// axum's built-in WebSocket support.
+    AxumWs,
+    /// Raw TCP echo: the ceiling.
+    Tcp,
+}
+
+impl Kind {
+    /// Every kind, in the order the first round runs them.
+    pub const ALL: [Kind; 4] = [Kind::Layer, Kind::Fastwebsockets, Kind::AxumWs, Kind::Tcp];
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Layer => "layer",
+            Kind::Fastwebsockets => "fastwebsockets",
+            Kind::AxumWs => "axum-ws",
+            Kind::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown server kind {s:?} (one of {})", names.join(", "))
+            })
+    }
+}
+
+/// Runs one server until killed: pins it, binds, prints `READY pid=<pid> addr=<addr>`.
+pub fn serve(kind: Kind, addr: SocketAddr, cpu: Option<usize>) -> io::Result<()> {
+    if let Some(cpu) = cpu {
+        crate::sys::pin_to_cpu(cpu)?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(addr).await?;
+        println!(
+            "READY pid={} addr={}",
+            std::process::id(),
+            listener.local_addr()?
+        );
+        match kind {
+            Kind::Layer => serve_axum(listener, layer_router()).await,
+            Kind::AxumWs => serve_axum(listener, axum_ws_router()).await,
+            Kind::Fastwebsockets => serve_fastwebsockets(listener).await,
+            Kind::Tcp => serve_tcp(listener).await,
+        }
+    })
+}
+
+async fn serve_axum(listener: TcpListener, app: Router) -> io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await
+}
+
+/// The echo handler of this crate's README.
+pub async fn layer_echo(mut ws: WebSocket) {
+    while let Some(msg) = ws.recv().await {
+        if ws.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// `layer`: a Router with a plain `GET /`, wrapped in the layer with its defaults: the layer
+/// takes the upgrade requests to `/`.
+pub fn layer_router() -> Router {
+    Router::new()
+        .route("/", get(|| async { "not a WebSocket" }))
+        .layer(WebSocketLayer::new(layer_echo))
+}
+
+/// `axum-ws`: axum's own upgrade extractor at `/`.
+pub fn axum_ws_router() -> Router {
+    Router::new().route("/", get(axum_ws_handler))
+}
+
+async fn axum_ws_handler(ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(axum_ws_echo)
+}
+
+async fn axum_ws_echo(mut socket: AxumSocket) {
+    // Keep reading after a Close: the next read flushes tungstenite's close reply, then ends.
+    while let Some(Ok(msg)) = socket.recv().await {
+        if matches!(msg, AxumMessage::Binary(_) | AxumMessage::Text(_))
+            && socket.send(msg).await.is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// fastwebsockets' example connection handler.
+pub async fn fastwebsockets_echo(fut: upgrade::UpgradeFut) -> Result<(), WebSocketError> {
+    let mut ws = fastwebsockets::FragmentCollector::new(fut.await?);
+    loop {
+        let frame = ws.read_frame().await?;
+        match frame.opcode {
+            OpCode::Close => break,
+            OpCode::Text | OpCode::Binary => {
+                ws.write_frame(frame).await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn fastwebsockets_upgrade(
+    mut req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Empty<Bytes>>, WebSocketError> {
+    let (response, fut) = upgrade::upgrade(&mut req)?;
+    tokio::task::spawn(async move {
+        let _ = tokio::task::unconstrained(fastwebsockets_echo(fut)).await;
+    });
+    Ok(response)
+}
+
+async fn serve_fastwebsockets(listener: TcpListener) -> io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = http1::Builder::new()
+                .serve_connection(io, service_fn(fastwebsockets_upgrade))
+                .with_upgrades();
+            let _ = conn.await;
+        });
+    }
+}
+
+async fn serve_tcp(listener: TcpListener) -> io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let _ = tcp_echo(stream).await;
+        });
+    }
+}
+
+/// The tcp server's echo buffer: room for a whole 64 KiB message frame in one read.
+const TCP_BUFFER: usize = 128 * 1024;
+
+/// Answers the opening handshake with the least work, then echoes bytes. The echo buffer is
+/// allocated when the first bytes after the handshake arrive, so that an idle connection
+/// holds only its socket and its task. A chunk that is exactly the client's close frame is
+/// echoed and then the server ends TCP, first, as a WebSocket server does.
+async fn tcp_echo(mut stream: TcpStream) -> io::Result<()> {
+    let mut head = vec![0u8; 2048];
+    let mut filled = 0;
+    let end = loop {
+        let n = stream.read(&mut head[filled..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+        if let Some(end) = wire::head_end(&head[..filled]) {
+            break end;
+        }
+        if filled == head.len() {
+            return Err(io::Error::other("request head too long"));
+        }
+    };
+    let key = std::str::from_utf8(&head[..end])
+        .ok()
+        .and_then(|head| {
+            head.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_string())
+            })
+        })
+        .ok_or_else(|| io::Error::other("no Sec-WebSocket-Key"))?;
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        wire::accept_key(key.as_bytes())
+    );
+    stream.write_all(response.as_bytes()).await?;
+    if filled > end {
+        stream.write_all(&head[end..filled]).await?;
+    }
+    drop(head);
+    stream.readable().await?;
+    let mut buf = vec![0u8; TCP_BUFFER];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        stream.write_all(&buf[..n]).await?;
+        if buf[..n] == wire::CLOSE_FRAME {
+            return stream.shutdown().await;
+        }
+    }
+}
