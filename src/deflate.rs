@@ -67,7 +67,7 @@ use http::{HeaderMap, HeaderValue};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::close::CloseCode;
-use crate::guard::WireViolation;
+use crate::guard::{header_len, WireViolation};
 
 /// Default for [`DeflateConfig::level`]: 1, the fastest zlib level.
 pub const DEFAULT_LEVEL: u32 = 1;
@@ -1086,20 +1086,6 @@ fn payload_len(header: &[u8]) -> (u64, usize) {
         }
         n => (u64::from(n), 2),
     }
-}
-
-/// Length of a frame header from its first bytes, once they tell.
-fn header_len(bytes: &[u8]) -> Option<usize> {
-    if bytes.len() < 2 {
-        return None;
-    }
-    let ext = match bytes[1] & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    let mask = if bytes[1] & 0x80 != 0 { 4 } else { 0 };
-    Some(2 + ext + mask)
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for InflateRead<R> {

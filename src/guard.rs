@@ -220,8 +220,8 @@ impl<R> FrameGuard<R> {
     }
 }
 
-/// Length of a frame header from its first bytes, once they tell.
-fn header_len(bytes: &[u8]) -> Option<usize> {
+/// Length of a frame header from its first bytes, once they tell (also used by the inflater).
+pub(crate) fn header_len(bytes: &[u8]) -> Option<usize> {
     if bytes.len() < 2 {
         return None;
     }
