@@ -32,13 +32,13 @@ use http::{HeaderValue, Method, Uri};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
 use crate::close::{parse_close_payload, CloseCode, CloseFrame};
 use crate::guard::{FrameGuard, WireViolation};
 use crate::layer::Config;
 use crate::message::{Message, Utf8Bytes};
+use crate::queue::{self, PushError};
 use crate::reassembly::Reassembly;
 use crate::service::ConnectionSlot;
 use crate::socket::{self, Inbound, Outbound, Shared, WebSocket};
@@ -97,8 +97,8 @@ pub(crate) async fn serve<T>(
     T: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let record = Record::new(&parts, protocol.as_ref());
-    let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
-    let (out_tx, out_rx) = mpsc::channel(config.send_queue_capacity);
+    let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
+    let (out_tx, out_rx) = queue::bounded(config.send_queue_capacity);
     let socket = WebSocket::new(
         parts,
         protocol,
@@ -208,9 +208,9 @@ pub(crate) async fn serve<T>(
         }
         let notify = async {
             if let Some(message) = parked {
-                let _ = in_tx.send(Inbound::Message(message)).await;
+                let _ = in_tx.push_waking(Inbound::Message(message)).await;
             }
-            let _ = in_tx.send(Inbound::Closed(ending.peer_frame())).await;
+            let _ = in_tx.push_waking(Inbound::Closed(ending.peer_frame())).await;
             drop(in_tx);
         };
         let outcome = tokio::select! {
@@ -268,6 +268,21 @@ where
             },
         });
     (reader, result)
+}
+
+/// Returns `Pending` once, without arranging a wake-up, then `Ready`: for a task whose every
+/// other future has just registered its waker and found nothing to do.
+async fn wait_for_wake() {
+    let mut waited = false;
+    std::future::poll_fn(|_| {
+        if waited {
+            Poll::Ready(())
+        } else {
+            waited = true;
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// How the connection ended.
@@ -362,8 +377,8 @@ fn read_error(error: WebSocketError) -> Result<CloseFrame, String> {
 /// The state of one connection, apart from the futures the loop polls.
 struct Conn<'c> {
     config: &'c Config,
-    in_tx: mpsc::Sender<Inbound>,
-    out_rx: mpsc::Receiver<Outbound>,
+    in_tx: queue::Sender<Inbound>,
+    out_rx: queue::Receiver<Outbound>,
     /// A message read while the handler's queue was full; reading waits until it is taken.
     parked: Option<Message>,
     reassembly: Reassembly,
@@ -454,9 +469,10 @@ impl Conn<'_> {
                     self.handler_returned(flatten(outcome), &mut writer).await
                 }
                 item = self.out_rx.recv(), if open => self.write_queued(item, &mut writer).await,
-                permit = in_tx.reserve(), if self.parked.is_some() => {
-                    if let (Ok(permit), Some(message)) = (permit, self.parked.take()) {
-                        permit.send(Inbound::Message(message));
+                room = std::future::poll_fn(|cx| in_tx.poll_ready(cx)), if self.parked.is_some() => {
+                    if let (Ok(()), Some(message)) = (room, self.parked.take()) {
+                        // The task is the only sender: the room is still there.
+                        let _ = in_tx.try_push(Inbound::Message(message));
                     }
                     self.parked = None;
                     Ok(())
@@ -483,7 +499,16 @@ impl Conn<'_> {
                 // block and nothing more is queued. Everything batched so far goes out in one
                 // vectored write. Cancel safe: a pending flush may lose to the branches above.
                 result = writer.out.flush(&mut writer.io), if writer.out.pending() > 0 => {
-                    result.map_err(lost_io)
+                    match result {
+                        // Every branch above was polled in this pass, found nothing to do and
+                        // registered its wake-up: sleep until one comes, rather than poll them
+                        // all again now for nothing.
+                        Ok(()) => {
+                            wait_for_wake().await;
+                            Ok(())
+                        }
+                        Err(error) => Err(lost_io(error)),
+                    }
                 }
             };
             match step {
@@ -594,7 +619,7 @@ impl Conn<'_> {
         frame: CloseFrame,
         writer: &mut Writer<'_, W>,
     ) -> Result<(), Ending> {
-        while let Ok(item) = self.out_rx.try_recv() {
+        while let Some(item) = self.out_rx.try_recv() {
             self.write_item(item, writer).await?;
             if self.closing.is_some() {
                 return Ok(());
@@ -621,8 +646,8 @@ impl Conn<'_> {
                 break;
             }
             match self.out_rx.try_recv() {
-                Ok(item) => self.write_item(item, writer).await?,
-                Err(_) => break,
+                Some(item) => self.write_item(item, writer).await?,
+                None => break,
             }
         }
         // The batch is flushed when the task would go idle (or when it grows large).
@@ -692,7 +717,7 @@ impl Conn<'_> {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 match self.reassembly.push(frame.fin, frame.opcode, frame.payload) {
                     Ok(Some(message)) => {
-                        self.deliver(message);
+                        self.deliver(message).await;
                         Ok(())
                     }
                     Ok(None) => Ok(()),
@@ -752,7 +777,7 @@ impl Conn<'_> {
     }
 
     /// Hands a message to the handler, or parks it when the handler's queue is full.
-    fn deliver(&mut self, message: Message) {
+    async fn deliver(&mut self, message: Message) {
         self.touch();
         self.record.messages_in += 1;
         self.record.bytes_in += message.len() as u64;
@@ -761,9 +786,17 @@ impl Conn<'_> {
         registry
             .bytes_in
             .fetch_add(message.len() as u64, Ordering::Relaxed);
-        match self.in_tx.try_send(Inbound::Message(message)) {
+        // The handler, polled by this task, is not woken: the loop polls it next.
+        let in_tx = &self.in_tx;
+        let mut item = Some(Inbound::Message(message));
+        let pushed = std::future::poll_fn(|cx| {
+            let item = item.take().map(|item| in_tx.try_push_from(item, Some(cx)));
+            Poll::Ready(item.unwrap_or(Ok(())))
+        })
+        .await;
+        match pushed {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Inbound::Message(message))) => {
+            Err(PushError::Full(Inbound::Message(message))) => {
                 // While closing, a handler that does not read must not stop us from reading
                 // the peer's close frame: drop the message instead of waiting.
                 if self.closing.is_none() {

@@ -62,6 +62,7 @@ pub mod layer;
 pub mod message;
 pub mod origin;
 pub mod protocol;
+mod queue;
 mod reassembly;
 pub mod service;
 pub mod socket;

@@ -38,11 +38,11 @@ use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::HeaderValue;
-use tokio::sync::mpsc;
 
 use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
 use crate::error::Error;
 use crate::message::Message;
+use crate::queue::{self, PushError};
 
 /// What the connection task hands the socket.
 #[derive(Debug)]
@@ -203,8 +203,8 @@ impl WebSocket {
     pub(crate) fn new(
         parts: Parts,
         protocol: Option<HeaderValue>,
-        inbound: mpsc::Receiver<Inbound>,
-        outbound: mpsc::Sender<Outbound>,
+        inbound: queue::Receiver<Inbound>,
+        outbound: queue::Sender<Outbound>,
         shared: Arc<Shared>,
         policy: QueuePolicy,
     ) -> Self {
@@ -336,7 +336,7 @@ impl fmt::Debug for WebSocket {
 /// The receiving half of a [`WebSocket`], with its environ.
 pub struct WebSocketReceiver {
     environ: Environ,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: queue::Receiver<Inbound>,
     peer_close: Option<CloseFrame>,
 }
 
@@ -378,7 +378,7 @@ impl fmt::Debug for WebSocketReceiver {
 /// interleaved with another.
 #[derive(Clone)]
 pub struct WebSocketSender {
-    outbound: mpsc::Sender<Outbound>,
+    outbound: queue::Sender<Outbound>,
     shared: Arc<Shared>,
     policy: QueuePolicy,
 }
@@ -402,7 +402,7 @@ impl WebSocketSender {
         }
         let item = Outbound::Message(message.into());
         match self.policy {
-            QueuePolicy::Wait => self.outbound.send(item).await.map_err(|_| Error::Closed),
+            QueuePolicy::Wait => self.outbound.push(item).await.map_err(|_| Error::Closed),
             _ => self.enqueue_now(item),
         }
     }
@@ -422,10 +422,10 @@ impl WebSocketSender {
     }
 
     fn enqueue_now(&self, item: Outbound) -> Result<(), Error> {
-        match self.outbound.try_send(item) {
+        match self.outbound.try_push(item) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
-            Err(mpsc::error::TrySendError::Full(_)) => match self.policy {
+            Err(PushError::Closed(_)) => Err(Error::Closed),
+            Err(PushError::Full(_)) => match self.policy {
                 QueuePolicy::Close(code) => {
                     self.shared.overflow.store(code.into(), Ordering::Release);
                     self.shared.close_sent.store(true, Ordering::Release);
@@ -466,7 +466,7 @@ impl WebSocketSender {
         // A closed channel means the connection is already over: nothing left to close.
         let _ = self
             .outbound
-            .send(Outbound::Close(CloseFrame::new(code, reason)))
+            .push(Outbound::Close(CloseFrame::new(code, reason)))
             .await;
         Ok(())
     }

@@ -135,7 +135,11 @@ impl FrameWriter {
                 slices[count] = IoSlice::new(&bytes[skip..]);
                 count += 1;
             }
-            let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            // One slice is a plain write: `send` costs the kernel less than `writev`.
+            let written = match count {
+                1 => ready!(Pin::new(&mut *io).poll_write(cx, &slices[0]))?,
+                _ => ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?,
+            };
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }

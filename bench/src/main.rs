@@ -5,7 +5,7 @@
 //! bench run [--quick] [--scenario NAME[,NAME...]] [--rounds R] [--duration S] [--warmup S]
 //!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
 //! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
-//! bench upgrade-cost <kind> --count N
+//! bench upgrade-cost <kind> --count N [--messages M]
 //! ```
 //!
 //! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
@@ -29,7 +29,7 @@ usage:
   bench run [--quick] [--scenario NAME[,NAME...]] [--rounds R] [--duration S] [--warmup S]
             [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
   bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
-  bench upgrade-cost <kind> --count N
+  bench upgrade-cost <kind> --count N [--messages M]
 
 kinds: layer, fastwebsockets, axum-ws, tcp
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
@@ -145,11 +145,13 @@ fn upgrade_cost(args: &[String]) -> Result<(), String> {
     let mut args = Args { rest: args };
     let kind: Kind = args.value("upgrade-cost")?.parse()?;
     let mut count = 1000;
+    let mut messages = 0;
     while let Some(arg) = args.next() {
         match arg {
             "--count" => count = args.parse(arg)?,
+            "--messages" => messages = args.parse(arg)?,
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
-    upgrade_cost::run(kind, count)
+    upgrade_cost::run(kind, count, messages)
 }

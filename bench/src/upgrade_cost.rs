@@ -4,6 +4,10 @@
 //! handshake, reads the 101, sends a close frame, reads the close reply and waits for
 //! the server to end the stream.
 //!
+//! With `--messages M`, each connection echoes M binary messages of 20 bytes, one at a time,
+//! before it closes: run with one upgrade and two values of M, the same difference gives the
+//! instructions per echoed message.
+//!
 //! Run under `valgrind --tool=callgrind` twice with different counts (see `bench/callgrind.sh`),
 //! the difference of the total instruction counts divided by the difference of the counts is
 //! the instructions per upgrade, with the process's start-up and tear-down cancelled out.
@@ -53,17 +57,18 @@ async fn fastwebsockets_handler(mut req: Request) -> Response {
 }
 
 /// Runs `count` upgrades of `kind` on a current-thread runtime.
-pub fn run(kind: Kind, count: usize) -> Result<(), String> {
+pub fn run(kind: Kind, count: usize, messages: usize) -> Result<(), String> {
     let router = router(kind)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let request = wire::upgrade_request("localhost");
+    let message = wire::client_frame(wire::OP_BINARY, &[7u8; 20]);
     runtime
         .block_on(async {
             for _ in 0..count {
-                one_upgrade(&router, &request).await?;
+                one_upgrade(&router, &request, &message, messages).await?;
             }
             // Let the connection tasks of the last upgrade finish.
             for _ in 0..16 {
@@ -72,11 +77,16 @@ pub fn run(kind: Kind, count: usize) -> Result<(), String> {
             Ok::<(), io::Error>(())
         })
         .map_err(|e| e.to_string())?;
-    println!("{count} upgrades of {kind}");
+    println!("{count} upgrades of {kind}, {messages} messages each");
     Ok(())
 }
 
-async fn one_upgrade(router: &Router, request: &[u8]) -> io::Result<()> {
+async fn one_upgrade(
+    router: &Router,
+    request: &[u8],
+    message: &[u8],
+    messages: usize,
+) -> io::Result<()> {
     let (mut client_io, server_io) = tokio::io::duplex(16 * 1024);
     let service = TowerToHyperService::new(router.clone());
     let conn = tokio::spawn(
@@ -84,10 +94,41 @@ async fn one_upgrade(router: &Router, request: &[u8]) -> io::Result<()> {
             .serve_connection(TokioIo::new(server_io), service)
             .with_upgrades(),
     );
-    let rest = client::handshake(&mut client_io, request).await?;
+    let mut rest = client::handshake(&mut client_io, request).await?;
+    if messages > 0 {
+        if !rest.is_empty() {
+            return Err(io::Error::other("data before the first message"));
+        }
+        echo(&mut client_io, message, messages).await?;
+        rest.clear();
+    }
     client::close(&mut client_io, &rest).await?;
     drop(client_io);
     conn.await
         .map_err(io::Error::other)?
         .map_err(io::Error::other)
+}
+
+/// Sends `message` and waits for its echo (a 20-byte binary frame), `count` times.
+async fn echo<S>(stream: &mut S, message: &[u8], count: usize) -> io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut counter = wire::FrameCounter::default();
+    let mut buf = [0u8; 256];
+    for _ in 0..count {
+        stream.write_all(message).await?;
+        let mut done = 0;
+        while done == 0 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Err(io::Error::other("EOF before the echo"));
+            }
+            done = counter
+                .feed(&buf[..n], wire::OP_BINARY, Some(20))
+                .map_err(io::Error::other)?;
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,433 @@
+//! The two queues between a connection task and its socket: messages in (read from the peer,
+//! taken by the handler) and messages out (sent by any handle, written by the task).
+//!
+//! A bounded queue of `T` under one uncontended lock, made for this crate's traffic rather
+//! than for every use, as tokio's `mpsc` is:
+//! - nothing is allocated until the first item: an idle connection holds two empty
+//!   `VecDeque`s, where each of tokio's channels holds a block of 32 slots;
+//! - one lock per push or pop, no semaphore;
+//! - a waker is cloned only when a side starts waiting, and a push wakes the receiver only
+//!   when it is waiting, and not when the pusher runs in the receiver's own task (the
+//!   connection task polls the handler inline, so the handler's sends and the task's
+//!   deliveries would otherwise wake the task that is already running them). That task must
+//!   then poll the receiver again before it returns `Pending`; [`Receiver::poll_recv`] says
+//!   when a push skipped the wake.
+//!
+//! Every waiting sender is woken when room appears or the queue closes; each re-checks.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+/// A bounded queue; see the [module docs](self).
+#[derive(Debug)]
+struct Queue<T> {
+    state: Mutex<State<T>>,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    items: VecDeque<T>,
+    capacity: usize,
+    /// No more pushes: the receiver closed the queue or is gone.
+    closed: bool,
+    /// Live sending handles; at 0 the receiver sees the end after the last item.
+    senders: usize,
+    /// The receiver's waker, while it waits for an item.
+    receiver: Option<Waker>,
+    /// Senders waiting for room, each once (by `Waker::will_wake`).
+    waiting_senders: Vec<Waker>,
+}
+
+impl<T> Queue<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // No code under the lock can panic with the state half changed.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Why a push did not happen; the item comes back.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PushError<T> {
+    /// The queue holds `capacity` items.
+    Full(T),
+    /// The receiver is gone or closed the queue.
+    Closed(T),
+}
+
+/// A bounded queue of `capacity` items (at least 1): its sending and receiving ends.
+pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let queue = Arc::new(Queue {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            capacity: capacity.max(1),
+            closed: false,
+            senders: 1,
+            receiver: None,
+            waiting_senders: Vec::new(),
+        }),
+    });
+    (
+        Sender {
+            queue: Arc::clone(&queue),
+        },
+        Receiver { queue },
+    )
+}
+
+/// The sending end; clones share the queue.
+#[derive(Debug)]
+pub(crate) struct Sender<T> {
+    queue: Arc<Queue<T>>,
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.queue.lock().senders += 1;
+        Sender {
+            queue: Arc::clone(&self.queue),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let waker = {
+            let mut state = self.queue.lock();
+            state.senders -= 1;
+            if state.senders == 0 {
+                state.receiver.take()
+            } else {
+                None
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl<T> Sender<T> {
+    /// Pushes `item` if there is room. `cx`, when given, is the context of the task running
+    /// this push: a receiver waiting in that same task is not woken.
+    pub(crate) fn try_push_from(
+        &self,
+        item: T,
+        cx: Option<&Context<'_>>,
+    ) -> Result<(), PushError<T>> {
+        let waker = {
+            let mut state = self.queue.lock();
+            if state.closed {
+                return Err(PushError::Closed(item));
+            }
+            if state.items.len() >= state.capacity {
+                return Err(PushError::Full(item));
+            }
+            state.items.push_back(item);
+            match state.receiver.take() {
+                Some(waker) if cx.is_some_and(|cx| waker.will_wake(cx.waker())) => {
+                    // The receiver runs in this task, which polls it again: keep the waker.
+                    state.receiver = Some(waker);
+                    None
+                }
+                other => other,
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Pushes `item` if there is room.
+    pub(crate) fn try_push(&self, item: T) -> Result<(), PushError<T>> {
+        self.try_push_from(item, None)
+    }
+
+    /// Pushes `item`, waiting for room. Fails with the item when the queue closes. A receiver
+    /// waiting in the task that runs this push is not woken: use it only where that task
+    /// polls the receiver after this push, as the connection task does with the handler's
+    /// sends.
+    ///
+    /// Cancel safe in that a dropped future has pushed nothing.
+    pub(crate) async fn push(&self, item: T) -> Result<(), T> {
+        self.push_inner(item, true).await
+    }
+
+    /// Pushes `item`, waiting for room, and always wakes a waiting receiver. Fails with the
+    /// item when the queue closes.
+    pub(crate) async fn push_waking(&self, item: T) -> Result<(), T> {
+        self.push_inner(item, false).await
+    }
+
+    async fn push_inner(&self, item: T, same_task_skips_wake: bool) -> Result<(), T> {
+        let mut item = Some(item);
+        poll_fn(|cx| {
+            let Some(next) = item.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            let own = same_task_skips_wake.then_some(&*cx);
+            match self.try_push_from(next, own) {
+                Ok(()) => Poll::Ready(Ok(())),
+                Err(PushError::Closed(back)) => Poll::Ready(Err(back)),
+                Err(PushError::Full(back)) => {
+                    item = Some(back);
+                    match self.register_sender(cx) {
+                        true => Poll::Pending,
+                        // Room appeared (or the queue closed) in between: try again at once.
+                        false => {
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Ready when the queue has room (`Ok`) or is closed (`Err`); registers to be woken.
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let mut state = self.queue.lock();
+        if state.closed {
+            return Poll::Ready(Err(()));
+        }
+        if state.items.len() < state.capacity {
+            return Poll::Ready(Ok(()));
+        }
+        add_waker(&mut state.waiting_senders, cx.waker());
+        Poll::Pending
+    }
+
+    /// Registers `cx` to be woken when room appears; false if there is room already.
+    fn register_sender(&self, cx: &Context<'_>) -> bool {
+        let mut state = self.queue.lock();
+        if state.closed || state.items.len() < state.capacity {
+            return false;
+        }
+        add_waker(&mut state.waiting_senders, cx.waker());
+        true
+    }
+
+    /// Whether pushes fail: the receiver closed the queue or is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.queue.lock().closed
+    }
+}
+
+fn add_waker(wakers: &mut Vec<Waker>, waker: &Waker) {
+    if !wakers.iter().any(|w| w.will_wake(waker)) {
+        wakers.push(waker.clone());
+    }
+}
+
+/// The receiving end. Dropping it closes the queue.
+#[derive(Debug)]
+pub(crate) struct Receiver<T> {
+    queue: Arc<Queue<T>>,
+}
+
+impl<T> Receiver<T> {
+    /// The next item; `None` once every sender is gone and the queue is empty.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let (item, senders) = {
+            let mut state = self.queue.lock();
+            match state.items.pop_front() {
+                Some(item) => {
+                    let senders = room_made(&mut state);
+                    (item, senders)
+                }
+                None if state.senders == 0 => return Poll::Ready(None),
+                None => {
+                    match &state.receiver {
+                        Some(waker) if waker.will_wake(cx.waker()) => {}
+                        _ => state.receiver = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+            }
+        };
+        wake_all(senders);
+        Poll::Ready(Some(item))
+    }
+
+    /// The next item; `None` once every sender is gone and the queue is empty.
+    ///
+    /// Cancel safe: a dropped future has taken nothing.
+    pub(crate) async fn recv(&mut self) -> Option<T> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next item if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<T> {
+        let (item, senders) = {
+            let mut state = self.queue.lock();
+            let item = state.items.pop_front()?;
+            (item, room_made(&mut state))
+        };
+        wake_all(senders);
+        Some(item)
+    }
+
+    /// No more pushes; what is queued can still be received.
+    pub(crate) fn close(&mut self) {
+        let senders = {
+            let mut state = self.queue.lock();
+            state.closed = true;
+            std::mem::take(&mut state.waiting_senders)
+        };
+        wake_all(senders);
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let (senders, items) = {
+            let mut state = self.queue.lock();
+            state.closed = true;
+            (
+                std::mem::take(&mut state.waiting_senders),
+                std::mem::take(&mut state.items),
+            )
+        };
+        // Dropped outside the lock: an item's drop may run any code.
+        drop(items);
+        wake_all(senders);
+    }
+}
+
+/// An item was taken: the waiting senders, to be woken outside the lock.
+fn room_made<T>(state: &mut State<T>) -> Vec<Waker> {
+    if state.waiting_senders.is_empty() {
+        Vec::new()
+    } else {
+        std::mem::take(&mut state.waiting_senders)
+    }
+}
+
+fn wake_all(wakers: Vec<Waker>) {
+    for waker in wakers {
+        waker.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<CountingWaker>, Waker) {
+        let counter = Arc::new(CountingWaker::default());
+        (Arc::clone(&counter), Waker::from(counter))
+    }
+
+    #[test]
+    fn items_come_out_in_order_and_the_end_after_the_last() {
+        let (tx, mut rx) = bounded(4);
+        let (_, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        tx.try_push(1).unwrap();
+        tx.try_push(2).unwrap();
+        drop(tx);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(2)));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_a_closed_one_gives_the_item_back() {
+        let (tx, mut rx) = bounded(1);
+        tx.try_push("a").unwrap();
+        assert_eq!(tx.try_push("b"), Err(PushError::Full("b")));
+        rx.close();
+        assert!(tx.is_closed());
+        assert_eq!(tx.try_push("c"), Err(PushError::Closed("c")));
+        // What was queued before the close is still received.
+        assert_eq!(rx.try_recv(), Some("a"));
+        assert_eq!(rx.try_recv(), None);
+    }
+
+    #[test]
+    fn a_waiting_receiver_is_woken_once_per_wait_unless_the_pusher_is_its_own_task() {
+        let (tx, mut rx) = bounded(8);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        tx.try_push(1).unwrap();
+        tx.try_push(2).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for a wait");
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(2)));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        // Pushed from the receiver's own task: no wake, the waker stays registered.
+        tx.try_push_from(3, Some(&cx)).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // Pushed from elsewhere: woken.
+        tx.try_push(4).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn dropping_the_last_sender_wakes_the_receiver() {
+        let (tx, mut rx) = bounded::<u8>(1);
+        let tx2 = tx.clone();
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        drop(tx);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "one sender is left");
+        drop(tx2);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_sender_waiting_for_room_is_woken_by_a_pop_and_by_the_close() {
+        let (tx, mut rx) = bounded(1);
+        tx.try_push(1).unwrap();
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        // Polled again while waiting: still one registration.
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Ok(())));
+        tx.try_push(2).unwrap();
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        drop(rx);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Err(())));
+    }
+
+    #[tokio::test]
+    async fn push_waits_for_room_and_a_dropped_push_leaves_nothing() {
+        let (tx, mut rx) = bounded(1);
+        tx.push(1).await.unwrap();
+        // Full: a push that is dropped before room appears has pushed nothing.
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(20), tx.push(2)).await;
+        assert!(gave_up.is_err());
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.push(3).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        assert_eq!(rx.recv().await, Some(3));
+        drop(rx);
+        assert_eq!(tx.push(4).await, Err(4));
+    }
+}
