@@ -19,13 +19,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
+use futures_util::task::AtomicWaker;
 use futures_util::FutureExt;
 use http::request::Parts;
 use http::{HeaderValue, Method, Uri};
@@ -115,6 +116,7 @@ pub(crate) async fn serve<T>(
         config,
         in_tx,
         out_rx,
+        arms: Arms::new(),
         parked: None,
         reassembly: Reassembly::new(config.max_message_size),
         closing: None,
@@ -270,6 +272,122 @@ where
     (reader, result)
 }
 
+/// Which of the connection loop's futures need polling.
+///
+/// Each future the loop waits on is polled with a waker of its own ("arm"); waking it sets
+/// the arm's bit and wakes the task. A pass polls only the arms whose bit is set, so a message
+/// costs one poll of the read side and of the handler, not one per pass of the loop. The
+/// bits start set; the loop also sets one itself when it knows a future has work (a new read
+/// future, a reset timer, a message delivered to the handler).
+///
+/// The handler and the socket's queues share one arm, [`Arms::SOCKET`]: a push into a queue
+/// whose receiver waits with the same waker skips the wake (see `queue.rs`), and the loop
+/// polls the outbound queue on every pass and the handler when told to.
+#[derive(Clone)]
+struct Arms {
+    wakeups: Arc<Wakeups>,
+    socket: Waker,
+    read: Waker,
+    timer: Waker,
+    signal: Waker,
+}
+
+#[derive(Default)]
+struct Wakeups {
+    task: AtomicWaker,
+    woken: AtomicU8,
+}
+
+struct ArmWaker {
+    wakeups: Arc<Wakeups>,
+    arm: u8,
+}
+
+impl Wake for ArmWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakeups.woken.fetch_or(self.arm, Ordering::AcqRel);
+        self.wakeups.task.wake();
+    }
+}
+
+impl Arms {
+    const SOCKET: u8 = 1;
+    const READ: u8 = 2;
+    const TIMER: u8 = 4;
+    const SIGNAL: u8 = 8;
+
+    fn new() -> Self {
+        let wakeups = Arc::new(Wakeups {
+            task: AtomicWaker::new(),
+            woken: AtomicU8::new(Self::SOCKET | Self::READ | Self::TIMER | Self::SIGNAL),
+        });
+        let waker = |arm| {
+            Waker::from(Arc::new(ArmWaker {
+                wakeups: Arc::clone(&wakeups),
+                arm,
+            }))
+        };
+        Arms {
+            socket: waker(Self::SOCKET),
+            read: waker(Self::READ),
+            timer: waker(Self::TIMER),
+            signal: waker(Self::SIGNAL),
+            wakeups,
+        }
+    }
+
+    /// Wakes go to the task polling with `cx` from now on.
+    fn register(&self, cx: &Context<'_>) {
+        self.wakeups.task.register(cx.waker());
+    }
+
+    /// Marks an arm for polling on the next pass, without waking the task.
+    fn force(&self, arm: u8) {
+        self.wakeups.woken.fetch_or(arm, Ordering::AcqRel);
+    }
+
+    /// The context of the handler's and the queues' arm.
+    fn socket_cx(&self) -> Context<'_> {
+        Context::from_waker(&self.socket)
+    }
+
+    fn waker(&self, arm: u8) -> &Waker {
+        match arm {
+            Self::SOCKET => &self.socket,
+            Self::READ => &self.read,
+            Self::TIMER => &self.timer,
+            _ => &self.signal,
+        }
+    }
+
+    /// Polls `future` with the arm's waker if the arm was woken, else stays pending (its
+    /// waker, registered when it was last polled, sets the bit and wakes the task).
+    fn poll_arm<'a, F: Future + Unpin + 'a>(
+        &'a self,
+        arm: u8,
+        mut future: F,
+    ) -> impl Future<Output = F::Output> + 'a {
+        std::future::poll_fn(move |_| {
+            if self.wakeups.woken.fetch_and(!arm, Ordering::AcqRel) & arm == 0 {
+                return Poll::Pending;
+            }
+            let mut cx = Context::from_waker(self.waker(arm));
+            match Pin::new(&mut future).poll(&mut cx) {
+                // Whoever polls it again must not need a wake first.
+                Poll::Ready(output) => {
+                    self.force(arm);
+                    Poll::Ready(output)
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+}
+
 /// Returns `Pending` once, without arranging a wake-up, then `Ready`: for a task whose every
 /// other future has just registered its waker and found nothing to do.
 async fn wait_for_wake() {
@@ -379,6 +497,8 @@ struct Conn<'c> {
     config: &'c Config,
     in_tx: queue::Sender<Inbound>,
     out_rx: queue::Receiver<Outbound>,
+    /// Which of the loop's futures were woken.
+    arms: Arms,
     /// A message read while the handler's queue was full; reading waits until it is taken.
     parked: Option<Message>,
     reassembly: Reassembly,
@@ -428,6 +548,7 @@ impl Conn<'_> {
         // A second handle on the handler's queue, so that a reserved slot borrows this local
         // rather than `self`.
         let in_tx = self.in_tx.clone();
+        let arms = self.arms.clone();
         let mut read = pin!(next_frame(reader));
         // One timer for every deadline: keepalive, idle, and the close timeout once closing.
         // It is reset only when the earliest deadline changes, never per message.
@@ -442,6 +563,8 @@ impl Conn<'_> {
             if next != armed {
                 if let Some(at) = next {
                     timer.as_mut().reset(at);
+                    // A reset timer must be polled to be registered.
+                    arms.force(Arms::TIMER);
                 }
                 armed = next;
             }
@@ -464,12 +587,22 @@ impl Conn<'_> {
             }
             let step = tokio::select! {
                 biased;
-                outcome = &mut *handler, if !self.handler_done => {
+                // Never ready: on every poll of this `select!`, the arms' wake-ups are pointed
+                // at the task (a wake-up hands the task's waker over, so it must be given
+                // again on every poll).
+                () = std::future::poll_fn(|cx| {
+                    arms.register(cx);
+                    Poll::<()>::Pending
+                }) => Ok(()),
+                outcome = arms.poll_arm(Arms::SOCKET, &mut *handler), if !self.handler_done => {
                     self.handler_done = true;
                     self.handler_returned(flatten(outcome), &mut writer).await
                 }
-                item = self.out_rx.recv(), if open => self.write_queued(item, &mut writer).await,
-                room = std::future::poll_fn(|cx| in_tx.poll_ready(cx)), if self.parked.is_some() => {
+                // Polled on every pass: the handler's sends do not wake the task.
+                item = std::future::poll_fn(|_| self.out_rx.poll_recv(&mut arms.socket_cx())), if open => {
+                    self.write_queued(item, &mut writer).await
+                }
+                room = std::future::poll_fn(|_| in_tx.poll_ready(&mut arms.socket_cx())), if self.parked.is_some() => {
                     if let (Ok(()), Some(message)) = (room, self.parked.take()) {
                         // The task is the only sender: the room is still there.
                         let _ = in_tx.try_push(Inbound::Message(message));
@@ -477,8 +610,9 @@ impl Conn<'_> {
                     self.parked = None;
                     Ok(())
                 }
-                (reader, result) = &mut read, if self.parked.is_none() => {
+                (reader, result) = arms.poll_arm(Arms::READ, &mut read), if self.parked.is_none() => {
                     read.set(next_frame(reader));
+                    arms.force(Arms::READ);
                     match result {
                         Ok(frame) => self.on_frame(frame, &mut writer).await,
                         Err(error) => match read_error(error) {
@@ -487,8 +621,11 @@ impl Conn<'_> {
                         },
                     }
                 }
-                () = std::future::poll_fn(|cx| self.shared.poll_signal(cx)), if open => Ok(()),
-                () = &mut timer, if armed.is_some() => {
+                () = arms.poll_arm(Arms::SIGNAL, std::future::poll_fn(|cx| self.shared.poll_signal(cx))), if open => {
+                    // Until the next signal, poll it again only when it wakes.
+                    Ok(())
+                }
+                () = arms.poll_arm(Arms::TIMER, &mut timer), if armed.is_some() => {
                     armed = None;
                     match self.closing.take() {
                         Some(sent) => Err(Ending::CloseTimeout { sent }),
@@ -717,7 +854,7 @@ impl Conn<'_> {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 match self.reassembly.push(frame.fin, frame.opcode, frame.payload) {
                     Ok(Some(message)) => {
-                        self.deliver(message).await;
+                        self.deliver(message);
                         Ok(())
                     }
                     Ok(None) => Ok(()),
@@ -777,7 +914,7 @@ impl Conn<'_> {
     }
 
     /// Hands a message to the handler, or parks it when the handler's queue is full.
-    async fn deliver(&mut self, message: Message) {
+    fn deliver(&mut self, message: Message) {
         self.touch();
         self.record.messages_in += 1;
         self.record.bytes_in += message.len() as u64;
@@ -786,14 +923,12 @@ impl Conn<'_> {
         registry
             .bytes_in
             .fetch_add(message.len() as u64, Ordering::Relaxed);
-        // The handler, polled by this task, is not woken: the loop polls it next.
-        let in_tx = &self.in_tx;
-        let mut item = Some(Inbound::Message(message));
-        let pushed = std::future::poll_fn(|cx| {
-            let item = item.take().map(|item| in_tx.try_push_from(item, Some(cx)));
-            Poll::Ready(item.unwrap_or(Ok(())))
-        })
-        .await;
+        // A handler waiting in this task is not woken through its waker: the loop is told
+        // to poll it.
+        let pushed = self
+            .in_tx
+            .try_push_from(Inbound::Message(message), Some(&self.arms.socket_cx()));
+        self.arms.force(Arms::SOCKET);
         match pushed {
             Ok(()) => {}
             Err(PushError::Full(Inbound::Message(message))) => {
@@ -1029,7 +1164,7 @@ mod tests {
     use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::{Context, Poll};
+    use std::task::{Context, Poll, Wake, Waker};
 
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
