@@ -212,7 +212,9 @@ pub(crate) async fn serve<T>(
             if let Some(message) = parked {
                 let _ = in_tx.push_waking(Inbound::Message(message)).await;
             }
-            let _ = in_tx.push_waking(Inbound::Closed(ending.peer_frame())).await;
+            let _ = in_tx
+                .push_waking(Inbound::Closed(ending.peer_frame()))
+                .await;
             drop(in_tx);
         };
         let outcome = tokio::select! {

@@ -37,6 +37,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+
 use crate::socket::WebSocket;
 
 /// What a handler's future may return: `()` or `Result<(), E>` with `E: Display`.
@@ -68,8 +70,7 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: HandlerResult,
 {
-    Arc::new(move |ws| {
-        let fut = handler(ws);
-        Box::pin(async move { fut.await.into_result() })
-    })
+    // `map`, not an `async` block: a future moved into an async block and awaited there is
+    // stored twice in the block's state, which doubled every connection's handler box.
+    Arc::new(move |ws| Box::pin(handler(ws).map(HandlerResult::into_result)))
 }

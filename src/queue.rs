@@ -16,7 +16,7 @@
 //! Every waiting sender is woken when room appears or the queue closes; each re-checks.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -151,19 +151,24 @@ impl<T> Sender<T> {
     /// sends.
     ///
     /// Cancel safe in that a dropped future has pushed nothing.
-    pub(crate) async fn push(&self, item: T) -> Result<(), T> {
-        self.push_inner(item, true).await
+    pub(crate) fn push(&self, item: T) -> impl Future<Output = Result<(), T>> + '_ {
+        self.push_inner(item, true)
     }
 
     /// Pushes `item`, waiting for room, and always wakes a waiting receiver. Fails with the
     /// item when the queue closes.
-    pub(crate) async fn push_waking(&self, item: T) -> Result<(), T> {
-        self.push_inner(item, false).await
+    pub(crate) fn push_waking(&self, item: T) -> impl Future<Output = Result<(), T>> + '_ {
+        self.push_inner(item, false)
     }
 
-    async fn push_inner(&self, item: T, same_task_skips_wake: bool) -> Result<(), T> {
+    /// A plain `poll_fn`, not an `async fn`, so that the item is stored once in the future.
+    fn push_inner(
+        &self,
+        item: T,
+        same_task_skips_wake: bool,
+    ) -> impl Future<Output = Result<(), T>> + '_ {
         let mut item = Some(item);
-        poll_fn(|cx| {
+        poll_fn(move |cx| {
             let Some(next) = item.take() else {
                 return Poll::Ready(Ok(()));
             };
@@ -184,7 +189,6 @@ impl<T> Sender<T> {
                 }
             }
         })
-        .await
     }
 
     /// Ready when the queue has room (`Ok`) or is closed (`Err`); registers to be woken.
@@ -416,8 +420,7 @@ mod tests {
         let (tx, mut rx) = bounded(1);
         tx.push(1).await.unwrap();
         // Full: a push that is dropped before room appears has pushed nothing.
-        let gave_up =
-            tokio::time::timeout(std::time::Duration::from_millis(20), tx.push(2)).await;
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(20), tx.push(2)).await;
         assert!(gave_up.is_err());
         let waiting = tokio::spawn({
             let tx = tx.clone();

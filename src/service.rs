@@ -189,9 +189,8 @@ fn detach_from_read_buffer(parts: &mut Parts) {
     let path = parts.uri.path_and_query().map(|pq| pq.as_str());
     let authority = parts.uri.authority().map(|a| a.as_str());
     let values: usize = parts.headers.values().map(|v| v.len()).sum();
-    let mut buf = Vec::with_capacity(
-        values + path.map_or(0, str::len) + authority.map_or(0, str::len),
-    );
+    let mut buf =
+        Vec::with_capacity(values + path.map_or(0, str::len) + authority.map_or(0, str::len));
     for value in parts.headers.values() {
         buf.extend_from_slice(value.as_bytes());
     }
@@ -216,8 +215,7 @@ fn detach_from_read_buffer(parts: &mut Parts) {
     let original = parts.uri.clone();
     let mut uri = original.clone().into_parts();
     if has_path {
-        if let Ok(pq) =
-            http::uri::PathAndQuery::from_maybe_shared(buf.slice(path_at..authority_at))
+        if let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(buf.slice(path_at..authority_at))
         {
             uri.path_and_query = Some(pq);
         }

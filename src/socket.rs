@@ -29,6 +29,7 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -247,8 +248,13 @@ impl WebSocket {
     /// # Cancel safety
     ///
     /// If the future is dropped before it completes, the message was not queued.
-    pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
-        self.tx.send(message).await
+    pub fn send(
+        &self,
+        message: impl Into<Message>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        // Not an `async fn`: each layer of those would store the message once more in the
+        // handler's future, for every connection.
+        self.tx.send(message)
     }
 
     /// Closes the connection with 1000 (normal closure). See [`close_with`](Self::close_with).
@@ -396,11 +402,17 @@ impl WebSocketSender {
     /// # Cancel safety
     ///
     /// If the future is dropped before it completes, the message was not queued.
-    pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
+    pub fn send(
+        &self,
+        message: impl Into<Message>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.send_item(Outbound::Message(message.into()))
+    }
+
+    async fn send_item(&self, item: Outbound) -> Result<(), Error> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let item = Outbound::Message(message.into());
         match self.policy {
             QueuePolicy::Wait => self.outbound.push(item).await.map_err(|_| Error::Closed),
             _ => self.enqueue_now(item),
