@@ -12,6 +12,10 @@
 # so that nothing in it uses AVX-512 (which valgrind cannot run) and the count does not
 # depend on the build machine's CPU.
 #
+# Then the same for one echoed message: one upgrade that echoes SMALL and LARGE binary messages
+# of 20 bytes, one at a time (`--messages`), so the difference is the cost of one request and
+# its echo, client included.
+#
 # Usage: bench/callgrind.sh            (SMALL=200 LARGE=2200 KINDS="layer fastwebsockets axum-ws")
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,15 +33,15 @@ BIN="$CARGO_TARGET_DIR/release/bench"
 instructions() {
     local out
     out=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-        "$BIN" upgrade-cost "$1" --count "$2" 2>&1) || { echo "$out" >&2; return 1; }
+        "$BIN" upgrade-cost "$@" 2>&1) || { echo "$out" >&2; return 1; }
     echo "$out" | sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p'
 }
 
 declare -A PER
 printf '%-16s %14s %14s %16s\n' kind "Ir ($SMALL)" "Ir ($LARGE)" "Ir per upgrade"
 for kind in $KINDS; do
-    small=$(instructions "$kind" "$SMALL")
-    large=$(instructions "$kind" "$LARGE")
+    small=$(instructions "$kind" --count "$SMALL")
+    large=$(instructions "$kind" --count "$LARGE")
     PER[$kind]=$(( (large - small) / (LARGE - SMALL) ))
     printf '%-16s %14d %14d %16d\n' "$kind" "$small" "$large" "${PER[$kind]}"
 done
@@ -45,5 +49,21 @@ if [[ -n "${PER[fastwebsockets]:-}" ]]; then
     for kind in $KINDS; do
         awk -v k="$kind" -v a="${PER[$kind]}" -v b="${PER[fastwebsockets]}" \
             'BEGIN { printf "%-16s %.3f x fastwebsockets in an axum Router\n", k, a / b }'
+    done
+fi
+
+declare -A MSG
+echo
+printf '%-16s %14s %14s %16s\n' kind "Ir ($SMALL msgs)" "Ir ($LARGE msgs)" "Ir per message"
+for kind in $KINDS; do
+    small=$(instructions "$kind" --count 1 --messages "$SMALL")
+    large=$(instructions "$kind" --count 1 --messages "$LARGE")
+    MSG[$kind]=$(( (large - small) / (LARGE - SMALL) ))
+    printf '%-16s %14d %14d %16d\n' "$kind" "$small" "$large" "${MSG[$kind]}"
+done
+if [[ -n "${MSG[fastwebsockets]:-}" ]]; then
+    for kind in $KINDS; do
+        awk -v k="$kind" -v a="${MSG[$kind]}" -v b="${MSG[fastwebsockets]}" \
+            'BEGIN { printf "%-16s %.3f x fastwebsockets per echoed message\n", k, a / b }'
     done
 fi
