@@ -177,7 +177,9 @@ fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<Response
             shared,
             slot,
         );
-        tokio::spawn(task.instrument(tracing::Span::current())).abort_handle()
+        // Boxed first: the future is a few KiB, and tokio moves what it is given through
+        // several calls before it lands in the task; a box is moved instead, and copied once.
+        tokio::spawn(Box::pin(task).instrument(tracing::Span::current())).abort_handle()
     });
     Ok(response)
 }
