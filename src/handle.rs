@@ -31,7 +31,6 @@
 //! }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -54,8 +53,7 @@ pub(crate) struct Registry {
     pub(crate) messages_out: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     shutting_down: AtomicBool,
-    next_id: AtomicU64,
-    connections: Mutex<HashMap<u64, Entry>>,
+    connections: Mutex<Connections>,
     /// Notified when the last live connection ends.
     idle: Notify,
 }
@@ -63,6 +61,58 @@ pub(crate) struct Registry {
 struct Entry {
     shared: Arc<Shared>,
     abort: AbortHandle,
+}
+
+/// The live connections: a slab, so that registering and unregistering are an index, not a
+/// hash (both happen once per upgrade).
+struct Connections<T = Entry> {
+    entries: Vec<Option<T>>,
+    /// Indices of empty entries, reused first.
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<T> Default for Connections<T> {
+    fn default() -> Self {
+        Connections {
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Connections<T> {
+    fn insert(&mut self, entry: T) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(index) => {
+                self.entries[index] = Some(entry);
+                index
+            }
+            None => {
+                self.entries.push(Some(entry));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, index: usize) {
+        if let Some(slot) = self.entries.get_mut(index) {
+            if slot.take().is_some() {
+                self.len -= 1;
+                self.free.push(index);
+            }
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().flatten()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
 }
 
 impl Registry {
@@ -82,28 +132,34 @@ impl Registry {
     }
 
     /// Registers a connection task, spawned by `spawn` while the registry is locked so that
-    /// the task cannot end (and unregister) before it is registered.
-    pub(crate) fn spawn(&self, shared: Arc<Shared>, spawn: impl FnOnce(u64) -> AbortHandle) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// the task cannot end (and unregister) before it is registered. `spawn` is given the
+    /// connection's index in the registry.
+    pub(crate) fn spawn(&self, shared: Arc<Shared>, spawn: impl FnOnce(usize) -> AbortHandle) {
         let mut connections = self
             .connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let abort = spawn(id);
+        let index = connections
+            .free
+            .last()
+            .copied()
+            .unwrap_or(connections.entries.len());
+        let abort = spawn(index);
         self.accepted.fetch_add(1, Ordering::Relaxed);
         if self.is_shutting_down() {
             // Accepted as the shutdown began: tell it too.
             shared.request_shutdown();
         }
-        connections.insert(id, Entry { shared, abort });
+        let inserted = connections.insert(Entry { shared, abort });
+        debug_assert_eq!(inserted, index);
     }
 
     /// A connection ended (called when its slot is released).
-    pub(crate) fn unregister(&self, id: u64) {
+    pub(crate) fn unregister(&self, index: usize) {
         self.connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+            .remove(index);
         if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
@@ -259,4 +315,30 @@ pub struct ShutdownReport {
     pub closed: usize,
     /// How many were dropped when the grace period ran out.
     pub aborted: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Connections;
+
+    #[test]
+    fn connections_reuse_freed_indices_and_count_what_is_live() {
+        let mut slab = Connections::<&str>::default();
+        assert_eq!(slab.insert("a"), 0);
+        assert_eq!(slab.insert("b"), 1);
+        assert_eq!(slab.insert("c"), 2);
+        slab.remove(1);
+        // Removing twice, or an index never handed out, changes nothing.
+        slab.remove(1);
+        slab.remove(17);
+        assert_eq!(slab.len(), 2);
+        assert_eq!(slab.values().copied().collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(slab.insert("d"), 1, "the freed index is reused first");
+        assert_eq!(slab.insert("e"), 3);
+        assert_eq!(slab.len(), 4);
+        assert_eq!(
+            slab.values().copied().collect::<Vec<_>>(),
+            ["a", "d", "c", "e"]
+        );
+    }
 }

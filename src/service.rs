@@ -234,7 +234,8 @@ fn detach_from_read_buffer(parts: &mut Parts) {
 /// held from the `101` until the connection and its handler have both ended.
 pub(crate) struct ConnectionSlot {
     registry: Arc<Registry>,
-    id: u64,
+    /// The connection's index in the registry, once registered.
+    id: usize,
 }
 
 impl ConnectionSlot {
@@ -253,7 +254,7 @@ impl ConnectionSlot {
         }
         Ok(ConnectionSlot {
             registry: Arc::clone(&config.registry),
-            id: u64::MAX,
+            id: usize::MAX,
         })
     }
 }
