@@ -25,7 +25,18 @@ LARGE=${LARGE:-2200}
 KINDS=${KINDS:-"layer fastwebsockets axum-ws"}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/callgrind}
 
-command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed" >&2; exit 1; }
+if ! command -v valgrind >/dev/null; then
+    # Debian's valgrind, as scripts/browser.sh installs chromium: only as root with apt-get.
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "callgrind.sh: installing valgrind with apt-get" >&2
+        { timeout 900 apt-get update -q \
+            && DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q valgrind; } \
+            >&2 </dev/null || { echo "callgrind.sh: apt-get install valgrind failed" >&2; exit 1; }
+    else
+        echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2
+        exit 1
+    fi
+fi
 RUSTFLAGS="-C target-cpu=x86-64-v2" cargo build --release -p tower-websocket-bench
 BIN="$CARGO_TARGET_DIR/release/bench"
 

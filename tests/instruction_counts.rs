@@ -1,0 +1,56 @@
+//! A deterministic regression guard on the layer's cost: instructions counted by callgrind
+//! (`bench/callgrind.sh`), for one upgrade and for one echoed message, as ratios to raw
+//! fastwebsockets in the same build. Instruction counts do not depend on the machine's load,
+//! unlike timings; the ratios do not depend on the compiler's exact output as much as the
+//! absolute counts.
+//!
+//! The bounds sit about 5 % above what the layer measured when they were set (see
+//! `docs/performance.md`): a change that makes either path noticeably more expensive fails
+//! here, and one that makes it cheaper should lower them.
+
+use std::process::Command;
+
+/// Instructions per upgrade, layer / fastwebsockets inside an axum Router: 1.33 measured.
+const MAX_UPGRADE_RATIO: f64 = 1.40;
+/// Instructions per echoed 20-byte message, layer / fastwebsockets: 1.98-1.99 measured.
+const MAX_MESSAGE_RATIO: f64 = 2.10;
+
+#[test]
+fn upgrade_and_message_instruction_counts_stay_within_their_bounds() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("bash")
+        .arg(format!("{root}/bench/callgrind.sh"))
+        .current_dir(root)
+        .env("KINDS", "layer fastwebsockets")
+        .output()
+        .expect("bash runs bench/callgrind.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench/callgrind.sh failed:\n{stdout}\n{stderr}"
+    );
+    println!("{stdout}");
+    let ratio = |suffix: &str| -> f64 {
+        stdout
+            .lines()
+            .find(|l| l.starts_with("layer ") && l.ends_with(suffix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no `layer ... {suffix}` line in:\n{stdout}"))
+    };
+    let upgrade = ratio("x fastwebsockets in an axum Router");
+    let message = ratio("x fastwebsockets per echoed message");
+    // A run that counted nothing would give 0 or NaN: the ratios must be real.
+    assert!(upgrade > 0.5 && message > 0.5, "{stdout}");
+    assert!(
+        upgrade <= MAX_UPGRADE_RATIO,
+        "an upgrade costs {upgrade} x fastwebsockets' instructions, over the bound of \
+         {MAX_UPGRADE_RATIO}:\n{stdout}"
+    );
+    assert!(
+        message <= MAX_MESSAGE_RATIO,
+        "an echoed message costs {message} x fastwebsockets' instructions, over the bound of \
+         {MAX_MESSAGE_RATIO}:\n{stdout}"
+    );
+}
