@@ -120,6 +120,20 @@ impl FrameWriter {
         io: &mut W,
     ) -> Poll<io::Result<()>> {
         while self.pending > 0 {
+            if self.segments.len() - self.done == 1 {
+                // One segment left (a run of small frames, say): a plain write, with no
+                // slice array to fill. `send` also costs the kernel less than `writev`.
+                let bytes = match &self.segments[self.done] {
+                    Segment::Inline { start, end } => &self.arena[*start..*end],
+                    Segment::Shared(bytes) => &bytes[..],
+                };
+                let written = ready!(Pin::new(&mut *io).poll_write(cx, &bytes[self.offset..]))?;
+                if written == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.advance(written);
+                continue;
+            }
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut count = 0;
             for (i, segment) in self.segments[self.done..]
@@ -135,11 +149,7 @@ impl FrameWriter {
                 slices[count] = IoSlice::new(&bytes[skip..]);
                 count += 1;
             }
-            // One slice is a plain write: `send` costs the kernel less than `writev`.
-            let written = match count {
-                1 => ready!(Pin::new(&mut *io).poll_write(cx, &slices[0]))?,
-                _ => ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?,
-            };
+            let written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
