@@ -186,7 +186,8 @@ fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<Response
 
 /// Copies the request's header values and URI, which hyper hands out as slices of its
 /// connection read buffer (8 to 16 KiB), into one allocation of their own size, so that the
-/// `Parts` a socket keeps for its whole life do not keep that buffer alive.
+/// `Parts` a socket keeps for its whole life do not keep that buffer alive; an extensions map
+/// left empty is replaced by one that holds no allocation.
 fn detach_from_read_buffer(parts: &mut Parts) {
     let path = parts.uri.path_and_query().map(|pq| pq.as_str());
     let authority = parts.uri.authority().map(|a| a.as_str());
@@ -228,6 +229,11 @@ fn detach_from_read_buffer(parts: &mut Parts) {
         }
     }
     parts.uri = http::Uri::from_parts(uri).unwrap_or(original);
+    // Hyper's upgrade handle, taken out already, is often the only extension: an empty map
+    // still holds its table (about 280 bytes), a new one holds nothing.
+    if parts.extensions.is_empty() {
+        parts.extensions = http::Extensions::new();
+    }
 }
 
 /// One place under [`WebSocketLayer::max_connections`](crate::WebSocketLayer::max_connections),
