@@ -114,7 +114,8 @@ impl FrameWriter {
         poll_fn(|cx| self.poll_flush(cx, io)).await
     }
 
-    fn poll_flush<W: AsyncWrite + Unpin>(
+    /// [`flush`](Self::flush) as a poll: cancel safe, progress is kept between calls.
+    pub(crate) fn poll_flush<W: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         io: &mut W,
