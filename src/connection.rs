@@ -656,7 +656,9 @@ impl Conn {
                 }
                 // Polled on every pass: the handler's sends do not wake the task.
                 if open {
-                    if let Poll::Ready(item) = self.out_rx.poll_recv(&mut arms.socket_cx()) {
+                    if let Poll::Ready(item) =
+                        self.out_rx.poll_recv_same_waker(&mut arms.socket_cx())
+                    {
                         return Poll::Ready(Step::Queued(item));
                     }
                 }

@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -24,6 +25,11 @@ use std::task::{Context, Poll, Waker};
 #[derive(Debug)]
 struct Queue<T> {
     state: Mutex<State<T>>,
+    /// `state.items.len()`, written under the lock: lets the receiver see an empty queue
+    /// without taking the lock.
+    len: AtomicUsize,
+    /// `state.receiver.is_some()`, written under the lock.
+    receiver_waiting: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -67,6 +73,8 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             receiver: None,
             waiting_senders: Vec::new(),
         }),
+        len: AtomicUsize::new(0),
+        receiver_waiting: AtomicBool::new(false),
     });
     (
         Sender {
@@ -97,6 +105,7 @@ impl<T> Drop for Sender<T> {
             let mut state = self.queue.lock();
             state.senders -= 1;
             if state.senders == 0 {
+                self.queue.receiver_waiting.store(false, Ordering::Release);
                 state.receiver.take()
             } else {
                 None
@@ -125,13 +134,17 @@ impl<T> Sender<T> {
                 return Err(PushError::Full(item));
             }
             state.items.push_back(item);
+            self.queue.len.store(state.items.len(), Ordering::Release);
             match state.receiver.take() {
                 Some(waker) if cx.is_some_and(|cx| waker.will_wake(cx.waker())) => {
                     // The receiver runs in this task, which polls it again: keep the waker.
                     state.receiver = Some(waker);
                     None
                 }
-                other => other,
+                other => {
+                    self.queue.receiver_waiting.store(false, Ordering::Release);
+                    other
+                }
             }
         };
         if let Some(waker) = waker {
@@ -239,6 +252,7 @@ impl<T> Receiver<T> {
             let mut state = self.queue.lock();
             match state.items.pop_front() {
                 Some(item) => {
+                    self.queue.len.store(state.items.len(), Ordering::Release);
                     let senders = room_made(&mut state);
                     (item, senders)
                 }
@@ -248,12 +262,27 @@ impl<T> Receiver<T> {
                         Some(waker) if waker.will_wake(cx.waker()) => {}
                         _ => state.receiver = Some(cx.waker().clone()),
                     }
+                    self.queue.receiver_waiting.store(true, Ordering::Release);
                     return Poll::Pending;
                 }
             }
         };
         wake_all(senders);
         Poll::Ready(Some(item))
+    }
+
+    /// [`poll_recv`](Self::poll_recv) for a receiver that is always polled with the same
+    /// waker (the connection task's, for its outgoing queue): an empty queue it already waits
+    /// on answers `Pending` without taking the lock. A push stores the length before it takes
+    /// the waker, and the end of the senders clears the waiting flag before it wakes, so
+    /// neither is missed.
+    pub(crate) fn poll_recv_same_waker(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if self.queue.len.load(Ordering::Acquire) == 0
+            && self.queue.receiver_waiting.load(Ordering::Acquire)
+        {
+            return Poll::Pending;
+        }
+        self.poll_recv(cx)
     }
 
     /// The next item; `None` once every sender is gone and the queue is empty.
@@ -263,11 +292,15 @@ impl<T> Receiver<T> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// The next item if one is queued.
+    /// The next item if one is queued (an empty queue is seen without taking the lock).
     pub(crate) fn try_recv(&mut self) -> Option<T> {
+        if self.queue.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let (item, senders) = {
             let mut state = self.queue.lock();
             let item = state.items.pop_front()?;
+            self.queue.len.store(state.items.len(), Ordering::Release);
             (item, room_made(&mut state))
         };
         wake_all(senders);
@@ -290,6 +323,7 @@ impl<T> Drop for Receiver<T> {
         let (senders, items) = {
             let mut state = self.queue.lock();
             state.closed = true;
+            self.queue.len.store(0, Ordering::Release);
             (
                 std::mem::take(&mut state.waiting_senders),
                 std::mem::take(&mut state.items),
@@ -347,6 +381,36 @@ mod tests {
         assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(1)));
         assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(2)));
         assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn the_lock_free_empty_check_misses_neither_a_push_nor_the_end() {
+        let (tx, mut rx) = bounded(8);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        // Not yet waiting: the slow path registers the waker.
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Pending);
+        // Waiting on an empty queue: pending again, and still registered.
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Pending);
+        assert_eq!(rx.try_recv(), None);
+        // A push from another task wakes the receiver and is seen.
+        tx.try_push(1).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(1)));
+        // A push from the receiver's own task keeps the waker, and is seen all the same.
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Pending);
+        tx.try_push_from(2, Some(&cx)).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(2)));
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Pending);
+        tx.try_push(3).unwrap();
+        assert_eq!(rx.try_recv(), Some(3));
+        // The last sender leaving wakes the waiting receiver, which then sees the end.
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Pending);
+        let woken = count.0.load(Ordering::SeqCst);
+        drop(tx);
+        assert_eq!(count.0.load(Ordering::SeqCst), woken + 1);
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(None));
     }
 
     #[test]
