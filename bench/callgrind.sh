@@ -48,33 +48,30 @@ instructions() {
     echo "$out" | sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p'
 }
 
-declare -A PER
-printf '%-16s %14s %14s %16s\n' kind "Ir ($SMALL)" "Ir ($LARGE)" "Ir per upgrade"
-for kind in $KINDS; do
-    small=$(instructions "$kind" --count "$SMALL")
-    large=$(instructions "$kind" --count "$LARGE")
-    PER[$kind]=$(( (large - small) / (LARGE - SMALL) ))
-    printf '%-16s %14d %14d %16d\n' "$kind" "$small" "$large" "${PER[$kind]}"
-done
-if [[ -n "${PER[fastwebsockets]:-}" ]]; then
+# One table: for each kind, the instructions of a run with SMALL and with LARGE units of work,
+# the cost of one unit, and its ratio to fastwebsockets. $1 follows the counts in the column
+# heads, $2 names the unit, $3 ends the ratio lines; the rest are `upgrade-cost`'s arguments,
+# where the word N stands for the number of units.
+table() {
+    local suffix=$1 unit=$2 ratio_label=$3
+    shift 3
+    local -A per=()
+    local kind small large
+    printf '%-16s %14s %14s %16s\n' kind "Ir ($SMALL$suffix)" "Ir ($LARGE$suffix)" "Ir per $unit"
     for kind in $KINDS; do
-        awk -v k="$kind" -v a="${PER[$kind]}" -v b="${PER[fastwebsockets]}" \
-            'BEGIN { printf "%-16s %.3f x fastwebsockets in an axum Router\n", k, a / b }'
+        small=$(instructions "$kind" "${@/#N/$SMALL}")
+        large=$(instructions "$kind" "${@/#N/$LARGE}")
+        per[$kind]=$(( (large - small) / (LARGE - SMALL) ))
+        printf '%-16s %14d %14d %16d\n' "$kind" "$small" "$large" "${per[$kind]}"
     done
-fi
+    if [[ -n "${per[fastwebsockets]:-}" ]]; then
+        for kind in $KINDS; do
+            awk -v k="$kind" -v a="${per[$kind]}" -v b="${per[fastwebsockets]}" -v l="$ratio_label" \
+                'BEGIN { printf "%-16s %.3f x fastwebsockets %s\n", k, a / b, l }'
+        done
+    fi
+}
 
-declare -A MSG
+table "" upgrade "in an axum Router" --count N
 echo
-printf '%-16s %14s %14s %16s\n' kind "Ir ($SMALL msgs)" "Ir ($LARGE msgs)" "Ir per message"
-for kind in $KINDS; do
-    small=$(instructions "$kind" --count 1 --messages "$SMALL")
-    large=$(instructions "$kind" --count 1 --messages "$LARGE")
-    MSG[$kind]=$(( (large - small) / (LARGE - SMALL) ))
-    printf '%-16s %14d %14d %16d\n' "$kind" "$small" "$large" "${MSG[$kind]}"
-done
-if [[ -n "${MSG[fastwebsockets]:-}" ]]; then
-    for kind in $KINDS; do
-        awk -v k="$kind" -v a="${MSG[$kind]}" -v b="${MSG[fastwebsockets]}" \
-            'BEGIN { printf "%-16s %.3f x fastwebsockets per echoed message\n", k, a / b }'
-    done
-fi
+table " msgs" message "per echoed message" --count 1 --messages N
