@@ -6,8 +6,8 @@
 //! `TLS_GENERATED_DIR`, default the system's temp dir, so that a client can trust it).
 //!
 //! ```text
-//! cargo run --example tls             # then open https://localhost:3000 and accept the certificate
-//! TLS_CERT=cert.pem TLS_KEY=key.pem ADDR=0.0.0.0:8443 cargo run --example tls
+//! cargo run --features http2 --example tls   # then open https://localhost:3000, accept the certificate
+//! TLS_CERT=cert.pem TLS_KEY=key.pem ADDR=0.0.0.0:8443 cargo run --features http2 --example tls
 //! ```
 
 use std::net::SocketAddr;

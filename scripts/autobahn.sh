@@ -2,16 +2,21 @@
 # Runs the Autobahn TestSuite (wstest fuzzingclient) against examples/echo.rs and summarizes it.
 #
 #   scripts/autobahn.sh [--cases '1.*,2.*'] [--exclude '12.*,13.*'] [--strict]
+#                       [--shards N] [--limit SECONDS]
 #
-# Defaults: cases 1.* .. 10.* (no category 8 exists), nothing excluded. Exits non-zero when any case's behavior or
-# behaviorClose fails (see scripts/autobahn/summarize.py for the exact rule); with --strict,
-# NON-STRICT results fail too. The last line printed is `autobahn: N passed, M failed`.
+# Defaults: cases 1.* .. 10.* (no category 8 exists), nothing excluded, 2 wstest processes
+# (AUTOBAHN_SHARDS), a 900 s limit on the suite's run (AUTOBAHN_TIMEOUT). Exits non-zero when
+# any case's behavior or behaviorClose fails (see scripts/autobahn/summarize.py for the exact
+# rule), or when the suite overruns its limit; with --strict, NON-STRICT results fail too.
+# It prints `autobahn-time: N s of a L s limit`, and its last line is
+# `autobahn: N passed, M failed`.
 #
 # Everything it installs or writes lives under target/autobahn/ and is reused on the next run:
 #   venv/        Python 2.7 virtualenv with wstest (scripts/autobahn/requirements-py2.txt)
 #   venv3/       Python 3 venv with kosoku, used only when no Python 2.7 is found
-#   reports/     the last run's report (index.html, index.json, one file per case)
-#   server.log   the echo server's output; wstest.log: the test suite's output
+#   reports/     the last run's report: servers/ holds the merged index.json and one file
+#                per case; shard-K/ the index.html of each wstest process
+#   server.log   the echo server's output; wstest-K.log: each wstest process's output
 #
 # Environment:
 #   AUTOBAHN_SERVER_CMD    shell command that starts the server instead of
@@ -33,6 +38,8 @@ AGENT=tower-websocket
 CASES='1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*'
 EXCLUDE=''
 STRICT=0
+SHARDS=${AUTOBAHN_SHARDS:-2}
+LIMIT=${AUTOBAHN_TIMEOUT:-900}
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 log() { echo "autobahn.sh: $*" >&2; }
@@ -45,6 +52,8 @@ while [ $# -gt 0 ]; do
         --exclude) [ $# -ge 2 ] || die "--exclude needs a value"; EXCLUDE=$2; shift 2 ;;
         --exclude=*) EXCLUDE=${1#*=}; shift ;;
         --strict) STRICT=1; shift ;;
+        --shards) [ $# -ge 2 ] || die "--shards needs a value"; SHARDS=$2; shift 2 ;;
+        --limit) [ $# -ge 2 ] || die "--limit needs a value"; LIMIT=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -204,31 +213,82 @@ log "server is up on 127.0.0.1:$PORT"
 
 # ---------------------------------------------------------------------------------------------
 # Run the suite.
+#
+# wstest is single-threaded Python 2 and is the bottleneck, not the server: the cases are dealt
+# round-robin (in case order, so that every shard gets its share of the large ones) to SHARDS
+# wstest processes, each with its own spec and report directory, against the one server; their
+# reports are merged into one index.json afterwards.
 
 OUTDIR="$WORK/reports/servers"
-rm -rf "$OUTDIR"
+rm -rf "$WORK/reports"
 mkdir -p "$OUTDIR"
 t0=$SECONDS
 rc=0
 if [ "$RUNNER" = wstest ]; then
-    SPEC="$WORK/fuzzingclient.json"
-    python3 - "$SPEC" "$AGENT" "ws://127.0.0.1:$PORT" "$OUTDIR" "$CASES" "$EXCLUDE" <<'PY'
+    # The concrete case ids, resolved by the suite's own pattern rules, dealt to the shards.
+    SPECS=$(cd "$WORK" && PYTHONWARNINGS=ignore "$(dirname "$WSTEST")/python" - \
+        "$WORK" "$AGENT" "ws://127.0.0.1:$PORT" "$CASES" "$EXCLUDE" "$SHARDS" <<'PY'
 import json, sys
-spec, agent, url, outdir, cases, exclude = sys.argv[1:]
+from autobahntestsuite.caseset import CaseSet
+from autobahntestsuite.case import Cases, CaseCategories, CaseSubCategories
+work, agent, url, cases, exclude, shards = sys.argv[1:]
 split = lambda s: [c.strip() for c in s.split(",") if c.strip()]
-with open(spec, "w") as f:
-    json.dump({
-        "outdir": outdir,
-        "servers": [{"agent": agent, "url": url}],
-        "cases": split(cases),
-        "exclude-cases": split(exclude),
-        "exclude-agent-cases": {},
-    }, f, indent=2)
-    f.write("\n")
+ids = CaseSet("websocket", "Case", Cases, CaseCategories, CaseSubCategories).parseSpecCases(
+    {"cases": split(cases), "exclude-cases": split(exclude)})
+shards = max(1, min(int(shards), len(ids)))
+for k in range(shards):
+    spec = "%s/fuzzingclient-%d.json" % (work, k)
+    with open(spec, "w") as f:
+        json.dump({
+            "outdir": "%s/reports/shard-%d" % (work, k),
+            "servers": [{"agent": agent, "url": url}],
+            "cases": ids[k::shards],
+            "exclude-cases": [],
+            "exclude-agent-cases": {},
+        }, f, indent=2)
+        f.write("\n")
+    print(spec)
 PY
-    log "running wstest -m fuzzingclient -s $SPEC (cases: $CASES; excluded: ${EXCLUDE:-none}; log: $WORK/wstest.log)"
-    (cd "$WORK" && PYTHONWARNINGS=ignore timeout 900 "$WSTEST" -m fuzzingclient -s "$SPEC") \
-        >"$WORK/wstest.log" 2>&1 || rc=$?
+    ) || die "could not resolve the cases $CASES (excluding ${EXCLUDE:-none})"
+    [ -n "$SPECS" ] || die "the cases $CASES (excluding ${EXCLUDE:-none}) select nothing"
+    pids=()
+    k=0
+    for spec in $SPECS; do
+        log "running wstest -m fuzzingclient -s $spec (log: $WORK/wstest-$k.log)"
+        (cd "$WORK" && PYTHONWARNINGS=ignore exec timeout "$LIMIT" "$WSTEST" -m fuzzingclient -s "$spec") \
+            >"$WORK/wstest-$k.log" 2>&1 &
+        pids+=($!)
+        k=$((k + 1))
+    done
+    log "cases: $CASES (excluded: ${EXCLUDE:-none}) over $k wstest processes, limit $LIMIT s each"
+    k=0
+    for pid in "${pids[@]}"; do
+        src=0
+        wait "$pid" || src=$?
+        log "wstest shard $k finished after $((SECONDS - t0)) s (exit $src)"
+        if [ "$src" != 0 ]; then
+            tail -n 20 "$WORK/wstest-$k.log" >&2
+            [ "$src" != 124 ] || log "wstest shard $k hit its $LIMIT s limit (AUTOBAHN_TIMEOUT)"
+            rc=$src
+        fi
+        k=$((k + 1))
+    done
+    if [ "$rc" = 0 ]; then
+        python3 - "$OUTDIR" "$WORK"/reports/shard-* <<'PY' || rc=$?
+import json, os, shutil, sys
+out, shards = sys.argv[1], sys.argv[2:]
+merged = {}
+for d in shards:
+    with open(os.path.join(d, "index.json")) as f:
+        for agent, cases in json.load(f).items():
+            merged.setdefault(agent, {}).update(cases)
+    for name in os.listdir(d):
+        if name != "index.json" and name != "index.html":
+            shutil.copy(os.path.join(d, name), os.path.join(out, name))
+with open(os.path.join(out, "index.json"), "w") as f:
+    json.dump(merged, f, indent=2)
+PY
+    fi
     AGENT_ARGS=(--agent "$AGENT")
 else
     args=()
@@ -237,19 +297,23 @@ else
     IFS=',' read -r -a exc <<<"$EXCLUDE"
     for c in "${exc[@]}"; do c=${c// /}; [ -z "$c" ] || args+=(-x "$c"); done
     log "running kosoku -m fuzzingclient (cases: $CASES; excluded: ${EXCLUDE:-none}; log: $WORK/wstest.log)"
-    timeout 900 "$KOSOKU" -m fuzzingclient "ws://127.0.0.1:$PORT" "${args[@]}" -o "$OUTDIR" \
+    timeout "$LIMIT" "$KOSOKU" -m fuzzingclient "ws://127.0.0.1:$PORT" "${args[@]}" -o "$OUTDIR" \
         >"$WORK/wstest.log" 2>&1 || rc=$?
+    # kosoku exits 1 both when a case fails (after writing its report) and on an error.
+    [ "$rc" != 1 ] || [ ! -f "$OUTDIR/index.json" ] || rc=0
+    [ "$rc" = 0 ] || tail -n 40 "$WORK/wstest.log" >&2
+    [ "$rc" != 124 ] || log "kosoku hit its $LIMIT s limit (AUTOBAHN_TIMEOUT)"
     AGENT_ARGS=()
 fi
-log "test suite finished in $((SECONDS - t0)) s (exit $rc); HTML report: $OUTDIR/index.html"
-# kosoku exits 1 both when a case fails (after writing its report) and on an error.
-[ "$RUNNER" != kosoku ] || [ "$rc" != 1 ] || [ ! -f "$OUTDIR/index.json" ] || rc=0
+ELAPSED=$((SECONDS - t0))
+SERVER_CPU=$(ps -o cputime= -p "$SERVER_PID" 2>/dev/null | tr -d ' ' || true)
+log "test suite finished in $ELAPSED s (exit $rc; server CPU ${SERVER_CPU:-unknown}); HTML reports: $WORK/reports/"
 if [ "$rc" != 0 ] || [ ! -f "$OUTDIR/index.json" ]; then
-    tail -n 40 "$WORK/wstest.log" >&2
-    [ "$rc" != 124 ] || log "the test suite hit its 900 s limit"
+    echo "autobahn-time: $ELAPSED s of a $LIMIT s limit"
     echo "autobahn: 0 passed, 1 failed"
-    die "the test suite did not produce $OUTDIR/index.json"
+    die "the test suite did not produce a complete report (exit $rc)"
 fi
+echo "autobahn-time: $ELAPSED s of a $LIMIT s limit"
 
 cleanup
 SERVER_PID=''

@@ -68,6 +68,9 @@ pub enum HandshakeRejection {
     MethodNotGet(Method),
     /// HTTP/1.0 or older: the upgrade mechanism needs HTTP/1.1 (400).
     HttpVersionTooOld,
+    /// A WebSocket over HTTP/2 (RFC 8441 extended `CONNECT`) reached a layer built without the
+    /// crate's `http2` feature (501).
+    Http2NotEnabled,
     /// `Upgrade` is missing or does not name `websocket` (400).
     InvalidUpgradeHeader,
     /// `Connection` does not list the `upgrade` token (400).
@@ -119,6 +122,7 @@ impl HandshakeRejection {
             | HandshakeRejection::ConnectionNotUpgradable
             | HandshakeRejection::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             HandshakeRejection::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            HandshakeRejection::Http2NotEnabled => StatusCode::NOT_IMPLEMENTED,
             HandshakeRejection::TooManyConnections { .. } | HandshakeRejection::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -162,6 +166,10 @@ impl fmt::Display for HandshakeRejection {
             HandshakeRejection::MethodNotGet(method) => write!(
                 f,
                 "WebSocket handshake refused: the method must be GET, not {method}"
+            ),
+            HandshakeRejection::Http2NotEnabled => f.write_str(
+                "WebSocket handshake refused: WebSockets over HTTP/2 (extended CONNECT) need \
+                 tower-websocket's `http2` cargo feature, which this server was built without",
             ),
             HandshakeRejection::HttpVersionTooOld => f.write_str(
                 "WebSocket handshake refused: the upgrade needs HTTP/1.1 or newer",
@@ -283,6 +291,13 @@ fn check_version(headers: &HeaderMap) -> Result<(), HandshakeRejection> {
 
 fn validate_http1(request: &Parts) -> Result<HeaderValue, HandshakeRejection> {
     let headers = &request.headers;
+    // Without the feature an extended CONNECT cannot be told apart by its `:protocol` (hyper
+    // keeps that behind its own `http2` feature), but a CONNECT on HTTP/2 that carries
+    // WebSocket headers is one, and deserves an answer that names what is missing.
+    #[cfg(not(feature = "http2"))]
+    if request.method == Method::CONNECT && request.version == Version::HTTP_2 {
+        return Err(HandshakeRejection::Http2NotEnabled);
+    }
     if request.method != Method::GET {
         return Err(HandshakeRejection::MethodNotGet(request.method.clone()));
     }
@@ -514,6 +529,22 @@ mod tests {
         };
         assert_eq!(none.status(), StatusCode::BAD_REQUEST);
         assert!(none.to_string().contains("offer one of: mqtt"));
+    }
+
+    #[test]
+    #[cfg(not(feature = "http2"))]
+    fn extended_connect_without_the_http2_feature_names_the_feature() {
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .version(Version::HTTP_2)
+            .uri("https://example.com/ws")
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        let rejection = refusal(req);
+        assert_eq!(rejection, HandshakeRejection::Http2NotEnabled);
+        assert_eq!(rejection.status(), StatusCode::NOT_IMPLEMENTED);
+        assert!(rejection.to_string().contains("`http2` cargo feature"));
     }
 
     #[test]

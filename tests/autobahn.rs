@@ -1,7 +1,13 @@
-//! The Autobahn TestSuite fuzzingclient, categories 1 to 10, against `examples/echo.rs`.
-//! `scripts/autobahn.sh` installs wstest (Python 2.7 virtualenv) on first use; run with
-//! `--strict`, it fails on any FAILED or NON-STRICT case. Its per-category summary is printed
+//! The Autobahn TestSuite fuzzingclient against `examples/echo.rs`: categories 1 to 10 without
+//! compression, and the compression categories 12 and 13 with `WS_DEFLATE=1`.
+//! `scripts/autobahn.sh` installs wstest (Python 2.7 virtualenv) on first use, deals the cases
+//! to two wstest processes, and with `--strict` fails on any FAILED or NON-STRICT case, or when
+//! the suite overruns its limit. Its per-category summary and duration are printed
 //! (`cargo test --test autobahn -- --nocapture`).
+//!
+//! Categories 1 to 10 are not repeated with compression on: wstest offers permessage-deflate
+//! only in 12 and 13, so against the deflate server they would take the same path as the plain
+//! run (a layer with compression on that agreed none is covered by `tests/deflate.rs`).
 
 #[path = "common/external.rs"]
 mod external;
@@ -9,11 +15,7 @@ mod external;
 #[test]
 fn autobahn_categories_1_to_10_pass_strictly() {
     let out = external::run_script("scripts/autobahn.sh", &["--strict"], "AUTOBAHN_SERVER_CMD");
-    let verdict = out
-        .lines()
-        .find(|l| l.starts_with("autobahn: "))
-        .expect("the script's closing line");
-    assert!(verdict.ends_with(", 0 failed"), "{verdict}");
+    let verdict = verdict(&out);
     // Guard against a run that silently selected nothing.
     let passed: usize = verdict["autobahn: ".len()..]
         .split(' ')
@@ -24,27 +26,32 @@ fn autobahn_categories_1_to_10_pass_strictly() {
 }
 
 #[test]
-fn autobahn_with_permessage_deflate_passes_strictly_1_to_10_and_12_13() {
+fn autobahn_compression_categories_12_and_13_pass_strictly() {
     // The echo example with WS_DEFLATE=1 (compression on, every other default kept).
     let out = external::run_script_with(
         "scripts/autobahn.sh",
-        &[
-            "--cases",
-            "1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*,12.*,13.*",
-            "--strict",
-        ],
+        &["--cases", "12.*,13.*", "--strict"],
         "AUTOBAHN_SERVER_CMD",
         &[("WS_DEFLATE", "1")],
     );
-    let verdict = out
-        .lines()
-        .find(|l| l.starts_with("autobahn: "))
-        .expect("the script's closing line");
-    assert!(verdict.ends_with(", 0 failed"), "{verdict}");
+    let verdict = verdict(&out);
     let passed: usize = verdict["autobahn: ".len()..]
         .split(' ')
         .next()
         .and_then(|n| n.parse().ok())
         .expect("a passed count");
-    assert!(passed >= 500, "only {passed} cases ran: {verdict}");
+    assert!(passed >= 216, "only {passed} cases ran: {verdict}");
+}
+
+/// The script's closing verdict, checked for failures; its duration line is printed first.
+fn verdict(out: &str) -> &str {
+    if let Some(time) = out.lines().find(|l| l.starts_with("autobahn-time: ")) {
+        eprintln!("{time}");
+    }
+    let verdict = out
+        .lines()
+        .find(|l| l.starts_with("autobahn: "))
+        .expect("the script's closing line");
+    assert!(verdict.ends_with(", 0 failed"), "{verdict}");
+    verdict
 }
