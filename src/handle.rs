@@ -32,7 +32,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -110,6 +110,7 @@ impl<T> Connections<T> {
         self.entries.iter().flatten()
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.len
     }
@@ -166,6 +167,47 @@ impl Registry {
     }
 }
 
+/// How far one connection's closing handshake got: what the shutdown report counts. It only
+/// moves forward (open, lost, close sent, handshake done), so that a connection lost after
+/// its close frame went out still counts as a close sent and not answered.
+#[derive(Debug, Default)]
+pub(crate) struct CloseProgress {
+    state: AtomicU8,
+    handler_done: AtomicBool,
+}
+
+impl CloseProgress {
+    const OPEN: u8 = 0;
+    pub(crate) const LOST: u8 = 1;
+    const SENT: u8 = 2;
+    const DONE: u8 = 3;
+
+    /// The connection ended before a close frame of ours was written.
+    pub(crate) fn lost(&self) {
+        self.state.fetch_max(Self::LOST, Ordering::AcqRel);
+    }
+
+    /// Our close frame was written (flushed to the transport).
+    pub(crate) fn close_sent(&self) {
+        self.state.fetch_max(Self::SENT, Ordering::AcqRel);
+    }
+
+    /// Close frames went both ways: the closing handshake is complete.
+    pub(crate) fn handshake_done(&self) {
+        self.state.fetch_max(Self::DONE, Ordering::AcqRel);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// The handler's future completed (returned or panicked).
+    pub(crate) fn handler_done(&self) {
+        self.handler_done.store(true, Ordering::Release);
+    }
+}
+
 /// A handle on a layer's sockets: live metrics and graceful shutdown. Made by
 /// [`WebSocketLayer::handle`](crate::WebSocketLayer::handle); cheap to clone.
 #[derive(Clone)]
@@ -214,20 +256,29 @@ impl WebSocketHandle {
     /// From the call on, new upgrades get `503 Service Unavailable`. Each live socket first
     /// writes the messages it had accepted, then sends close 1001 ("server shutting down");
     /// its handler's `recv` returns `None` once the peer answers (or after the close timeout).
+    /// The closing handshake of each socket, TCP's end included, takes at most the
+    /// [close timeout](crate::WebSocketLayer::close_timeout), so a `grace` a little longer
+    /// than that lets every socket whose handler returns finish on its own.
+    ///
     /// The future completes when every socket and its handler have finished, or after
-    /// `grace`, when the rest are dropped. Calling it again waits again.
+    /// `grace`, when the rest are dropped. The [`ShutdownReport`] tells how each socket
+    /// ended. Calling it again waits again.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let registry = &self.registry;
         registry.shutting_down.store(true, Ordering::Release);
-        let live_at_start = {
+        // The sockets live now, kept to read how each one ended once the wait is over.
+        let at_start: Vec<Arc<Shared>> = {
             let connections = registry
                 .connections
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            for entry in connections.values() {
-                entry.shared.request_shutdown();
-            }
-            connections.len()
+            connections
+                .values()
+                .map(|entry| {
+                    entry.shared.request_shutdown();
+                    Arc::clone(&entry.shared)
+                })
+                .collect()
         };
         let drained = tokio::time::timeout(grace, async {
             loop {
@@ -242,21 +293,39 @@ impl WebSocketHandle {
         })
         .await
         .is_ok();
-        let aborted = if drained {
-            0
-        } else {
+        let mut report = ShutdownReport {
+            live_at_start: at_start.len(),
+            closed: 0,
+            unanswered: 0,
+            lost: 0,
+            aborted: 0,
+            handlers_dropped: 0,
+        };
+        if !drained {
             let connections = registry
                 .connections
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            connections.values().for_each(|entry| entry.abort.abort());
-            connections.len()
-        };
-        ShutdownReport {
-            live_at_start,
-            closed: live_at_start.saturating_sub(aborted),
-            aborted,
+            for entry in connections.values() {
+                entry.abort.abort();
+                if !entry.shared.progress.handler_done.load(Ordering::Acquire) {
+                    report.handlers_dropped += 1;
+                }
+            }
         }
+        for shared in &at_start {
+            match shared.progress.state.load(Ordering::Acquire) {
+                CloseProgress::DONE => report.closed += 1,
+                CloseProgress::SENT => report.unanswered += 1,
+                CloseProgress::LOST => report.lost += 1,
+                // Still open when the grace ran out: dropped with no close frame sent.
+                state => {
+                    debug_assert_eq!(state, CloseProgress::OPEN);
+                    report.aborted += 1;
+                }
+            }
+        }
+        report
     }
 }
 
@@ -305,16 +374,31 @@ pub struct Rejected {
     pub other: u64,
 }
 
-/// What a [`shutdown`](WebSocketHandle::shutdown) did.
+/// What a [`shutdown`](WebSocketHandle::shutdown) did: how each socket live when it began
+/// ended, from its peer's point of view, and how many handlers had to be dropped.
+///
+/// `closed + unanswered + lost + aborted == live_at_start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
     /// Sockets live when the shutdown began.
     pub live_at_start: usize,
-    /// Of those, how many finished within the grace period.
+    /// Closed with a complete closing handshake: the peer answered the 1001 (or had sent its
+    /// own close frame first).
     pub closed: usize,
-    /// How many were dropped when the grace period ran out.
+    /// The close frame went out but the peer did not answer it within the close timeout (or
+    /// before the grace period ran out): the peer was told, TCP was then ended without its
+    /// answer.
+    pub unanswered: usize,
+    /// The connection ended without a close frame getting out: the peer went away, or stopped
+    /// reading (the write or close timeout ran out on the bytes queued before the 1001).
+    pub lost: usize,
+    /// Dropped when the grace period ran out before any close frame could be sent (the peer
+    /// was not reading what was queued before the 1001).
     pub aborted: usize,
+    /// Handlers still running when the grace period ran out, dropped with their task
+    /// (counted apart: their socket is also counted in one of the fields above).
+    pub handlers_dropped: usize,
 }
 
 #[cfg(test)]
