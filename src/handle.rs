@@ -5,39 +5,50 @@
 //! are neither told nor waited for. The handle does that part. Its
 //! [`shutdown`](WebSocketHandle::shutdown) refuses new upgrades with `503`, sends close 1001
 //! ("going away") to every live socket, lets their handlers see `None`, waits up to a grace
-//! period for them to finish, then drops the rest.
+//! period for them to finish, then drops the rest, and reports how each socket ended
+//! ([`ShutdownReport`]). Each socket's closing handshake, TCP's end included, takes at most the
+//! [close timeout](crate::WebSocketLayer::close_timeout) (5 s by default): a grace a little
+//! longer than that leaves only handlers that do not return to be dropped.
+//!
+//! [`shutdown_on`](WebSocketHandle::shutdown_on) makes the future `with_graceful_shutdown`
+//! takes, and hands the report over once the server has stopped:
 //!
 //! ```no_run
 //! use std::time::Duration;
 //! use axum::Router;
+//! use tower_websocket::layer::DEFAULT_CLOSE_TIMEOUT;
 //! use tower_websocket::{WebSocket, WebSocketLayer};
 //!
 //! # async fn echo(_ws: WebSocket) {}
 //! #[tokio::main]
 //! async fn main() {
 //!     let layer = WebSocketLayer::new(echo);
-//!     let handle = layer.handle();
+//!     let sockets = layer.handle();
 //!     let app = Router::new().layer(layer);
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+//!     // On Ctrl-C the sockets are told and waited for, then HTTP stops accepting.
+//!     let grace = DEFAULT_CLOSE_TIMEOUT + Duration::from_secs(1);
+//!     let (signal, report) = sockets.shutdown_on(tokio::signal::ctrl_c(), grace);
 //!     axum::serve(listener, app)
-//!         .with_graceful_shutdown(async move {
-//!             let _ = tokio::signal::ctrl_c().await;
-//!             // HTTP stops accepting; the sockets are told and waited for.
-//!             let report = handle.shutdown(Duration::from_secs(10)).await;
-//!             tracing::info!(?report, "WebSockets closed");
-//!         })
+//!         .with_graceful_shutdown(signal)
 //!         .await
 //!         .unwrap();
+//!     if let Some(report) = report.await {
+//!         tracing::info!(?report, "WebSockets closed");
+//!     }
 //! }
 //! ```
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 
 use crate::socket::Shared;
@@ -326,6 +337,108 @@ impl WebSocketHandle {
             }
         }
         report
+    }
+}
+
+impl WebSocketHandle {
+    /// The shutdown as `axum::serve(...).with_graceful_shutdown(...)` takes it: a future that
+    /// waits for `signal` (Ctrl-C, say), then runs [`shutdown(grace)`](Self::shutdown) and
+    /// completes, and the [`ReportReceiver`] that the report is sent to.
+    ///
+    /// axum stops accepting connections once the future completes, so the sockets are closed
+    /// before the listener; plain HTTP is still served meanwhile, and upgrades get `503`.
+    /// After the server returns, awaiting the receiver gives the report: `None` if the server
+    /// ended before `signal` did (the future was dropped with no shutdown run).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::Router;
+    /// use futures_util::StreamExt;
+    /// use tokio_tungstenite::tungstenite::Message as Frame;
+    /// use tower_websocket::{WebSocket, WebSocketLayer};
+    ///
+    /// async fn echo(mut ws: WebSocket) {
+    ///     while let Some(msg) = ws.recv().await {
+    ///         if ws.send(msg).await.is_err() {
+    ///             break;
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = WebSocketLayer::new(echo);
+    /// let sockets = layer.handle();
+    /// let app = Router::new().layer(layer);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// let addr = listener.local_addr().unwrap();
+    ///
+    /// // A server would pass `tokio::signal::ctrl_c()`; this example says when itself.
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let (signal, report) = sockets.shutdown_on(stopped, Duration::from_secs(6));
+    /// let server = tokio::spawn(async move {
+    ///     axum::serve(listener, app).with_graceful_shutdown(signal).await
+    /// });
+    ///
+    /// let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+    ///     .await
+    ///     .unwrap();
+    /// stop.send(()).unwrap();
+    /// // The client is told 1001 "going away"; reading on answers it.
+    /// match client.next().await {
+    ///     Some(Ok(Frame::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// while let Some(Ok(_)) = client.next().await {}
+    ///
+    /// server.await.unwrap().unwrap();
+    /// let report = report.await.expect("the signal fired");
+    /// assert_eq!((report.live_at_start, report.closed), (1, 1));
+    /// # }
+    /// ```
+    pub fn shutdown_on<F>(
+        &self,
+        signal: F,
+        grace: Duration,
+    ) -> (impl Future<Output = ()> + Send + 'static, ReportReceiver)
+    where
+        F: Future + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let handle = self.clone();
+        let shutdown = async move {
+            let _ = signal.await;
+            // Nobody may be waiting for the report: it is theirs to drop.
+            let _ = tx.send(handle.shutdown(grace).await);
+        };
+        (shutdown, ReportReceiver { rx })
+    }
+}
+
+/// Where the future of [`WebSocketHandle::shutdown_on`] sends its [`ShutdownReport`]; await
+/// it for the report.
+///
+/// It resolves to `Some(report)` once the shutdown has run, or to `None` if the future was
+/// dropped first (the server ended for another reason before the signal). Not `Clone`: there
+/// is one report, for one receiver.
+#[derive(Debug)]
+#[must_use = "the report is only seen by awaiting the receiver"]
+pub struct ReportReceiver {
+    rx: oneshot::Receiver<ShutdownReport>,
+}
+
+impl ReportReceiver {
+    /// The report if the shutdown is over, without waiting.
+    pub fn try_report(&mut self) -> Option<ShutdownReport> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Future for ReportReceiver {
+    type Output = Option<ShutdownReport>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(Result::ok)
     }
 }
 

@@ -288,6 +288,43 @@ async fn shutdown_report_counts_a_socket_dropped_by_its_write_timeout_as_lost() 
 }
 
 #[tokio::test]
+async fn shutdown_on_runs_the_shutdown_when_the_signal_fires_and_hands_over_its_report() {
+    let layer =
+        WebSocketLayer::new(|mut ws: WebSocket| async move { while ws.recv().await.is_some() {} });
+    let handle = layer.handle();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (signal, mut report) = handle.shutdown_on(stopped, Duration::from_secs(5));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, Router::new().layer(layer))
+            .with_graceful_shutdown(signal)
+            .await
+    });
+    let mut raw = RawClient::connect(addr, "/").await;
+    assert_eq!(report.try_report(), None, "no shutdown before the signal");
+    stop.send(()).unwrap();
+    assert_eq!(raw.expect_close().await.close_code(), 1001);
+    raw.send_frame(true, 0x8, &common::close_payload(1001, b""))
+        .await;
+    raw.expect_eof().await;
+    within("the server to stop", server).await.unwrap().unwrap();
+    let report = within("the report", report).await.expect("a report");
+    assert_eq!((report.live_at_start, report.closed), (1, 1));
+    assert!(handle.is_shutting_down());
+}
+
+#[tokio::test]
+async fn shutdown_on_reports_none_when_the_server_ends_before_the_signal() {
+    let handle = WebSocketLayer::new(|_ws: WebSocket| async {}).handle();
+    let (signal, report) = handle.shutdown_on(std::future::pending::<()>(), Duration::ZERO);
+    // The server ended for another reason: its shutdown future is dropped unfinished.
+    drop(signal);
+    assert_eq!(within("the report", report).await, None);
+    assert!(!handle.is_shutting_down());
+}
+
+#[tokio::test]
 async fn metrics_count_upgrades_refusals_messages_and_bytes() {
     let layer = WebSocketLayer::new(|mut ws: WebSocket| async move {
         while let Some(msg) = ws.recv().await {
