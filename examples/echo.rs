@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::{response::Html, routing::get, Router};
+use tower_websocket::layer::DEFAULT_CLOSE_TIMEOUT;
 use tower_websocket::{WebSocket, WebSocketLayer};
 
 #[path = "common/shutdown.rs"]
@@ -55,18 +56,23 @@ async fn main() {
         "echo server on http://{}",
         listener.local_addr().expect("bound address")
     );
+    let signal = async {
+        shutdown::signal().await;
+        tracing::info!("shutting down: closing WebSockets");
+    };
+    let grace = DEFAULT_CLOSE_TIMEOUT + Duration::from_secs(1);
+    let (signal, report) = sockets.shutdown_on(signal, grace);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     // On Ctrl-C or SIGTERM: axum stops accepting once this future completes, but it does not
-    // know about upgraded sockets, so they are closed (1001) and waited for here first.
-    .with_graceful_shutdown(async move {
-        shutdown::signal().await;
-        tracing::info!("shutting down: closing WebSockets");
-        let report = sockets.shutdown(Duration::from_secs(10)).await;
-        tracing::info!(?report, "WebSockets closed");
-    })
+    // know about upgraded sockets, so they are closed (1001) and waited for first. Each
+    // closing handshake takes at most the close timeout; a second more is for the handlers.
+    .with_graceful_shutdown(signal)
     .await
     .expect("server error");
+    if let Some(report) = report.await {
+        tracing::info!(?report, "WebSockets closed");
+    }
 }

@@ -19,6 +19,7 @@ use axum::{response::Html, routing::get, Router};
 use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tower_websocket::layer::DEFAULT_CLOSE_TIMEOUT;
 use tower_websocket::{WebSocket, WebSocketLayer};
 
 #[path = "common/shutdown.rs"]
@@ -95,7 +96,10 @@ async fn main() {
         async move {
             shutdown::signal().await;
             tracing::info!("shutting down: closing WebSockets");
-            let report = sockets.shutdown(Duration::from_secs(10)).await;
+            // Each closing handshake takes at most the close timeout; a second more is for
+            // the handlers.
+            let grace = DEFAULT_CLOSE_TIMEOUT + Duration::from_secs(1);
+            let report = sockets.shutdown(grace).await;
             tracing::info!(?report, "WebSockets closed");
             server.graceful_shutdown(Some(Duration::from_secs(10)));
         }

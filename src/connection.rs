@@ -148,6 +148,7 @@ where
     // Captured and used in place: rebinding them inside would store them twice.
     async move {
         let Some(io) = io.await else {
+            conn.shared.progress.lost();
             drop(slot);
             return;
         };
@@ -162,6 +163,7 @@ where
                     timeout: config.write_timeout,
                     sleep: write_sleep,
                     armed: false,
+                    close_by: None,
                     shared: Arc::clone(&conn.shared),
                 },
                 out: FrameWriter::default(),
@@ -172,25 +174,31 @@ where
                 }),
             };
             let read = pin!(next_frame(frame_reader(&mut read_io, extensions, config)));
-            conn.drive(read, next_frame, &mut writer, &mut handler)
-                .await
+            let ending = conn
+                .drive(read, next_frame, &mut writer, &mut handler)
+                .await;
+            (ending, writer.io.close_by)
         };
+        let (ending, close_by) = ending;
 
         // The connection is over for senders: every later `send` fails.
         conn.out_rx.close();
-        let close_timeout = conn.config.close_timeout;
         let Conn {
             in_tx,
             parked,
             handler_done,
             record,
+            shared,
             ..
         } = conn;
 
         let teardown = async {
-            if ending.needs_shutdown() {
+            if let (true, Some(close_by)) = (ending.needs_shutdown(), close_by) {
                 let drain = ending.may_leave_unread_data();
-                let _ = tokio::time::timeout(close_timeout, async {
+                // What is left of the closing handshake's one budget, which began when this
+                // side sent its close frame or answered the peer's: a peer that never answered
+                // has none left, and its connection ends now.
+                let _ = tokio::time::timeout_at(close_by, async {
                     // Flush what is written and send FIN: the server ends TCP first (RFC 6455
                     // 7.1.1).
                     write_io.flush().await?;
@@ -229,6 +237,7 @@ where
                 Some(outcome) => outcome,
                 None => handler.await,
             };
+            shared.progress.handler_done();
             if let Err(error) = flatten(outcome) {
                 tracing::error!(%error, "WebSocket handler failed after the connection closed");
             }
@@ -601,7 +610,6 @@ impl Conn {
         // It is reset only when the earliest deadline changes, never per message.
         let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
         let mut armed: Option<Instant> = None;
-        let mut close_deadline = None;
         let ending = loop {
             let pending = writer.out.pending();
             if pending >= FLUSH_AT || (pending > 0 && self.closing.is_some()) {
@@ -610,8 +618,11 @@ impl Conn {
                 if let Err(ending) = writer.flush().await {
                     break ending;
                 }
+                if self.closing.is_some() {
+                    self.shared.progress.close_sent();
+                }
             }
-            let next_deadline = match close_deadline {
+            let next_deadline = match writer.io.close_by {
                 Some(deadline) => Some(deadline),
                 None => self.next_deadline(),
             };
@@ -634,7 +645,7 @@ impl Conn {
                     // The layer's handle is shutting down: write what was accepted, then 1001.
                     let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
                     self.close_after_queue(frame, writer);
-                    close_deadline = Some(Instant::now() + self.config.close_timeout);
+                    writer.io.start_closing(self.config.close_timeout);
                     continue;
                 }
             }
@@ -702,6 +713,7 @@ impl Conn {
             let step = match step {
                 Step::HandlerReturned(outcome) => {
                     self.handler_done = true;
+                    self.shared.progress.handler_done();
                     self.handler_returned(flatten(outcome), writer);
                     Ok(())
                 }
@@ -737,18 +749,34 @@ impl Conn {
                 Err(ending) => break ending,
             }
             if open && self.closing.is_some() {
-                // This turn started the closing handshake: bound the wait for the answer.
-                close_deadline = Some(Instant::now() + self.config.close_timeout);
+                // This turn started the closing handshake: its budget starts now.
+                writer.io.start_closing(self.config.close_timeout);
             }
         };
         // What is batched (a close frame, say) goes out before the connection is torn down;
         // a connection that cannot take it is lost, whatever the closing handshake said.
+        let progress = &self.shared.progress;
         if matches!(ending, Ending::Lost { .. }) {
+            progress.lost();
             return ending;
         }
+        // A closing handshake the peer began, or a failure, starts its budget here: the
+        // last flush and the TCP teardown share it.
+        writer.io.start_closing(self.config.close_timeout);
         match writer.flush().await {
-            Ok(()) => ending,
-            Err(lost) => lost,
+            Ok(()) => {
+                match ending {
+                    Ending::ClosedByPeer(_) | Ending::ClosedByServer { .. } => {
+                        progress.handshake_done()
+                    }
+                    _ => progress.close_sent(),
+                }
+                ending
+            }
+            Err(lost) => {
+                progress.lost();
+                lost
+            }
         }
     }
 
@@ -1099,17 +1127,31 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadStack<R> {
 /// (the peer stopped reading and its buffers are full) fails with `TimedOut`. The timer is
 /// touched only when a write would block, never on the ordinary path.
 ///
-/// A blocked write also gives up at once when a send overflowed the queue under
-/// `QueuePolicy::Close`: the slow peer is being dropped anyway.
+/// Once the closing handshake has begun, a blocked write also fails at `close_by`, the end of
+/// the handshake's budget: writing the close frame is part of the handshake. And a blocked
+/// write gives up at once when a send overflowed the queue under `QueuePolicy::Close`: the
+/// slow peer is being dropped anyway.
 struct TimedWrite<'s, W> {
     inner: W,
     timeout: Option<Duration>,
     sleep: Pin<&'s mut Sleep>,
     armed: bool,
+    /// When the closing handshake, TCP's end included, must be over: set once, when it
+    /// begins. The connection loop's close timer and the teardown read it too.
+    close_by: Option<Instant>,
     shared: Arc<Shared>,
 }
 
 impl<W> TimedWrite<'_, W> {
+    /// The closing handshake begins: it has `budget` from now, unless it began already.
+    fn start_closing(&mut self, budget: Duration) {
+        if self.close_by.is_none() {
+            self.close_by = Some(Instant::now() + budget);
+            // A write blocked now is bounded by the new deadline from its next poll on.
+            self.armed = false;
+        }
+    }
+
     fn bound<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if poll.is_ready() {
             self.armed = false;
@@ -1122,20 +1164,32 @@ impl<W> TimedWrite<'_, W> {
                 "send queue full and the peer is not reading: connection dropped",
             )));
         }
-        let Some(timeout) = self.timeout else {
-            return Poll::Pending;
-        };
         if !self.armed {
-            self.sleep.as_mut().reset(Instant::now() + timeout);
+            let stalled = self.timeout.map(|timeout| Instant::now() + timeout);
+            let at = match (stalled, self.close_by) {
+                (Some(stalled), Some(close_by)) => stalled.min(close_by),
+                (Some(at), None) | (None, Some(at)) => at,
+                (None, None) => return Poll::Pending,
+            };
+            self.sleep.as_mut().reset(at);
             self.armed = true;
         }
         match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("write timed out: the peer read nothing for {timeout:?}"),
-            ))),
+            Poll::Ready(()) => Poll::Ready(Err(self.timed_out())),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    fn timed_out(&self) -> io::Error {
+        let message = match (self.timeout, self.close_by) {
+            (Some(timeout), close_by)
+                if close_by.is_none_or(|close_by| self.sleep.deadline() < close_by) =>
+            {
+                format!("write timed out: the peer read nothing for {timeout:?}")
+            }
+            _ => "close timed out: the peer read nothing until the close timeout".to_string(),
+        };
+        io::Error::new(io::ErrorKind::TimedOut, message)
     }
 }
 
@@ -1348,6 +1402,44 @@ mod tests {
         );
         drop(client);
         let _ = server.await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_frame_the_peer_does_not_read_is_given_up_at_the_close_timeout() {
+        const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+        // A pipe that holds 1 KiB: the 8 KiB message, and the close frame behind it, stay
+        // stuck while the peer reads nothing.
+        let (io, _peer) = tokio::io::duplex(1024);
+        let mut config = crate::layer::tests_config_with(|ws: crate::WebSocket| async move {
+            let _ = ws.send(vec![0u8; 8 * 1024]).await;
+        });
+        config.close_timeout = CLOSE_TIMEOUT;
+        config.ping_interval = None;
+        let parts = http::Request::new(()).into_parts().0;
+        let shared = Arc::new(crate::socket::Shared::default());
+        let started = tokio::time::Instant::now();
+        super::serve(
+            io,
+            parts,
+            None,
+            Default::default(),
+            Arc::new(config),
+            Arc::clone(&shared),
+        )
+        .await;
+        // Virtual time: the close timeout exactly, not the far longer write timeout, which no
+        // longer applies once the closing handshake has begun.
+        let took = started.elapsed();
+        eprintln!("a close frame the peer does not read: given up after {took:?}");
+        assert!(
+            took >= CLOSE_TIMEOUT && took < 2 * CLOSE_TIMEOUT,
+            "the connection ended after {took:?}"
+        );
+        assert_eq!(
+            shared.progress.state(),
+            crate::handle::CloseProgress::LOST,
+            "the close frame never got out"
+        );
     }
 
     #[test]

@@ -5,39 +5,50 @@
 //! are neither told nor waited for. The handle does that part. Its
 //! [`shutdown`](WebSocketHandle::shutdown) refuses new upgrades with `503`, sends close 1001
 //! ("going away") to every live socket, lets their handlers see `None`, waits up to a grace
-//! period for them to finish, then drops the rest.
+//! period for them to finish, then drops the rest, and reports how each socket ended
+//! ([`ShutdownReport`]). Each socket's closing handshake, TCP's end included, takes at most the
+//! [close timeout](crate::WebSocketLayer::close_timeout) (5 s by default): a grace a little
+//! longer than that leaves only handlers that do not return to be dropped.
+//!
+//! [`shutdown_on`](WebSocketHandle::shutdown_on) makes the future `with_graceful_shutdown`
+//! takes, and hands the report over once the server has stopped:
 //!
 //! ```no_run
 //! use std::time::Duration;
 //! use axum::Router;
+//! use tower_websocket::layer::DEFAULT_CLOSE_TIMEOUT;
 //! use tower_websocket::{WebSocket, WebSocketLayer};
 //!
 //! # async fn echo(_ws: WebSocket) {}
 //! #[tokio::main]
 //! async fn main() {
 //!     let layer = WebSocketLayer::new(echo);
-//!     let handle = layer.handle();
+//!     let sockets = layer.handle();
 //!     let app = Router::new().layer(layer);
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+//!     // On Ctrl-C the sockets are told and waited for, then HTTP stops accepting.
+//!     let grace = DEFAULT_CLOSE_TIMEOUT + Duration::from_secs(1);
+//!     let (signal, report) = sockets.shutdown_on(tokio::signal::ctrl_c(), grace);
 //!     axum::serve(listener, app)
-//!         .with_graceful_shutdown(async move {
-//!             let _ = tokio::signal::ctrl_c().await;
-//!             // HTTP stops accepting; the sockets are told and waited for.
-//!             let report = handle.shutdown(Duration::from_secs(10)).await;
-//!             tracing::info!(?report, "WebSockets closed");
-//!         })
+//!         .with_graceful_shutdown(signal)
 //!         .await
 //!         .unwrap();
+//!     if let Some(report) = report.await {
+//!         tracing::info!(?report, "WebSockets closed");
+//!     }
 //! }
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 
 use crate::socket::Shared;
@@ -110,6 +121,7 @@ impl<T> Connections<T> {
         self.entries.iter().flatten()
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.len
     }
@@ -166,6 +178,47 @@ impl Registry {
     }
 }
 
+/// How far one connection's closing handshake got: what the shutdown report counts. It only
+/// moves forward (open, lost, close sent, handshake done), so that a connection lost after
+/// its close frame went out still counts as a close sent and not answered.
+#[derive(Debug, Default)]
+pub(crate) struct CloseProgress {
+    state: AtomicU8,
+    handler_done: AtomicBool,
+}
+
+impl CloseProgress {
+    const OPEN: u8 = 0;
+    pub(crate) const LOST: u8 = 1;
+    const SENT: u8 = 2;
+    const DONE: u8 = 3;
+
+    /// The connection ended before a close frame of ours was written.
+    pub(crate) fn lost(&self) {
+        self.state.fetch_max(Self::LOST, Ordering::AcqRel);
+    }
+
+    /// Our close frame was written (flushed to the transport).
+    pub(crate) fn close_sent(&self) {
+        self.state.fetch_max(Self::SENT, Ordering::AcqRel);
+    }
+
+    /// Close frames went both ways: the closing handshake is complete.
+    pub(crate) fn handshake_done(&self) {
+        self.state.fetch_max(Self::DONE, Ordering::AcqRel);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// The handler's future completed (returned or panicked).
+    pub(crate) fn handler_done(&self) {
+        self.handler_done.store(true, Ordering::Release);
+    }
+}
+
 /// A handle on a layer's sockets: live metrics and graceful shutdown. Made by
 /// [`WebSocketLayer::handle`](crate::WebSocketLayer::handle); cheap to clone.
 #[derive(Clone)]
@@ -214,20 +267,29 @@ impl WebSocketHandle {
     /// From the call on, new upgrades get `503 Service Unavailable`. Each live socket first
     /// writes the messages it had accepted, then sends close 1001 ("server shutting down");
     /// its handler's `recv` returns `None` once the peer answers (or after the close timeout).
+    /// The closing handshake of each socket, TCP's end included, takes at most the
+    /// [close timeout](crate::WebSocketLayer::close_timeout), so a `grace` a little longer
+    /// than that lets every socket whose handler returns finish on its own.
+    ///
     /// The future completes when every socket and its handler have finished, or after
-    /// `grace`, when the rest are dropped. Calling it again waits again.
+    /// `grace`, when the rest are dropped. The [`ShutdownReport`] tells how each socket
+    /// ended. Calling it again waits again.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let registry = &self.registry;
         registry.shutting_down.store(true, Ordering::Release);
-        let live_at_start = {
+        // The sockets live now, kept to read how each one ended once the wait is over.
+        let at_start: Vec<Arc<Shared>> = {
             let connections = registry
                 .connections
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            for entry in connections.values() {
-                entry.shared.request_shutdown();
-            }
-            connections.len()
+            connections
+                .values()
+                .map(|entry| {
+                    entry.shared.request_shutdown();
+                    Arc::clone(&entry.shared)
+                })
+                .collect()
         };
         let drained = tokio::time::timeout(grace, async {
             loop {
@@ -242,21 +304,141 @@ impl WebSocketHandle {
         })
         .await
         .is_ok();
-        let aborted = if drained {
-            0
-        } else {
+        let mut report = ShutdownReport {
+            live_at_start: at_start.len(),
+            closed: 0,
+            unanswered: 0,
+            lost: 0,
+            aborted: 0,
+            handlers_dropped: 0,
+        };
+        if !drained {
             let connections = registry
                 .connections
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            connections.values().for_each(|entry| entry.abort.abort());
-            connections.len()
-        };
-        ShutdownReport {
-            live_at_start,
-            closed: live_at_start.saturating_sub(aborted),
-            aborted,
+            for entry in connections.values() {
+                entry.abort.abort();
+                if !entry.shared.progress.handler_done.load(Ordering::Acquire) {
+                    report.handlers_dropped += 1;
+                }
+            }
         }
+        for shared in &at_start {
+            match shared.progress.state.load(Ordering::Acquire) {
+                CloseProgress::DONE => report.closed += 1,
+                CloseProgress::SENT => report.unanswered += 1,
+                CloseProgress::LOST => report.lost += 1,
+                // Still open when the grace ran out: dropped with no close frame sent.
+                state => {
+                    debug_assert_eq!(state, CloseProgress::OPEN);
+                    report.aborted += 1;
+                }
+            }
+        }
+        report
+    }
+}
+
+impl WebSocketHandle {
+    /// The shutdown as `axum::serve(...).with_graceful_shutdown(...)` takes it: a future that
+    /// waits for `signal` (Ctrl-C, say), then runs [`shutdown(grace)`](Self::shutdown) and
+    /// completes, and the [`ReportReceiver`] that the report is sent to.
+    ///
+    /// axum stops accepting connections once the future completes, so the sockets are closed
+    /// before the listener; plain HTTP is still served meanwhile, and upgrades get `503`.
+    /// After the server returns, awaiting the receiver gives the report: `None` if the server
+    /// ended before `signal` did (the future was dropped with no shutdown run).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::Router;
+    /// use futures_util::StreamExt;
+    /// use tokio_tungstenite::tungstenite::Message as Frame;
+    /// use tower_websocket::{WebSocket, WebSocketLayer};
+    ///
+    /// async fn echo(mut ws: WebSocket) {
+    ///     while let Some(msg) = ws.recv().await {
+    ///         if ws.send(msg).await.is_err() {
+    ///             break;
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = WebSocketLayer::new(echo);
+    /// let sockets = layer.handle();
+    /// let app = Router::new().layer(layer);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// let addr = listener.local_addr().unwrap();
+    ///
+    /// // A server would pass `tokio::signal::ctrl_c()`; this example says when itself.
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let (signal, report) = sockets.shutdown_on(stopped, Duration::from_secs(6));
+    /// let server = tokio::spawn(async move {
+    ///     axum::serve(listener, app).with_graceful_shutdown(signal).await
+    /// });
+    ///
+    /// let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+    ///     .await
+    ///     .unwrap();
+    /// stop.send(()).unwrap();
+    /// // The client is told 1001 "going away"; reading on answers it.
+    /// match client.next().await {
+    ///     Some(Ok(Frame::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// while let Some(Ok(_)) = client.next().await {}
+    ///
+    /// server.await.unwrap().unwrap();
+    /// let report = report.await.expect("the signal fired");
+    /// assert_eq!((report.live_at_start, report.closed), (1, 1));
+    /// # }
+    /// ```
+    pub fn shutdown_on<F>(
+        &self,
+        signal: F,
+        grace: Duration,
+    ) -> (impl Future<Output = ()> + Send + 'static, ReportReceiver)
+    where
+        F: Future + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let handle = self.clone();
+        let shutdown = async move {
+            let _ = signal.await;
+            // Nobody may be waiting for the report: it is theirs to drop.
+            let _ = tx.send(handle.shutdown(grace).await);
+        };
+        (shutdown, ReportReceiver { rx })
+    }
+}
+
+/// Where the future of [`WebSocketHandle::shutdown_on`] sends its [`ShutdownReport`]; await
+/// it for the report.
+///
+/// It resolves to `Some(report)` once the shutdown has run, or to `None` if the future was
+/// dropped first (the server ended for another reason before the signal). Not `Clone`: there
+/// is one report, for one receiver.
+#[derive(Debug)]
+#[must_use = "the report is only seen by awaiting the receiver"]
+pub struct ReportReceiver {
+    rx: oneshot::Receiver<ShutdownReport>,
+}
+
+impl ReportReceiver {
+    /// The report if the shutdown is over, without waiting.
+    pub fn try_report(&mut self) -> Option<ShutdownReport> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Future for ReportReceiver {
+    type Output = Option<ShutdownReport>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(Result::ok)
     }
 }
 
@@ -305,16 +487,31 @@ pub struct Rejected {
     pub other: u64,
 }
 
-/// What a [`shutdown`](WebSocketHandle::shutdown) did.
+/// What a [`shutdown`](WebSocketHandle::shutdown) did: how each socket live when it began
+/// ended, from its peer's point of view, and how many handlers had to be dropped.
+///
+/// `closed + unanswered + lost + aborted == live_at_start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShutdownReport {
     /// Sockets live when the shutdown began.
     pub live_at_start: usize,
-    /// Of those, how many finished within the grace period.
+    /// Closed with a complete closing handshake: the peer answered the 1001 (or had sent its
+    /// own close frame first).
     pub closed: usize,
-    /// How many were dropped when the grace period ran out.
+    /// The close frame went out but the peer did not answer it within the close timeout (or
+    /// before the grace period ran out): the peer was told, TCP was then ended without its
+    /// answer.
+    pub unanswered: usize,
+    /// The connection ended without a close frame getting out: the peer went away, or stopped
+    /// reading (the write or close timeout ran out on the bytes queued before the 1001).
+    pub lost: usize,
+    /// Dropped when the grace period ran out before any close frame could be sent (the peer
+    /// was not reading what was queued before the 1001).
     pub aborted: usize,
+    /// Handlers still running when the grace period ran out, dropped with their task
+    /// (counted apart: their socket is also counted in one of the fields above).
+    pub handlers_dropped: usize,
 }
 
 #[cfg(test)]

@@ -270,8 +270,12 @@ impl WebSocketLayer {
         self
     }
 
-    /// How long to wait for the peer's close frame after this side sent one, and for the
-    /// peer to end TCP after the close handshake, before dropping the connection.
+    /// The budget of the whole closing handshake, from the moment this side sends its close
+    /// frame (or answers the peer's, or fails the connection): writing the close frame,
+    /// waiting for the peer's answer and ending TCP all fit in it. A peer that does not answer
+    /// is dropped when it runs out, and the connection's place under
+    /// [`max_connections`](Self::max_connections) is free again as soon as its handler has
+    /// returned too.
     ///
     /// Default: [`DEFAULT_CLOSE_TIMEOUT`] (5 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {

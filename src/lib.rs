@@ -37,7 +37,8 @@
 //! - [`origin`], [`protocol`]: the origin policy and subprotocol selection.
 //! - `deflate`: permessage-deflate (feature `deflate`, on by default).
 //! - [`hub`]: topics and broadcast to many sockets.
-//! - [`handle`]: graceful shutdown and live metrics of a layer's sockets.
+//! - [`handle`]: graceful shutdown and live metrics of a layer's sockets (exported through the
+//!   `metrics` facade with the `metrics` feature: the chapter `docs::metrics`).
 //! - [`handler`]: what a handler may be and return.
 //! - [`body`]: the response body type.
 //! - [`error`]: [`Error`], what a socket operation can fail with.
@@ -60,6 +61,8 @@ pub mod handshake;
 pub mod hub;
 pub mod layer;
 pub mod message;
+#[cfg(feature = "metrics")]
+mod metrics_export;
 pub mod origin;
 pub mod protocol;
 mod queue;
@@ -98,4 +101,7 @@ pub mod docs {
     #[cfg(feature = "testing")]
     #[doc = include_str!("../docs/testing.md")]
     pub mod testing {}
+    #[cfg(feature = "metrics")]
+    #[doc = include_str!("../docs/metrics.md")]
+    pub mod metrics {}
 }

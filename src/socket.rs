@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     shutdown: AtomicBool,
     /// Wakes the connection task when `overflow` or `shutdown` is set.
     pub(crate) waker: AtomicWaker,
+    /// How far the closing handshake got, for the shutdown report.
+    pub(crate) progress: crate::handle::CloseProgress,
 }
 
 impl Shared {

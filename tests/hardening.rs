@@ -310,6 +310,48 @@ async fn default_frame_limit_is_16_mib() {
     assert_eq!(raw.expect_close().await.close_code(), 1009);
 }
 
+// ---- the closing handshake's budget ----
+
+/// The close timeout these tests set: long enough that scheduling noise is small beside it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How far past the close timeout a connection may end: room for scheduling on a loaded
+/// machine, and still far below twice the close timeout that a second wait would take.
+const OVERSHOOT: Duration = Duration::from_millis(500);
+
+#[tokio::test]
+async fn close_the_peer_never_answers_ends_tcp_and_frees_the_slot_within_one_close_timeout() {
+    // The handler returns at once: the server closes with 1000.
+    let layer = WebSocketLayer::new(|_ws: WebSocket| async {})
+        .ping_interval(None)
+        .close_timeout(CLOSE_TIMEOUT)
+        .max_connections(1);
+    let counter = layer.clone();
+    let addr = server(layer).await;
+    let mut raw = RawClient::connect(addr, "/").await;
+    // The client reads the close frame and neither answers it nor ends TCP.
+    assert_eq!(raw.expect_close().await.close_code(), 1000);
+    let closed = Instant::now();
+    raw.expect_eof().await;
+    let fin = closed.elapsed();
+    within("the slot to come back", async {
+        while counter.live_connections() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let freed = closed.elapsed();
+    eprintln!("close timeout {CLOSE_TIMEOUT:?}: FIN after {fin:?}, slot free after {freed:?}");
+    // The server waited for the answer (the budget runs from when it queued the close frame,
+    // a moment before the client read it)...
+    assert!(fin >= CLOSE_TIMEOUT / 2, "FIN after {fin:?}");
+    // ...and then ended everything within the same budget: no second wait for the FIN.
+    assert!(
+        freed < CLOSE_TIMEOUT + OVERSHOOT,
+        "slot freed after {freed:?}"
+    );
+    let _next = RawClient::connect(addr, "/").await;
+}
+
 // ---- subprotocols ----
 
 #[tokio::test]

@@ -5,13 +5,13 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use common::{serve, within, RawClient};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as T;
-use tower_websocket::{WebSocket, WebSocketLayer};
+use tower_websocket::{QueuePolicy, WebSocket, WebSocketLayer};
 
 async fn server(layer: WebSocketLayer) -> SocketAddr {
     serve(Router::new().layer(layer)).await
@@ -69,6 +69,9 @@ async fn shutdown_closes_100_sockets_with_1001_after_what_they_had_accepted() {
                     match client.next().await {
                         Some(Ok(T::Text(_))) => data += 1,
                         Some(Ok(T::Close(frame))) => {
+                            // Reading on sends tungstenite's answer to the close frame and
+                            // waits for the server to end TCP.
+                            while let Some(Ok(_)) = client.next().await {}
                             return (data, frame.map(|f| u16::from(f.code)));
                         }
                         Some(Ok(_)) => {}
@@ -80,8 +83,15 @@ async fn shutdown_closes_100_sockets_with_1001_after_what_they_had_accepted() {
         .collect();
     let report = within("the shutdown", handle.shutdown(Duration::from_secs(5))).await;
     assert_eq!(
-        (report.live_at_start, report.closed, report.aborted),
-        (SOCKETS, SOCKETS, 0)
+        (
+            report.live_at_start,
+            report.closed,
+            report.unanswered,
+            report.lost,
+            report.aborted,
+            report.handlers_dropped
+        ),
+        (SOCKETS, SOCKETS, 0, 0, 0, 0)
     );
     for reader in readers {
         let (data, code) = within("a client", reader).await.unwrap();
@@ -123,9 +133,17 @@ async fn handlers_that_do_not_finish_are_dropped_after_the_grace_period() {
     })
     .await;
     let report = within("the shutdown", handle.shutdown(Duration::from_millis(300))).await;
+    // The 1001 went out (the client never answers it): the socket is counted as unanswered,
+    // not as aborted, and its handler as dropped.
     assert_eq!(
-        (report.live_at_start, report.closed, report.aborted),
-        (1, 0, 1)
+        (
+            report.live_at_start,
+            report.closed,
+            report.unanswered,
+            report.aborted,
+            report.handlers_dropped
+        ),
+        (1, 0, 1, 0, 1)
     );
     assert_eq!(raw.expect_close().await.close_code(), 1001);
     within("the abort to take effect", async {
@@ -134,6 +152,176 @@ async fn handlers_that_do_not_finish_are_dropped_after_the_grace_period() {
         }
     })
     .await;
+}
+
+/// The close timeout of the timing tests: long enough that scheduling noise is small beside it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How far past the close timeout a shutdown may end: room for scheduling on a loaded
+/// machine, and still far below twice the close timeout that a second wait would take.
+const OVERSHOOT: Duration = Duration::from_millis(500);
+
+async fn wait_live(handle: &tower_websocket::handle::WebSocketHandle, live: usize) {
+    within("the sockets to be live", async {
+        while handle.live() != live {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_report_tells_a_1001_the_peer_never_answered_from_one_it_answered() {
+    let layer =
+        WebSocketLayer::new(|mut ws: WebSocket| async move { while ws.recv().await.is_some() {} })
+            .ping_interval(None)
+            .close_timeout(CLOSE_TIMEOUT);
+    let handle = layer.handle();
+    let addr = server(layer).await;
+    // This client answers the close frame (tungstenite does, as it reads it)...
+    let (mut polite, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    let polite = tokio::spawn(async move { while let Some(Ok(_)) = polite.next().await {} });
+    // ...this one never does, and never ends TCP either.
+    let mut silent = RawClient::connect(addr, "/").await;
+    wait_live(&handle, 2).await;
+
+    let started = Instant::now();
+    let report = within("the shutdown", handle.shutdown(Duration::from_secs(5))).await;
+    let took = started.elapsed();
+    eprintln!("close timeout {CLOSE_TIMEOUT:?}: the shutdown took {took:?}");
+    assert_eq!(
+        (
+            report.live_at_start,
+            report.closed,
+            report.unanswered,
+            report.lost,
+            report.aborted,
+            report.handlers_dropped
+        ),
+        (2, 1, 1, 0, 0, 0),
+        "{report:?}"
+    );
+    // The silent client held the shutdown for one close timeout, FIN included: no more.
+    assert!(
+        took < CLOSE_TIMEOUT + OVERSHOOT,
+        "the shutdown took {took:?}"
+    );
+    assert_eq!(silent.expect_close().await.close_code(), 1001);
+    silent.expect_eof().await;
+    within("the polite client", polite).await.unwrap();
+}
+
+/// A server whose handler fills the send queue of a peer that never reads (so the task is
+/// stuck writing), says so, then waits for the end.
+async fn stuck_writer(
+    configure: impl FnOnce(WebSocketLayer) -> WebSocketLayer,
+) -> (
+    SocketAddr,
+    tower_websocket::handle::WebSocketHandle,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let layer = WebSocketLayer::new(move |mut ws: WebSocket| {
+        let tx = tx.clone();
+        async move {
+            let chunk = tower_websocket::Message::binary(vec![0u8; 256 * 1024]);
+            let sender = ws.sender();
+            // From a task of its own: the handler runs in the connection's task, which is
+            // the one stuck writing. A full queue says it is.
+            tokio::spawn(async move {
+                while sender.try_send(chunk.clone()).is_ok() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let _ = tx.send(());
+            });
+            while ws.recv().await.is_some() {}
+        }
+    })
+    .ping_interval(None)
+    .send_queue(4, QueuePolicy::Wait);
+    let layer = configure(layer);
+    let handle = layer.handle();
+    (server(layer).await, handle, rx)
+}
+
+#[tokio::test]
+async fn shutdown_report_counts_a_socket_whose_1001_could_not_be_written_as_aborted() {
+    let (addr, handle, mut stuck) = stuck_writer(|l| l).await;
+    let _reads_nothing = RawClient::connect_small_window(addr, "/").await;
+    within("the writes to stall", stuck.recv()).await.unwrap();
+    let report = within("the shutdown", handle.shutdown(Duration::from_millis(300))).await;
+    assert_eq!(
+        (
+            report.live_at_start,
+            report.closed,
+            report.unanswered,
+            report.lost,
+            report.aborted,
+            report.handlers_dropped
+        ),
+        (1, 0, 0, 0, 1, 1),
+        "{report:?}"
+    );
+    wait_live(&handle, 0).await;
+}
+
+#[tokio::test]
+async fn shutdown_report_counts_a_socket_dropped_by_its_write_timeout_as_lost() {
+    let (addr, handle, mut stuck) =
+        stuck_writer(|l| l.write_timeout(Some(Duration::from_millis(300)))).await;
+    let _reads_nothing = RawClient::connect_small_window(addr, "/").await;
+    within("the writes to stall", stuck.recv()).await.unwrap();
+    let report = within("the shutdown", handle.shutdown(Duration::from_secs(5))).await;
+    assert_eq!(
+        (
+            report.live_at_start,
+            report.closed,
+            report.unanswered,
+            report.lost,
+            report.aborted,
+            report.handlers_dropped
+        ),
+        (1, 0, 0, 1, 0, 0),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_on_runs_the_shutdown_when_the_signal_fires_and_hands_over_its_report() {
+    let layer =
+        WebSocketLayer::new(|mut ws: WebSocket| async move { while ws.recv().await.is_some() {} });
+    let handle = layer.handle();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (signal, mut report) = handle.shutdown_on(stopped, Duration::from_secs(5));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, Router::new().layer(layer))
+            .with_graceful_shutdown(signal)
+            .await
+    });
+    let mut raw = RawClient::connect(addr, "/").await;
+    assert_eq!(report.try_report(), None, "no shutdown before the signal");
+    stop.send(()).unwrap();
+    assert_eq!(raw.expect_close().await.close_code(), 1001);
+    raw.send_frame(true, 0x8, &common::close_payload(1001, b""))
+        .await;
+    raw.expect_eof().await;
+    within("the server to stop", server).await.unwrap().unwrap();
+    let report = within("the report", report).await.expect("a report");
+    assert_eq!((report.live_at_start, report.closed), (1, 1));
+    assert!(handle.is_shutting_down());
+}
+
+#[tokio::test]
+async fn shutdown_on_reports_none_when_the_server_ends_before_the_signal() {
+    let handle = WebSocketLayer::new(|_ws: WebSocket| async {}).handle();
+    let (signal, report) = handle.shutdown_on(std::future::pending::<()>(), Duration::ZERO);
+    // The server ended for another reason: its shutdown future is dropped unfinished.
+    drop(signal);
+    assert_eq!(within("the report", report).await, None);
+    assert!(!handle.is_shutting_down());
 }
 
 #[tokio::test]
