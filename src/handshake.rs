@@ -331,7 +331,11 @@ pub(crate) fn accept_key(key: &[u8]) -> HeaderValue {
 /// assert_eq!(response.headers()["www-authenticate"], "Bearer");
 /// ```
 #[derive(Debug)]
-pub struct Refusal(Box<Response<Bytes>>);
+pub struct Refusal {
+    response: Box<Response<Bytes>>,
+    /// A header did not convert: the response is a 500 that later headers leave alone.
+    broken: bool,
+}
 
 impl Refusal {
     /// A refusal with this status and a plain-text body.
@@ -342,32 +346,85 @@ impl Refusal {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        Refusal(Box::new(response))
+        Refusal::from(response)
     }
 
-    /// Adds a header to the response.
-    pub fn header(mut self, name: HeaderName, value: &'static str) -> Self {
-        self.0
-            .headers_mut()
-            .insert(name, HeaderValue::from_static(value));
-        self
+    /// Sets a header of the response, replacing any of the same name. The name and the value
+    /// may be anything that converts into a [`HeaderName`] and a [`HeaderValue`]: typed
+    /// constants, `&str`, `String`, ...
+    ///
+    /// A name or value that does not convert (a value with a line break, say) is a bug in the
+    /// server, as it is for axum's `(name, value)` response parts: the refusal becomes a
+    /// `500 Internal Server Error` and the conversion error is logged.
+    ///
+    /// ```
+    /// use http::{header, StatusCode};
+    /// use tower_websocket::Refusal;
+    ///
+    /// let wait = 30;
+    /// let response = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "slow down")
+    ///     .header(header::RETRY_AFTER, wait.to_string())
+    ///     .header("x-request-id", "abc")
+    ///     .into_response();
+    /// assert_eq!(response.headers()["retry-after"], "30");
+    /// assert_eq!(response.headers()["x-request-id"], "abc");
+    ///
+    /// let broken = Refusal::new(StatusCode::UNAUTHORIZED, "log in first")
+    ///     .header("x-note", "line\nbreak")
+    ///     .into_response();
+    /// assert_eq!(broken.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    /// ```
+    pub fn header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        K: TryInto<HeaderName>,
+        K::Error: fmt::Display,
+        V: TryInto<HeaderValue>,
+        V::Error: fmt::Display,
+    {
+        if self.broken {
+            return self;
+        }
+        let name = match name.try_into() {
+            Ok(name) => name,
+            Err(error) => return Self::broken_header("name", &error),
+        };
+        match value.try_into() {
+            Ok(value) => {
+                self.response.headers_mut().insert(name, value);
+                self
+            }
+            Err(error) => Self::broken_header(&format!("value of {name}"), &error),
+        }
+    }
+
+    fn broken_header(what: &str, error: &dyn fmt::Display) -> Self {
+        tracing::error!(%error, "a WebSocket refusal's header {what} is invalid; answering 500");
+        let mut response = Response::new(Bytes::from_static(b"internal server error\n"));
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        Refusal {
+            response: Box::new(response),
+            broken: true,
+        }
     }
 
     /// The response.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        (*self.0).map(Full::new)
+        (*self.response).map(Full::new)
     }
 }
 
 impl From<HandshakeRejection> for Refusal {
     fn from(rejection: HandshakeRejection) -> Self {
-        Refusal(Box::new(rejection.to_response()))
+        Refusal::from(rejection.to_response())
     }
 }
 
 impl From<Response<Bytes>> for Refusal {
     fn from(response: Response<Bytes>) -> Self {
-        Refusal(Box::new(response))
+        Refusal {
+            response: Box::new(response),
+            broken: false,
+        }
     }
 }
 
