@@ -73,10 +73,14 @@ mod writer;
 pub use close::{CloseCode, CloseFrame};
 #[cfg(feature = "deflate")]
 pub use deflate::DeflateConfig;
-pub use error::Error;
-pub use handshake::HandshakeRejection;
+pub use error::{Error, SendError};
+pub use handle::{Metrics, ShutdownReport, WebSocketHandle};
+pub use handshake::{HandshakeRejection, Refusal};
+pub use hub::{Hub, HubBackend, Subscription};
 pub use layer::WebSocketLayer;
 pub use message::{Message, Utf8Bytes};
+pub use origin::OriginPolicy;
+pub use protocol::Subprotocols;
 pub use service::WebSocketService;
 pub use socket::{QueuePolicy, WebSocket, WebSocketReceiver, WebSocketSender};
 
