@@ -108,6 +108,14 @@ pub enum HandshakeRejection {
     /// The server is shutting down (503). See
     /// [`WebSocketHandle::shutdown`](crate::handle::WebSocketHandle::shutdown).
     ShuttingDown,
+    /// The request lacks an extension the layer requires (500): a middleware that should add
+    /// it runs inside the layer instead of outside. See
+    /// [`WebSocketLayer::require_extension`](crate::WebSocketLayer::require_extension). The
+    /// client's body does not name the type; the server's log does.
+    MissingExtension {
+        /// The type's name, as `std::any::type_name` spells it.
+        type_name: &'static str,
+    },
 }
 
 impl HandshakeRejection {
@@ -122,6 +130,7 @@ impl HandshakeRejection {
             HandshakeRejection::TooManyConnections { .. } | HandshakeRejection::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            HandshakeRejection::MissingExtension { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -132,7 +141,14 @@ impl HandshakeRejection {
     }
 
     fn to_response(&self) -> Response<Bytes> {
-        let mut res = Response::new(Bytes::from(format!("{self}\n")));
+        let body = match self {
+            // A server's configuration is not the client's business.
+            HandshakeRejection::MissingExtension { .. } => {
+                Bytes::from_static(b"WebSocket handshake refused: internal server error\n")
+            }
+            _ => Bytes::from(format!("{self}\n")),
+        };
+        let mut res = Response::new(body);
         *res.status_mut() = self.status();
         let headers = res.headers_mut();
         headers.insert(
@@ -210,6 +226,12 @@ impl fmt::Display for HandshakeRejection {
             ),
             HandshakeRejection::ShuttingDown => f.write_str(
                 "WebSocket handshake refused: the server is shutting down; try again later",
+            ),
+            HandshakeRejection::MissingExtension { type_name } => write!(
+                f,
+                "WebSocket upgrade refused: the request has no `{type_name}` extension, which the \
+                 WebSocketLayer requires; the middleware that adds it must run before the layer \
+                 (add it after the layer with `Router::layer`, before it in a `ServiceBuilder`)"
             ),
             HandshakeRejection::TooManyConnections { limit } => write!(
                 f,

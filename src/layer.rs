@@ -62,6 +62,17 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) type BeforeUpgrade =
     Arc<dyn Fn(&mut Parts, &mut HeaderMap) -> Result<(), Refusal> + Send + Sync>;
 
+/// An extension the upgrade request must carry; see [`WebSocketLayer::require_extension`].
+#[derive(Clone, Copy)]
+pub(crate) struct RequiredExtension {
+    pub(crate) type_name: &'static str,
+    pub(crate) present: fn(&http::Extensions) -> bool,
+}
+
+fn has_extension<T: Send + Sync + 'static>(extensions: &http::Extensions) -> bool {
+    extensions.get::<T>().is_some()
+}
+
 /// The settings shared by every connection of one layer, behind one `Arc`.
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -69,6 +80,7 @@ pub(crate) struct Config {
     pub(crate) subprotocols: Subprotocols,
     pub(crate) origin: OriginPolicy,
     pub(crate) before_upgrade: Option<BeforeUpgrade>,
+    pub(crate) required_extensions: Vec<RequiredExtension>,
     pub(crate) max_connections: Option<usize>,
     /// Live connections and counters, shared by every clone of the layer.
     pub(crate) registry: Arc<Registry>,
@@ -91,6 +103,14 @@ impl fmt::Debug for Config {
             .field("subprotocols", &self.subprotocols)
             .field("origin", &self.origin)
             .field("before_upgrade", &self.before_upgrade.is_some())
+            .field(
+                "required_extensions",
+                &self
+                    .required_extensions
+                    .iter()
+                    .map(|r| r.type_name)
+                    .collect::<Vec<_>>(),
+            )
             .field("max_connections", &self.max_connections)
             .field("max_message_size", &self.max_message_size)
             .field("max_frame_size", &self.max_frame_size)
@@ -132,6 +152,7 @@ impl WebSocketLayer {
                 subprotocols: Subprotocols::none(),
                 origin: OriginPolicy::same_site(),
                 before_upgrade: None,
+                required_extensions: Vec::new(),
                 max_connections: None,
                 registry: Arc::new(Registry::default()),
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -226,6 +247,52 @@ impl WebSocketLayer {
         F: Fn(&mut Parts, &mut HeaderMap) -> Result<(), Refusal> + Send + Sync + 'static,
     {
         self.config_mut().before_upgrade = Some(Arc::new(hook));
+        self
+    }
+
+    /// Refuse an upgrade whose request has no extension of type `T`, with `500 Internal
+    /// Server Error` and an ERROR log line that names `T`.
+    ///
+    /// This makes a misplaced middleware loud. An upgrade is answered by this layer and goes
+    /// no further in, so a middleware that authenticates must sit **outside** it (be added
+    /// after it with `Router::layer`, before it in a `ServiceBuilder`): one inside never sees
+    /// upgrades, and without this guard the handler would run with no user. Checked after the
+    /// [`before_upgrade`](Self::before_upgrade) hook, which may insert `T` itself. Call it once
+    /// per type to require several.
+    ///
+    /// ```
+    /// use axum::{extract::Request, middleware::{self, Next}, response::Response, Router};
+    /// use http::StatusCode;
+    /// use tower_websocket::{WebSocket, WebSocketLayer};
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String);
+    ///
+    /// async fn auth(mut request: Request, next: Next) -> Result<Response, StatusCode> {
+    ///     let user = request.headers().get("x-user").ok_or(StatusCode::UNAUTHORIZED)?;
+    ///     let user = User(user.to_str().map_err(|_| StatusCode::BAD_REQUEST)?.to_owned());
+    ///     request.extensions_mut().insert(user);
+    ///     Ok(next.run(request).await)
+    /// }
+    ///
+    /// async fn chat(ws: WebSocket) {
+    ///     let user = ws.extension::<User>().expect("required by the layer");
+    ///     let _ = ws.send(format!("hello {}", user.0)).await;
+    /// }
+    ///
+    /// let app: Router = Router::new()
+    ///     .layer(WebSocketLayer::new(chat).require_extension::<User>())
+    ///     .layer(middleware::from_fn(auth)); // added last: outermost, runs first
+    /// ```
+    ///
+    /// Default: no extension is required.
+    pub fn require_extension<T: Send + Sync + 'static>(mut self) -> Self {
+        self.config_mut()
+            .required_extensions
+            .push(RequiredExtension {
+                type_name: std::any::type_name::<T>(),
+                present: has_extension::<T>,
+            });
         self
     }
 

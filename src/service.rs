@@ -132,7 +132,8 @@ where
 
 /// Runs every check on a WebSocket attempt, in order: the RFC's rules (400/426), the origin
 /// policy (403), the subprotocol (400 when required), the `before_upgrade` hook (its own
-/// answer), an upgradable connection (426), shutdown and the connection limit (503). Then
+/// answer), the required extensions (500), an upgradable connection (426), shutdown and the
+/// connection limit (503). Then
 /// spawns the connection and answers `101` (or `200` on HTTP/2).
 fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<ResponseBody<B>>, Refusal> {
     let accept_key = handshake::validate(&parts)?;
@@ -141,6 +142,17 @@ fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<Response
     let mut headers = HeaderMap::new();
     if let Some(hook) = &config.before_upgrade {
         hook(&mut parts, &mut headers)?;
+    }
+    if let Some(missing) = config
+        .required_extensions
+        .iter()
+        .find(|required| !(required.present)(&parts.extensions))
+    {
+        let rejection = HandshakeRejection::MissingExtension {
+            type_name: missing.type_name,
+        };
+        tracing::error!(missing = missing.type_name, "{rejection}");
+        return Err(rejection.into());
     }
     // After the hook, so that its headers cannot speak for the extension.
     #[cfg(feature = "deflate")]

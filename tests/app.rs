@@ -278,3 +278,83 @@ async fn a_handler_error_is_logged_with_its_source_chain_and_closes_with_1011() 
         "{line}"
     );
 }
+
+// ----- auth and the order of layers -----
+
+#[derive(Clone, Debug)]
+struct User(String);
+
+/// An auth middleware: a user from the `x-user` header, or 401.
+async fn auth(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, http::StatusCode> {
+    let user = request
+        .headers()
+        .get("x-user")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(http::StatusCode::UNAUTHORIZED)?
+        .to_owned();
+    request.extensions_mut().insert(User(user));
+    Ok(next.run(request).await)
+}
+
+fn greeter() -> WebSocketLayer {
+    WebSocketLayer::new(|ws: WebSocket| async move {
+        let user = ws.extension::<User>().map(|u| u.0.clone());
+        let _ = ws.send(format!("hello {user:?}")).await;
+    })
+    .require_extension::<User>()
+}
+
+fn as_user(path: &str, user: &str) -> Request<()> {
+    Request::get(path).header("x-user", user).body(()).unwrap()
+}
+
+#[tokio::test]
+async fn auth_outside_the_layer_gives_the_handler_its_user() {
+    let app = Router::new()
+        .route("/", get(|| async { "page" }))
+        .layer(greeter())
+        .layer(axum::middleware::from_fn(auth));
+    let mut client = TestClient::connect(app, as_user("/", "ada")).await.unwrap();
+    assert_eq!(client.recv_text().await, "hello Some(\"ada\")");
+}
+
+#[tokio::test]
+async fn auth_inside_the_layer_makes_a_required_extension_refuse_upgrades_with_500() {
+    // The one-line mistake: the auth layer is added first, so it is inside and never sees an
+    // upgrade.
+    let app = Router::new()
+        .route("/", get(|| async { "page" }))
+        .layer(axum::middleware::from_fn(auth))
+        .layer(greeter());
+    let refused = TestClient::connect(app, as_user("/", "ada"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status, http::StatusCode::INTERNAL_SERVER_ERROR);
+    // The client is not told about the server's types.
+    assert!(!refused.body.contains("User"), "{}", refused.body);
+}
+
+#[tokio::test]
+async fn a_missing_required_extension_is_logged_with_its_type_name() {
+    let (logs, _guard) = Captured::install();
+    let app = Router::new()
+        .layer(axum::middleware::from_fn(auth))
+        .layer(greeter());
+    let _ = TestClient::connect(app, as_user("/", "ada")).await;
+    let line = logs.wait_for("ERROR").await;
+    assert!(line.contains("app::User"), "{line}");
+    assert!(line.contains("must run before the layer"), "{line}");
+}
+
+#[tokio::test]
+async fn a_before_upgrade_hook_may_provide_the_required_extension() {
+    let layer = greeter().before_upgrade(|request, _| {
+        request.extensions.insert(User("from the hook".into()));
+        Ok(())
+    });
+    let mut client = connect(app(layer), "/").await;
+    assert_eq!(client.recv_text().await, "hello Some(\"from the hook\")");
+}
