@@ -1212,7 +1212,7 @@ impl Record {
         };
         tracing::info!(
             method = %parts.method,
-            path = %parts.uri.path(),
+            path = %socket::original_path(parts),
             peer = peer.as_deref().unwrap_or("-"),
             status,
             protocol = protocol.unwrap_or("-"),

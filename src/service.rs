@@ -241,6 +241,16 @@ fn detach_from_read_buffer(parts: &mut Parts) {
         }
     }
     parts.uri = http::Uri::from_parts(uri).unwrap_or(original);
+    // axum's copy of the URI before any nesting: the same bytes, shared, unless a nested
+    // router stripped a prefix, then a copy of its own.
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(original)) = parts.extensions.get_mut() {
+        if *original == parts.uri {
+            *original = parts.uri.clone();
+        } else if let Ok(copy) = http::Uri::try_from(original.to_string()) {
+            *original = copy;
+        }
+    }
     // Hyper's upgrade handle, taken out already, is often the only extension: an empty map
     // still holds its table (about 280 bytes), a new one holds nothing.
     if parts.extensions.is_empty() {

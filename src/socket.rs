@@ -197,6 +197,57 @@ macro_rules! environ_accessors {
             self.$($environ).+.parts.extensions.get::<T>()
         }
 
+        /// Runs an axum extractor on the upgrade request, as a handler's argument would be:
+        /// `Path`, `Query`, `MatchedPath`, `OriginalUri`, `TypedHeader`, your own. The request
+        /// is cloned for it (once per call, not per message).
+        ///
+        /// ```
+        /// use axum::extract::{MatchedPath, Path};
+        /// use axum::{routing::get, Router};
+        /// use tower_websocket::{WebSocket, WebSocketLayer};
+        ///
+        /// async fn room(ws: WebSocket) {
+        ///     let Ok(Path(room)) = ws.extract::<Path<String>>().await else {
+        ///         return; // not under /rooms/{room}: closes with 1000
+        ///     };
+        ///     let route = ws.extract::<MatchedPath>().await.ok();
+        ///     let route = route.as_ref().map_or("-", |m| m.as_str());
+        ///     let _ = ws.send(format!("welcome to {room} ({route})")).await;
+        /// }
+        ///
+        /// let app: Router = Router::new()
+        ///     .route("/rooms/{room}", get(|| async { "the room's page" }))
+        ///     .layer(WebSocketLayer::new(room));
+        /// ```
+        ///
+        /// # Errors
+        ///
+        /// The extractor's rejection (after the `101`, it can only be logged, or told to the
+        /// peer in a message or a close reason).
+        #[cfg(feature = "axum")]
+        pub async fn extract<E>(&self) -> Result<E, E::Rejection>
+        where
+            E: axum::extract::FromRequestParts<()>,
+        {
+            self.extract_with_state(&()).await
+        }
+
+        /// [`extract`](Self::extract) with an application state, for extractors that read it
+        /// (`State<T>` with `T: FromRef<S>`, say).
+        ///
+        /// # Errors
+        ///
+        /// The extractor's rejection.
+        #[cfg(feature = "axum")]
+        pub async fn extract_with_state<E, S>(&self, state: &S) -> Result<E, E::Rejection>
+        where
+            E: axum::extract::FromRequestParts<S>,
+            S: Send + Sync,
+        {
+            let mut parts = self.$($environ).+.parts.clone();
+            E::from_request_parts(&mut parts, state).await
+        }
+
         /// The peer's address, when the server recorded it: axum's `ConnectInfo<SocketAddr>`
         /// (serve with `into_make_service_with_connect_info::<SocketAddr>()`), or a plain
         /// `SocketAddr` extension.
@@ -650,6 +701,16 @@ impl Sink<Message> for WebSocketSender {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// The path the client asked for: in a router nested under a prefix (`Router::nest`), the
+/// request's own URI has lost the prefix, and axum's `OriginalUri` keeps it.
+pub(crate) fn original_path(parts: &Parts) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(uri)) = parts.extensions.get() {
+        return uri.path();
+    }
+    parts.uri.path()
 }
 
 /// The peer address recorded in the request's extensions, if any.

@@ -358,3 +358,64 @@ async fn a_before_upgrade_hook_may_provide_the_required_extension() {
     let mut client = connect(app(layer), "/").await;
     assert_eq!(client.recv_text().await, "hello Some(\"from the hook\")");
 }
+
+// ----- path parameters and the original path -----
+
+fn rooms(layer: WebSocketLayer) -> Router {
+    Router::new()
+        .route("/rooms/{room}", get(|| async { "the room's page" }))
+        .layer(layer)
+}
+
+#[tokio::test]
+async fn extract_reads_path_parameters() {
+    let layer = WebSocketLayer::new(|ws: WebSocket| async move {
+        let axum::extract::Path(room) = ws.extract::<axum::extract::Path<String>>().await.unwrap();
+        let _ = ws.send(room).await;
+    });
+    let mut client = connect(rooms(layer), "/rooms/lobby").await;
+    assert_eq!(client.recv_text().await, "lobby");
+}
+
+#[tokio::test]
+async fn extract_hands_back_the_extractors_rejection() {
+    let layer = WebSocketLayer::new(|ws: WebSocket| async move {
+        let id = ws.extract::<axum::extract::Path<u32>>().await;
+        let _ = ws.send(format!("{}", id.is_err())).await;
+    });
+    let mut client = connect(rooms(layer), "/rooms/lobby").await;
+    assert_eq!(client.recv_text().await, "true");
+}
+
+#[tokio::test]
+async fn in_a_nested_router_path_loses_the_prefix_and_original_uri_keeps_it() {
+    let layer = WebSocketLayer::new(|ws: WebSocket| async move {
+        let matched = ws.extract::<axum::extract::MatchedPath>().await.unwrap();
+        let original = ws.extract::<axum::extract::OriginalUri>().await.unwrap();
+        let _ = ws
+            .send(format!(
+                "{} {} {}",
+                ws.path(),
+                matched.as_str(),
+                original.path()
+            ))
+            .await;
+    });
+    let app = Router::new().nest("/api", rooms(layer));
+    let mut client = connect(app, "/api/rooms/lobby").await;
+    assert_eq!(
+        client.recv_text().await,
+        "/rooms/lobby /api/rooms/{room} /api/rooms/lobby"
+    );
+}
+
+#[tokio::test]
+async fn the_close_log_has_the_full_path_in_a_nested_router() {
+    let (logs, _guard) = Captured::install();
+    let layer = WebSocketLayer::new(|_ws: WebSocket| async {});
+    let app = Router::new().nest("/api", rooms(layer));
+    let mut client = connect(app, "/api/rooms/lobby").await;
+    client.expect_close(CloseCode::NORMAL).await;
+    let line = logs.wait_for("WebSocket connection closed").await;
+    assert!(line.contains("path=/api/rooms/lobby"), "{line}");
+}
