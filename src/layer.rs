@@ -77,6 +77,9 @@ fn has_extension<T: Send + Sync + 'static>(extensions: &http::Extensions) -> boo
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) handler: BoxHandler,
+    /// A handler's extractors, run before the `101` (see [`WebSocketLayer::with_state`]).
+    #[cfg(feature = "axum")]
+    pub(crate) prepare: Option<handler::BoxPrepare>,
     pub(crate) subprotocols: Subprotocols,
     pub(crate) origin: OriginPolicy,
     pub(crate) before_upgrade: Option<BeforeUpgrade>,
@@ -146,9 +149,73 @@ impl WebSocketLayer {
         Fut: Future + Send + 'static,
         Fut::Output: HandlerResult,
     {
+        Self::with_handler(handler::boxed(handler))
+    }
+
+    /// A layer whose handler takes axum extractors after the socket, the way an axum handler
+    /// does, with the application's `state` for those that read it: `State<T>` for any `T:
+    /// FromRef<S>` (a sub-state), `Path`, `Query`, `Extension`, your own. Without state, pass
+    /// `()`.
+    ///
+    /// The extractors run on the upgrade request **before** the `101`, after the layer's
+    /// other checks: one that refuses answers the handshake with its rejection (a `Path` that
+    /// does not parse gets `400`), and no socket is opened. `state` is stored once, behind an
+    /// `Arc`; a `State<T>` extractor clones its `T` once per connection, never per message.
+    /// See [`ExtractHandler`](crate::handler::ExtractHandler).
+    ///
+    /// ```
+    /// use axum::extract::{FromRef, Path, State};
+    /// use axum::{routing::get, Router};
+    /// use tower_websocket::{Hub, WebSocket, WebSocketLayer};
+    ///
+    /// #[derive(Clone)] // or `#[derive(Clone, FromRef)]` with axum's `macros` feature
+    /// struct AppState {
+    ///     hub: Hub,
+    ///     motd: &'static str,
+    /// }
+    ///
+    /// impl FromRef<AppState> for Hub {
+    ///     fn from_ref(state: &AppState) -> Hub {
+    ///         state.hub.clone()
+    ///     }
+    /// }
+    ///
+    /// async fn room(
+    ///     ws: WebSocket,
+    ///     Path(room): Path<String>,
+    ///     State(hub): State<Hub>, // a part of the state, through `FromRef`
+    ///     State(state): State<AppState>,
+    /// ) {
+    ///     let (mut rx, tx) = ws.split();
+    ///     let _ = tx.send(state.motd).await;
+    ///     let _subscription = hub.subscribe(&room, &tx);
+    ///     while let Some(msg) = rx.recv().await {
+    ///         hub.publish(&room, msg);
+    ///     }
+    /// }
+    ///
+    /// let state = AppState { hub: Hub::new(), motd: "welcome" };
+    /// let app: Router = Router::new()
+    ///     .route("/rooms/{room}", get(|| async { "the room's page" }))
+    ///     .layer(WebSocketLayer::with_state(state, room));
+    /// ```
+    #[cfg(feature = "axum")]
+    pub fn with_state<S, H, T>(state: S, handler: H) -> Self
+    where
+        H: handler::ExtractHandler<T, S>,
+        S: Send + Sync + 'static,
+    {
+        let mut layer = Self::with_handler(handler::prepared());
+        layer.config_mut().prepare = Some(handler::boxed_prepare(state, handler));
+        layer
+    }
+
+    fn with_handler(handler: BoxHandler) -> Self {
         WebSocketLayer {
             config: Arc::new(Config {
-                handler: handler::boxed(handler),
+                handler,
+                #[cfg(feature = "axum")]
+                prepare: None,
                 subprotocols: Subprotocols::none(),
                 origin: OriginPolicy::same_site(),
                 before_upgrade: None,

@@ -419,3 +419,128 @@ async fn the_close_log_has_the_full_path_in_a_nested_router() {
     let line = logs.wait_for("WebSocket connection closed").await;
     assert!(line.contains("path=/api/rooms/lobby"), "{line}");
 }
+
+// ----- application state and handler extractors -----
+
+/// A state that counts its clones.
+#[derive(Debug)]
+struct Counted {
+    clones: Arc<std::sync::atomic::AtomicUsize>,
+    motd: &'static str,
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.clones
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted {
+            clones: Arc::clone(&self.clones),
+            motd: self.motd,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    counted: Counted,
+    name: String,
+}
+
+// What `#[derive(FromRef)]` (axum's `macros` feature) writes.
+impl axum::extract::FromRef<AppState> for Counted {
+    fn from_ref(state: &AppState) -> Self {
+        state.counted.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for String {
+    fn from_ref(state: &AppState) -> Self {
+        state.name.clone()
+    }
+}
+
+async fn stateful(
+    ws: WebSocket,
+    axum::extract::Path(room): axum::extract::Path<String>,
+    axum::extract::State(counted): axum::extract::State<Counted>,
+    axum::extract::State(name): axum::extract::State<String>,
+) {
+    let _ = ws.send(format!("{} {room} {name}", counted.motd)).await;
+    let (mut rx, tx) = ws.split();
+    while let Some(msg) = rx.recv().await {
+        if tx.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn app_state(clones: &Arc<std::sync::atomic::AtomicUsize>) -> AppState {
+    AppState {
+        counted: Counted {
+            clones: Arc::clone(clones),
+            motd: "welcome to",
+        },
+        name: "the server".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_handler_takes_extractors_after_the_socket_with_sub_states() {
+    let clones = Arc::default();
+    let layer = WebSocketLayer::with_state(app_state(&clones), stateful);
+    let mut client = connect(rooms(layer), "/rooms/lobby").await;
+    assert_eq!(client.recv_text().await, "welcome to lobby the server");
+}
+
+#[tokio::test]
+async fn state_is_cloned_once_per_connection_and_never_per_message() {
+    let clones: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let layer = WebSocketLayer::with_state(app_state(&clones), stateful);
+    let app = rooms(layer);
+    let before = clones.load(std::sync::atomic::Ordering::Relaxed);
+    let mut client = connect(app.clone(), "/rooms/lobby").await;
+    client.recv_text().await;
+    for i in 0..10 {
+        client.send_text(i.to_string()).await;
+        assert_eq!(client.recv_text().await, i.to_string());
+    }
+    // `State<Counted>` clones its part of the state once, for this connection.
+    assert_eq!(
+        clones.load(std::sync::atomic::Ordering::Relaxed) - before,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_extractor_that_refuses_answers_the_handshake_with_its_rejection() {
+    async fn numbered(ws: WebSocket, axum::extract::Path(n): axum::extract::Path<u32>) {
+        let _ = ws.send(n.to_string()).await;
+    }
+    let layer = WebSocketLayer::with_state((), numbered);
+    let refused = TestClient::connect(
+        rooms(layer.clone()),
+        Request::get("/rooms/lobby").body(()).unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.status, http::StatusCode::BAD_REQUEST);
+    assert!(refused.body.contains("Cannot parse"), "{}", refused.body);
+    assert_eq!(layer.handle().metrics().rejected.bad_request, 1);
+    // A number parses, and the socket opens.
+    let mut client = connect(rooms(layer), "/rooms/7").await;
+    assert_eq!(client.recv_text().await, "7");
+}
+
+#[tokio::test]
+async fn handler_extractors_run_after_the_layers_own_checks() {
+    async fn greet(ws: WebSocket, axum::Extension(user): axum::Extension<User>) {
+        let _ = ws.send(user.0).await;
+    }
+    // The hook runs first and provides what the extractor reads.
+    let layer = WebSocketLayer::with_state((), greet).before_upgrade(|request, _| {
+        request.extensions.insert(User("from the hook".into()));
+        Ok(())
+    });
+    let mut client = connect(app(layer), "/").await;
+    assert_eq!(client.recv_text().await, "from the hook");
+}
