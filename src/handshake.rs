@@ -1,19 +1,34 @@
 //! The opening handshake (RFC 6455 section 4.2) and the answers to a bad one.
 //!
-//! A request is a *WebSocket attempt* when it carries `Upgrade: websocket` or any
-//! `Sec-WebSocket-*` request header. Anything else passes through the layer untouched. An
-//! attempt that breaks a rule is refused with a [`HandshakeRejection`]: an HTTP response whose
-//! status and plain-text body say what is wrong.
+//! A request is a *WebSocket attempt* when it carries `Upgrade: websocket`, a
+//! `Sec-WebSocket-Key`, a `Sec-WebSocket-Version` or a `Sec-WebSocket-Key1` (a legacy hixie-76
+//! client) header, or, with the `http2` feature, when it is an extended `CONNECT` with
+//! `:protocol` `websocket` (RFC 8441). Anything else passes through the layer untouched, other
+//! `Sec-WebSocket-*` headers and other upgrades (`h2c`) included. An attempt is checked in the
+//! order of this table; the first rule it breaks refuses it with an HTTP response whose status
+//! and plain-text body say what is wrong (a [`HandshakeRejection`], or the hook's
+//! [`Refusal`]).
 //!
 //! | rule | refusal |
 //! |---|---|
 //! | method `GET`, HTTP/1.1 or newer | 400 |
 //! | `Upgrade: websocket`, `Connection` lists `upgrade` | 400 |
-//! | `Sec-WebSocket-Version: 13` | 400 when missing, 426 (with `Sec-WebSocket-Version: 13`) when another |
+//! | `Sec-WebSocket-Version: 13` | 400 when missing, 426 (with `Sec-WebSocket-Version: 13`) when another or for hixie-76 |
 //! | `Sec-WebSocket-Key`: base64 of 16 bytes, once | 400 |
+//! | the [origin policy](crate::origin) allows the page | 403 |
+//! | a subprotocol is agreed, when one is [required](crate::protocol::Subprotocols::required) | 400 |
+//! | the [`before_upgrade`](crate::WebSocketLayer::before_upgrade) hook accepts | the hook's [`Refusal`] |
+//! | every [required extension](crate::WebSocketLayer::require_extension) is in the request | 500 (logged at ERROR with the type) |
+//! | the extractors of a [`with_state`](crate::WebSocketLayer::with_state) handler accept | the extractor's rejection |
 //! | the connection can be upgraded (hyper's `OnUpgrade` is present) | 426 |
+//! | the layer is not [shutting down](crate::WebSocketHandle::shutdown) | 503 |
+//! | fewer live sockets than [`max_connections`](crate::WebSocketLayer::max_connections) | 503 |
 //!
-//! No `Sec-WebSocket-Extensions` offer is accepted: the answer never names an extension.
+//! On HTTP/2 the first four rows are RFC 8441's instead: the extended `CONNECT` and
+//! `Sec-WebSocket-Version: 13`, with no key. Of the `Sec-WebSocket-Extensions` offers, only
+//! permessage-deflate is ever accepted, and only when the layer has
+//! [`deflate`](crate::WebSocketLayer::deflate) on (feature `deflate`); otherwise the answer names
+//! no extension.
 //!
 //! ```
 //! use http::{Request, StatusCode};
@@ -243,8 +258,9 @@ impl fmt::Display for HandshakeRejection {
 
 impl std::error::Error for HandshakeRejection {}
 
-/// Whether a request is a WebSocket attempt at all: `Upgrade: websocket`, or any
-/// `Sec-WebSocket-*` request header. Anything else passes through the layer.
+/// Whether a request is a WebSocket attempt at all: `Upgrade: websocket`, or a
+/// `Sec-WebSocket-Key`, `Sec-WebSocket-Version` or `Sec-WebSocket-Key1` header. Anything else
+/// passes through the layer.
 pub(crate) fn is_websocket_attempt(headers: &HeaderMap) -> bool {
     header_has_token(headers, &header::UPGRADE, "websocket")
         || headers.contains_key(header::SEC_WEBSOCKET_KEY)

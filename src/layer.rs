@@ -443,7 +443,7 @@ impl WebSocketLayer {
 
     /// Drop a connection whose writes make no progress for this long: the peer stopped
     /// reading, so no close frame can reach it either. Its handler's `recv` returns `None`
-    /// and its sends fail; the closure log says `closed_by="lost"` with the reason.
+    /// and its sends fail; the close log says `closed_by="lost"` with the reason.
     ///
     /// Default: [`DEFAULT_WRITE_TIMEOUT`] (30 s).
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {

@@ -38,9 +38,10 @@
 //! - `deflate`: permessage-deflate (feature `deflate`, on by default).
 //! - [`hub`]: topics and broadcast to many sockets.
 //! - [`handle`]: graceful shutdown and live metrics of a layer's sockets.
-//! - [`handler`]: what a handler may be and return.
+//! - [`handler`]: what a handler may be and return, extractor handlers included.
 //! - [`body`]: the response body type.
-//! - [`error`]: [`Error`], what a socket operation can fail with.
+//! - [`error`]: [`Error`], what a socket operation can fail with, and [`SendError`], a failed
+//!   send with its message.
 //!
 //! The guide is in [`docs::guide`]; the mapping from Python's `eventlet.websocket` in
 //! [`docs::eventlet`].

@@ -255,7 +255,7 @@ fn finish<B: Default>(
     config.registry.spawn(Arc::clone(&shared), |id| {
         slot.id = id;
         // The connection runs in the span of the request (a `TraceLayer` span, say), so its
-        // closure log is attributed to the request that opened it.
+        // close log is attributed to the request that opened it.
         let task = connection::run(
             on_upgrade,
             parts,

@@ -145,7 +145,7 @@ pub enum QueuePolicy {
 }
 
 /// The request a socket was opened with, and what the handshake agreed: shared by the
-/// socket's receiving half and the connection's closure log.
+/// socket's receiving half and the connection's close log.
 #[derive(Debug)]
 pub(crate) struct Environ {
     pub(crate) parts: Parts,
