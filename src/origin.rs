@@ -379,6 +379,29 @@ mod tests {
     }
 
     #[test]
+    fn or_accepts_what_either_policy_accepts() {
+        let policy = OriginPolicy::same_site().or(OriginPolicy::exact("https://partner.example"));
+        let host = "app.example.com";
+        assert!(policy
+            .check(&request(host, Some("https://app.example.com"), None))
+            .is_ok());
+        assert!(policy
+            .check(&request(
+                host,
+                Some("https://partner.example"),
+                Some("cross-site")
+            ))
+            .is_ok());
+        assert!(policy
+            .check(&request(
+                host,
+                Some("https://evil.example"),
+                Some("cross-site")
+            ))
+            .is_err());
+    }
+
+    #[test]
     fn list_and_predicate() {
         let list = OriginPolicy::list(["https://a.example", "https://b.example"]);
         assert!(list

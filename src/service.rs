@@ -482,6 +482,28 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "axum")]
+    fn the_original_uri_of_a_nested_router_is_detached_too() {
+        let read_buffer = bytes::Bytes::from_static(b"/api/rooms/1 /rooms/1");
+        let original = http::Uri::from_maybe_shared(read_buffer.slice(0..12)).unwrap();
+        let nested = http::Uri::from_maybe_shared(read_buffer.slice(13..)).unwrap();
+        let (mut parts, ()) = Request::builder()
+            .uri(nested)
+            .extension(axum::extract::OriginalUri(original))
+            .body(())
+            .unwrap()
+            .into_parts();
+
+        detach_from_read_buffer(&mut parts);
+
+        let axum::extract::OriginalUri(original) = parts.extensions.get().unwrap();
+        assert_eq!(original, "/api/rooms/1");
+        let range = read_buffer.as_ptr_range();
+        assert!(!range.contains(&original.path().as_ptr()));
+        assert!(!range.contains(&parts.uri.path().as_ptr()));
+    }
+
+    #[test]
     fn detached_parts_keep_every_value_and_share_no_byte_of_the_read_buffer() {
         // A read buffer, as hyper hands header values out: slices of one `Bytes`.
         let read_buffer = bytes::Bytes::from_static(b"/chat?room=1 example.com secret-token");
