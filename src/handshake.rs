@@ -75,7 +75,8 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Why a WebSocket handshake was refused.
 ///
 /// Each refusal becomes an HTTP response with [`status`](Self::status) and a plain-text body
-/// that is this value's `Display`.
+/// that is this value's `Display`, but for [`MissingExtension`](Self::MissingExtension),
+/// whose body does not name the server's types.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HandshakeRejection {
