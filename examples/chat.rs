@@ -18,10 +18,9 @@
 
 use std::net::SocketAddr;
 
-use axum::{response::Html, routing::get, Router};
+use axum::{extract::State, response::Html, routing::get, Router};
 use serde_json::{json, Value};
-use tower_websocket::hub::Hub;
-use tower_websocket::{CloseCode, Message, WebSocket, WebSocketLayer};
+use tower_websocket::{CloseCode, Hub, Message, WebSocket, WebSocketLayer};
 
 /// The one room everybody is in.
 const ROOM: &str = "lobby";
@@ -63,7 +62,7 @@ fn json_message(value: Value) -> Message {
 }
 
 /// One participant: join with a name, then every message goes to the whole room.
-async fn chat(ws: WebSocket, hub: Hub) {
+async fn chat(ws: WebSocket, State(hub): State<Hub>) {
     let (mut rx, tx) = ws.split();
     let who = rx
         .peer_addr()
@@ -151,8 +150,8 @@ async fn main() {
         )
         .init();
 
-    let hub = Hub::new();
-    let socket = WebSocketLayer::new(move |ws: WebSocket| chat(ws, hub.clone()))
+    // The hub is the application's state: the handler takes it as axum handlers do.
+    let socket = WebSocketLayer::with_state(Hub::new(), chat)
         // Chat lines are small: no need for the 16 MiB default.
         .max_message_size(64 << 10);
     // `/chat` only speaks WebSocket (426 to anything else); every other path is the router's.

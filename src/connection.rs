@@ -38,6 +38,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::close::{parse_close_payload, CloseCode, CloseFrame};
 use crate::guard::{FrameGuard, WireViolation};
+use crate::handler::HandlerError;
 use crate::layer::Config;
 use crate::message::{Message, Utf8Bytes};
 use crate::queue::{self, PushError};
@@ -277,16 +278,16 @@ fn frame_reader<R: AsyncRead + Unpin>(
     reader
 }
 
-type HandlerOutcome = Result<Result<(), String>, Box<dyn Any + Send>>;
+type HandlerOutcome = Result<Result<(), HandlerError>, Box<dyn Any + Send>>;
 
-fn flatten(outcome: HandlerOutcome) -> Result<(), String> {
+fn flatten(outcome: HandlerOutcome) -> Result<(), HandlerError> {
     outcome.unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic".to_string());
-        Err(format!("handler panicked: {message}"))
+        Err(HandlerError::panicked(&message))
     })
 }
 
@@ -850,7 +851,7 @@ impl Conn {
     /// The handler returned: write what it queued, then close with 1000 (or 1011 on error).
     fn handler_returned<W: AsyncWrite + Unpin>(
         &mut self,
-        outcome: Result<(), String>,
+        outcome: Result<(), HandlerError>,
         writer: &mut Writer<'_, W>,
     ) {
         let frame = match outcome {
@@ -1265,7 +1266,7 @@ impl Record {
         };
         tracing::info!(
             method = %parts.method,
-            path = %parts.uri.path(),
+            path = %socket::original_path(parts),
             peer = peer.as_deref().unwrap_or("-"),
             status,
             protocol = protocol.unwrap_or("-"),

@@ -1,13 +1,28 @@
-//! The error a socket operation returns.
+//! The errors a socket operation returns: [`SendError`] from a send, which hands the message
+//! back, and [`Error`] from everything else.
 //!
 //! ```
-//! use tower_websocket::Error;
+//! use tower_websocket::{Error, Message, WebSocket, WebSocketLayer};
+//!
+//! async fn handler(ws: WebSocket) -> Result<(), Error> {
+//!     // A failed send gives the message back, as tokio's channels do ...
+//!     if let Err(failed) = ws.send("hello").await {
+//!         let message: Message = failed.into_message();
+//!         tracing::warn!(len = message.len(), "not delivered");
+//!     }
+//!     // ... and converts into `Error` for `?`.
+//!     ws.send("bye").await?;
+//!     Ok(())
+//! }
+//! # let _ = WebSocketLayer::new(handler);
 //!
 //! let err = Error::Closed;
 //! assert!(err.to_string().contains("closed"));
 //! ```
 
 use std::fmt;
+
+use crate::message::Message;
 
 /// What went wrong with a socket operation.
 ///
@@ -51,3 +66,91 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// A send that failed, with the message that was not queued, as tokio's
+/// `mpsc::error::SendError` gives its value back: retry it, send it elsewhere, or log it.
+///
+/// Converts into [`Error`] (`Closed` or `QueueFull`) for `?` in a handler that returns
+/// `Result<(), Error>`.
+///
+/// ```
+/// use tower_websocket::{error::SendError, Error, Message};
+///
+/// let failed = SendError::Closed(Message::text("hi"));
+/// assert!(failed.is_closed());
+/// assert_eq!(Error::from(failed.clone()), Error::Closed);
+/// assert_eq!(failed.into_message(), Message::text("hi"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The WebSocket is closed (see [`Error::Closed`]): no send will succeed again.
+    Closed(Message),
+    /// The socket's outgoing queue is full and the send did not wait (see
+    /// [`Error::QueueFull`]): a later send may succeed.
+    QueueFull(Message),
+}
+
+impl SendError {
+    /// The message that was not queued.
+    pub fn into_message(self) -> Message {
+        match self {
+            SendError::Closed(message) | SendError::QueueFull(message) => message,
+        }
+    }
+
+    /// The message that was not queued, by reference.
+    pub fn message(&self) -> &Message {
+        match self {
+            SendError::Closed(message) | SendError::QueueFull(message) => message,
+        }
+    }
+
+    /// Whether the socket is closed: every later send fails too.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, SendError::Closed(_))
+    }
+
+    /// Whether the queue was full: the socket is open and a later send may succeed.
+    pub fn is_queue_full(&self) -> bool {
+        matches!(self, SendError::QueueFull(_))
+    }
+
+    /// The error without the message.
+    pub fn error(&self) -> Error {
+        match self {
+            SendError::Closed(_) => Error::Closed,
+            SendError::QueueFull(_) => Error::QueueFull,
+        }
+    }
+}
+
+/// The kind and the message's size, not its payload, which may be large or private.
+impl fmt::Debug for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (name, message) = match self {
+            SendError::Closed(message) => ("Closed", message),
+            SendError::QueueFull(message) => ("QueueFull", message),
+        };
+        let kind = if message.is_text() { "text" } else { "binary" };
+        write!(
+            f,
+            "SendError::{name}({kind} message, {} bytes)",
+            message.len()
+        )
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error(), f)
+    }
+}
+
+impl std::error::Error for SendError {}
+
+impl From<SendError> for Error {
+    fn from(error: SendError) -> Self {
+        error.error()
+    }
+}

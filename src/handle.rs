@@ -483,7 +483,8 @@ pub struct Rejected {
     pub upgrade_required: u64,
     /// 503: the connection limit, or a shutdown in progress.
     pub unavailable: u64,
-    /// Any other status: refusals of the `before_upgrade` hook (a 401, say).
+    /// Any other status: refusals of the `before_upgrade` hook (a 401, say), and the 500 of a
+    /// missing required extension.
     pub other: u64,
 }
 

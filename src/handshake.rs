@@ -1,19 +1,34 @@
 //! The opening handshake (RFC 6455 section 4.2) and the answers to a bad one.
 //!
-//! A request is a *WebSocket attempt* when it carries `Upgrade: websocket` or any
-//! `Sec-WebSocket-*` request header. Anything else passes through the layer untouched. An
-//! attempt that breaks a rule is refused with a [`HandshakeRejection`]: an HTTP response whose
-//! status and plain-text body say what is wrong.
+//! A request is a *WebSocket attempt* when it carries `Upgrade: websocket`, a
+//! `Sec-WebSocket-Key`, a `Sec-WebSocket-Version` or a `Sec-WebSocket-Key1` (a legacy hixie-76
+//! client) header, or, with the `http2` feature, when it is an extended `CONNECT` with
+//! `:protocol` `websocket` (RFC 8441). Anything else passes through the layer untouched, other
+//! `Sec-WebSocket-*` headers and other upgrades (`h2c`) included. An attempt is checked in the
+//! order of this table; the first rule it breaks refuses it with an HTTP response whose status
+//! and plain-text body say what is wrong (a [`HandshakeRejection`], or the hook's
+//! [`Refusal`]).
 //!
 //! | rule | refusal |
 //! |---|---|
 //! | method `GET`, HTTP/1.1 or newer | 400 |
 //! | `Upgrade: websocket`, `Connection` lists `upgrade` | 400 |
-//! | `Sec-WebSocket-Version: 13` | 400 when missing, 426 (with `Sec-WebSocket-Version: 13`) when another |
+//! | `Sec-WebSocket-Version: 13` | 400 when missing, 426 (with `Sec-WebSocket-Version: 13`) when another or for hixie-76 |
 //! | `Sec-WebSocket-Key`: base64 of 16 bytes, once | 400 |
+//! | the [origin policy](crate::origin) allows the page | 403 |
+//! | a subprotocol is agreed, when one is [required](crate::protocol::Subprotocols::required) | 400 |
+//! | the [`before_upgrade`](crate::WebSocketLayer::before_upgrade) hook accepts | the hook's [`Refusal`] |
+//! | every [required extension](crate::WebSocketLayer::require_extension) is in the request | 500 (logged at ERROR with the type) |
+//! | the extractors of a [`with_state`](crate::WebSocketLayer::with_state) handler accept | the extractor's rejection |
 //! | the connection can be upgraded (hyper's `OnUpgrade` is present) | 426 |
+//! | the layer is not [shutting down](crate::WebSocketHandle::shutdown) | 503 |
+//! | fewer live sockets than [`max_connections`](crate::WebSocketLayer::max_connections) | 503 |
 //!
-//! No `Sec-WebSocket-Extensions` offer is accepted: the answer never names an extension.
+//! On HTTP/2 the first four rows are RFC 8441's instead: the extended `CONNECT` and
+//! `Sec-WebSocket-Version: 13`, with no key. Of the `Sec-WebSocket-Extensions` offers, only
+//! permessage-deflate is ever accepted, and only when the layer has
+//! [`deflate`](crate::WebSocketLayer::deflate) on (feature `deflate`); otherwise the answer names
+//! no extension.
 //!
 //! ```
 //! use http::{Request, StatusCode};
@@ -60,7 +75,8 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Why a WebSocket handshake was refused.
 ///
 /// Each refusal becomes an HTTP response with [`status`](Self::status) and a plain-text body
-/// that is this value's `Display`.
+/// that is this value's `Display`, but for [`MissingExtension`](Self::MissingExtension),
+/// whose body does not name the server's types.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HandshakeRejection {
@@ -111,6 +127,14 @@ pub enum HandshakeRejection {
     /// The server is shutting down (503). See
     /// [`WebSocketHandle::shutdown`](crate::handle::WebSocketHandle::shutdown).
     ShuttingDown,
+    /// The request lacks an extension the layer requires (500): a middleware that should add
+    /// it runs inside the layer instead of outside. See
+    /// [`WebSocketLayer::require_extension`](crate::WebSocketLayer::require_extension). The
+    /// client's body does not name the type; the server's log does.
+    MissingExtension {
+        /// The type's name, as `std::any::type_name` spells it.
+        type_name: &'static str,
+    },
 }
 
 impl HandshakeRejection {
@@ -126,6 +150,7 @@ impl HandshakeRejection {
             HandshakeRejection::TooManyConnections { .. } | HandshakeRejection::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            HandshakeRejection::MissingExtension { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -136,7 +161,14 @@ impl HandshakeRejection {
     }
 
     fn to_response(&self) -> Response<Bytes> {
-        let mut res = Response::new(Bytes::from(format!("{self}\n")));
+        let body = match self {
+            // A server's configuration is not the client's business.
+            HandshakeRejection::MissingExtension { .. } => {
+                Bytes::from_static(b"WebSocket handshake refused: internal server error\n")
+            }
+            _ => Bytes::from(format!("{self}\n")),
+        };
+        let mut res = Response::new(body);
         *res.status_mut() = self.status();
         let headers = res.headers_mut();
         headers.insert(
@@ -219,6 +251,12 @@ impl fmt::Display for HandshakeRejection {
             HandshakeRejection::ShuttingDown => f.write_str(
                 "WebSocket handshake refused: the server is shutting down; try again later",
             ),
+            HandshakeRejection::MissingExtension { type_name } => write!(
+                f,
+                "WebSocket upgrade refused: the request has no `{type_name}` extension, which the \
+                 WebSocketLayer requires; the middleware that adds it must run before the layer \
+                 (add it after the layer with `Router::layer`, before it in a `ServiceBuilder`)"
+            ),
             HandshakeRejection::TooManyConnections { limit } => write!(
                 f,
                 "WebSocket handshake refused: the server is at its limit of {limit} live WebSocket connections; try again later"
@@ -229,8 +267,9 @@ impl fmt::Display for HandshakeRejection {
 
 impl std::error::Error for HandshakeRejection {}
 
-/// Whether a request is a WebSocket attempt at all: `Upgrade: websocket`, or any
-/// `Sec-WebSocket-*` request header. Anything else passes through the layer.
+/// Whether a request is a WebSocket attempt at all: `Upgrade: websocket`, or a
+/// `Sec-WebSocket-Key`, `Sec-WebSocket-Version` or `Sec-WebSocket-Key1` header. Anything else
+/// passes through the layer.
 pub(crate) fn is_websocket_attempt(headers: &HeaderMap) -> bool {
     header_has_token(headers, &header::UPGRADE, "websocket")
         || headers.contains_key(header::SEC_WEBSOCKET_KEY)
@@ -346,7 +385,11 @@ pub(crate) fn accept_key(key: &[u8]) -> HeaderValue {
 /// assert_eq!(response.headers()["www-authenticate"], "Bearer");
 /// ```
 #[derive(Debug)]
-pub struct Refusal(Box<Response<Bytes>>);
+pub struct Refusal {
+    response: Box<Response<Bytes>>,
+    /// A header did not convert: the response is a 500 that later headers leave alone.
+    broken: bool,
+}
 
 impl Refusal {
     /// A refusal with this status and a plain-text body.
@@ -357,32 +400,85 @@ impl Refusal {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        Refusal(Box::new(response))
+        Refusal::from(response)
     }
 
-    /// Adds a header to the response.
-    pub fn header(mut self, name: HeaderName, value: &'static str) -> Self {
-        self.0
-            .headers_mut()
-            .insert(name, HeaderValue::from_static(value));
-        self
+    /// Sets a header of the response, replacing any of the same name. The name and the value
+    /// may be anything that converts into a [`HeaderName`] and a [`HeaderValue`]: typed
+    /// constants, `&str`, `String`, ...
+    ///
+    /// A name or value that does not convert (a value with a line break, say) is a bug in the
+    /// server, as it is for axum's `(name, value)` response parts: the refusal becomes a
+    /// `500 Internal Server Error` and the conversion error is logged.
+    ///
+    /// ```
+    /// use http::{header, StatusCode};
+    /// use tower_websocket::Refusal;
+    ///
+    /// let wait = 30;
+    /// let response = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "slow down")
+    ///     .header(header::RETRY_AFTER, wait.to_string())
+    ///     .header("x-request-id", "abc")
+    ///     .into_response();
+    /// assert_eq!(response.headers()["retry-after"], "30");
+    /// assert_eq!(response.headers()["x-request-id"], "abc");
+    ///
+    /// let broken = Refusal::new(StatusCode::UNAUTHORIZED, "log in first")
+    ///     .header("x-note", "line\nbreak")
+    ///     .into_response();
+    /// assert_eq!(broken.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    /// ```
+    pub fn header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        K: TryInto<HeaderName>,
+        K::Error: fmt::Display,
+        V: TryInto<HeaderValue>,
+        V::Error: fmt::Display,
+    {
+        if self.broken {
+            return self;
+        }
+        let name = match name.try_into() {
+            Ok(name) => name,
+            Err(error) => return Self::broken_header("name", &error),
+        };
+        match value.try_into() {
+            Ok(value) => {
+                self.response.headers_mut().insert(name, value);
+                self
+            }
+            Err(error) => Self::broken_header(&format!("value of {name}"), &error),
+        }
+    }
+
+    fn broken_header(what: &str, error: &dyn fmt::Display) -> Self {
+        tracing::error!(%error, "a WebSocket refusal's header {what} is invalid; answering 500");
+        let mut response = Response::new(Bytes::from_static(b"internal server error\n"));
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        Refusal {
+            response: Box::new(response),
+            broken: true,
+        }
     }
 
     /// The response.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        (*self.0).map(Full::new)
+        (*self.response).map(Full::new)
     }
 }
 
 impl From<HandshakeRejection> for Refusal {
     fn from(rejection: HandshakeRejection) -> Self {
-        Refusal(Box::new(rejection.to_response()))
+        Refusal::from(rejection.to_response())
     }
 }
 
 impl From<Response<Bytes>> for Refusal {
     fn from(response: Response<Bytes>) -> Self {
-        Refusal(Box::new(response))
+        Refusal {
+            response: Box::new(response),
+            broken: false,
+        }
     }
 }
 

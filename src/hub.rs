@@ -53,7 +53,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::error::Error;
+use crate::error::SendError;
 use crate::message::Message;
 use crate::socket::WebSocketSender;
 
@@ -210,7 +210,7 @@ impl Hub {
                 // A clone of a message shares its bytes: no payload is copied.
                 match subscriber.sender.try_send(message.clone()) {
                     Ok(()) => delivery.delivered += 1,
-                    Err(Error::QueueFull) => delivery.dropped += 1,
+                    Err(SendError::QueueFull(_)) => delivery.dropped += 1,
                     Err(_) => {
                         delivery.closed += 1;
                         gone.push(subscriber.id);

@@ -62,13 +62,28 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) type BeforeUpgrade =
     Arc<dyn Fn(&mut Parts, &mut HeaderMap) -> Result<(), Refusal> + Send + Sync>;
 
+/// An extension the upgrade request must carry; see [`WebSocketLayer::require_extension`].
+#[derive(Clone, Copy)]
+pub(crate) struct RequiredExtension {
+    pub(crate) type_name: &'static str,
+    pub(crate) present: fn(&http::Extensions) -> bool,
+}
+
+fn has_extension<T: Send + Sync + 'static>(extensions: &http::Extensions) -> bool {
+    extensions.get::<T>().is_some()
+}
+
 /// The settings shared by every connection of one layer, behind one `Arc`.
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) handler: BoxHandler,
+    /// A handler's extractors, run before the `101` (see [`WebSocketLayer::with_state`]).
+    #[cfg(feature = "axum")]
+    pub(crate) prepare: Option<handler::BoxPrepare>,
     pub(crate) subprotocols: Subprotocols,
     pub(crate) origin: OriginPolicy,
     pub(crate) before_upgrade: Option<BeforeUpgrade>,
+    pub(crate) required_extensions: Vec<RequiredExtension>,
     pub(crate) max_connections: Option<usize>,
     /// Live connections and counters, shared by every clone of the layer.
     pub(crate) registry: Arc<Registry>,
@@ -91,6 +106,14 @@ impl fmt::Debug for Config {
             .field("subprotocols", &self.subprotocols)
             .field("origin", &self.origin)
             .field("before_upgrade", &self.before_upgrade.is_some())
+            .field(
+                "required_extensions",
+                &self
+                    .required_extensions
+                    .iter()
+                    .map(|r| r.type_name)
+                    .collect::<Vec<_>>(),
+            )
             .field("max_connections", &self.max_connections)
             .field("max_message_size", &self.max_message_size)
             .field("max_frame_size", &self.max_frame_size)
@@ -126,12 +149,77 @@ impl WebSocketLayer {
         Fut: Future + Send + 'static,
         Fut::Output: HandlerResult,
     {
+        Self::with_handler(handler::boxed(handler))
+    }
+
+    /// A layer whose handler takes axum extractors after the socket, the way an axum handler
+    /// does, with the application's `state` for those that read it: `State<T>` for any `T:
+    /// FromRef<S>` (a sub-state), `Path`, `Query`, `Extension`, your own. Without state, pass
+    /// `()`.
+    ///
+    /// The extractors run on the upgrade request **before** the `101`, after the layer's
+    /// other checks: one that refuses answers the handshake with its rejection (a `Path` that
+    /// does not parse gets `400`), and no socket is opened. `state` is stored once, behind an
+    /// `Arc`; a `State<T>` extractor clones its `T` once per connection, never per message.
+    /// See [`ExtractHandler`](crate::handler::ExtractHandler).
+    ///
+    /// ```
+    /// use axum::extract::{FromRef, Path, State};
+    /// use axum::{routing::get, Router};
+    /// use tower_websocket::{Hub, WebSocket, WebSocketLayer};
+    ///
+    /// #[derive(Clone)] // or `#[derive(Clone, FromRef)]` with axum's `macros` feature
+    /// struct AppState {
+    ///     hub: Hub,
+    ///     motd: &'static str,
+    /// }
+    ///
+    /// impl FromRef<AppState> for Hub {
+    ///     fn from_ref(state: &AppState) -> Hub {
+    ///         state.hub.clone()
+    ///     }
+    /// }
+    ///
+    /// async fn room(
+    ///     ws: WebSocket,
+    ///     Path(room): Path<String>,
+    ///     State(hub): State<Hub>, // a part of the state, through `FromRef`
+    ///     State(state): State<AppState>,
+    /// ) {
+    ///     let (mut rx, tx) = ws.split();
+    ///     let _ = tx.send(state.motd).await;
+    ///     let _subscription = hub.subscribe(&room, &tx);
+    ///     while let Some(msg) = rx.recv().await {
+    ///         hub.publish(&room, msg);
+    ///     }
+    /// }
+    ///
+    /// let state = AppState { hub: Hub::new(), motd: "welcome" };
+    /// let app: Router = Router::new()
+    ///     .route("/rooms/{room}", get(|| async { "the room's page" }))
+    ///     .layer(WebSocketLayer::with_state(state, room));
+    /// ```
+    #[cfg(feature = "axum")]
+    pub fn with_state<S, H, T>(state: S, handler: H) -> Self
+    where
+        H: handler::ExtractHandler<T, S>,
+        S: Send + Sync + 'static,
+    {
+        let mut layer = Self::with_handler(handler::prepared());
+        layer.config_mut().prepare = Some(handler::boxed_prepare(state, handler));
+        layer
+    }
+
+    fn with_handler(handler: BoxHandler) -> Self {
         WebSocketLayer {
             config: Arc::new(Config {
-                handler: handler::boxed(handler),
+                handler,
+                #[cfg(feature = "axum")]
+                prepare: None,
                 subprotocols: Subprotocols::none(),
                 origin: OriginPolicy::same_site(),
                 before_upgrade: None,
+                required_extensions: Vec::new(),
                 max_connections: None,
                 registry: Arc::new(Registry::default()),
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -229,6 +317,52 @@ impl WebSocketLayer {
         self
     }
 
+    /// Refuse an upgrade whose request has no extension of type `T`, with `500 Internal
+    /// Server Error` and an ERROR log line that names `T`.
+    ///
+    /// This makes a misplaced middleware loud. An upgrade is answered by this layer and goes
+    /// no further in, so a middleware that authenticates must sit **outside** it (be added
+    /// after it with `Router::layer`, before it in a `ServiceBuilder`): one inside never sees
+    /// upgrades, and without this guard the handler would run with no user. Checked after the
+    /// [`before_upgrade`](Self::before_upgrade) hook, which may insert `T` itself. Call it once
+    /// per type to require several.
+    ///
+    /// ```
+    /// use axum::{extract::Request, middleware::{self, Next}, response::Response, Router};
+    /// use http::StatusCode;
+    /// use tower_websocket::{WebSocket, WebSocketLayer};
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String);
+    ///
+    /// async fn auth(mut request: Request, next: Next) -> Result<Response, StatusCode> {
+    ///     let user = request.headers().get("x-user").ok_or(StatusCode::UNAUTHORIZED)?;
+    ///     let user = User(user.to_str().map_err(|_| StatusCode::BAD_REQUEST)?.to_owned());
+    ///     request.extensions_mut().insert(user);
+    ///     Ok(next.run(request).await)
+    /// }
+    ///
+    /// async fn chat(ws: WebSocket) {
+    ///     let user = ws.extension::<User>().expect("required by the layer");
+    ///     let _ = ws.send(format!("hello {}", user.0)).await;
+    /// }
+    ///
+    /// let app: Router = Router::new()
+    ///     .layer(WebSocketLayer::new(chat).require_extension::<User>())
+    ///     .layer(middleware::from_fn(auth)); // added last: outermost, runs first
+    /// ```
+    ///
+    /// Default: no extension is required.
+    pub fn require_extension<T: Send + Sync + 'static>(mut self) -> Self {
+        self.config_mut()
+            .required_extensions
+            .push(RequiredExtension {
+                type_name: std::any::type_name::<T>(),
+                present: has_extension::<T>,
+            });
+        self
+    }
+
     /// The most live WebSocket connections this layer serves at once; one more handshake is
     /// refused with `503 Service Unavailable` before upgrading. (tower's `ConcurrencyLimit`
     /// cannot do this: it is released when the `101` is sent.) Clones of a layer share the
@@ -313,7 +447,7 @@ impl WebSocketLayer {
 
     /// Drop a connection whose writes make no progress for this long: the peer stopped
     /// reading, so no close frame can reach it either. Its handler's `recv` returns `None`
-    /// and its sends fail; the closure log says `closed_by="lost"` with the reason.
+    /// and its sends fail; the close log says `closed_by="lost"` with the reason.
     ///
     /// Default: [`DEFAULT_WRITE_TIMEOUT`] (30 s).
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {

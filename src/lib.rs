@@ -39,9 +39,10 @@
 //! - [`hub`]: topics and broadcast to many sockets.
 //! - [`handle`]: graceful shutdown and live metrics of a layer's sockets (exported through the
 //!   `metrics` facade with the `metrics` feature: the chapter `docs::metrics`).
-//! - [`handler`]: what a handler may be and return.
+//! - [`handler`]: what a handler may be and return, extractor handlers included.
 //! - [`body`]: the response body type.
-//! - [`error`]: [`Error`], what a socket operation can fail with.
+//! - [`error`]: [`Error`], what a socket operation can fail with, and [`SendError`], a failed
+//!   send with its message.
 //!
 //! The guide is in [`docs::guide`]; the mapping from Python's `eventlet.websocket` in
 //! [`docs::eventlet`].
@@ -76,10 +77,14 @@ mod writer;
 pub use close::{CloseCode, CloseFrame};
 #[cfg(feature = "deflate")]
 pub use deflate::DeflateConfig;
-pub use error::Error;
-pub use handshake::HandshakeRejection;
+pub use error::{Error, SendError};
+pub use handle::{Metrics, ShutdownReport, WebSocketHandle};
+pub use handshake::{HandshakeRejection, Refusal};
+pub use hub::{Hub, HubBackend, Subscription};
 pub use layer::WebSocketLayer;
 pub use message::{Message, Utf8Bytes};
+pub use origin::OriginPolicy;
+pub use protocol::Subprotocols;
 pub use service::WebSocketService;
 pub use socket::{QueuePolicy, WebSocket, WebSocketReceiver, WebSocketSender};
 

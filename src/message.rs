@@ -16,6 +16,11 @@
 //! assert_eq!(binary.as_bytes(), &[1, 2, 3]);
 //! assert!(!binary.is_text());
 //!
+//! // A borrowed `String` or `Vec<u8>` is copied into a message of its own.
+//! let name = String::from("ada");
+//! assert_eq!(Message::from(&name), Message::text("ada"));
+//! assert_eq!(Message::from(&vec![1u8]), Message::binary(vec![1u8]));
+//!
 //! // An empty text message is a message like any other.
 //! assert_eq!(Message::from("").len(), 0);
 //! assert_eq!(Message::from(Bytes::from_static(b"x")), Message::Binary(Bytes::from_static(b"x")));
@@ -194,6 +199,12 @@ impl From<String> for Message {
     }
 }
 
+impl From<&String> for Message {
+    fn from(text: &String) -> Self {
+        Message::Text(text.into())
+    }
+}
+
 impl From<Utf8Bytes> for Message {
     fn from(text: Utf8Bytes) -> Self {
         Message::Text(text)
@@ -203,6 +214,12 @@ impl From<Utf8Bytes> for Message {
 impl From<Vec<u8>> for Message {
     fn from(data: Vec<u8>) -> Self {
         Message::Binary(data.into())
+    }
+}
+
+impl From<&Vec<u8>> for Message {
+    fn from(data: &Vec<u8>) -> Self {
+        Message::Binary(Bytes::copy_from_slice(data))
     }
 }
 

@@ -11,7 +11,7 @@
 //! authentication.
 //!
 //! ```
-//! use tower_websocket::{origin::OriginPolicy, WebSocket, WebSocketLayer};
+//! use tower_websocket::{OriginPolicy, WebSocket, WebSocketLayer};
 //!
 //! async fn handler(_ws: WebSocket) {}
 //!
@@ -49,6 +49,7 @@ enum Kind {
     SameOrigin,
     List(Vec<HeaderValue>),
     Predicate(Predicate),
+    Or(Box<(OriginPolicy, OriginPolicy)>),
 }
 
 impl OriginPolicy {
@@ -88,6 +89,10 @@ impl OriginPolicy {
     /// Exactly these origins, compared byte for byte with the `Origin` header (browsers send
     /// `scheme://host[:port]`, lower case, without a path).
     ///
+    /// The list replaces the default, [`same_site`](Self::same_site): a page of the server's
+    /// own site is refused unless its origin is listed too. For "same site, or these
+    /// origins", combine the two with [`or`](Self::or).
+    ///
     /// # Panics
     ///
     /// When an origin is not a valid header value (a programmer error).
@@ -108,7 +113,18 @@ impl OriginPolicy {
         ))
     }
 
-    /// Origins for which `allow(origin, request)` returns `true`.
+    /// Origins for which `allow(origin, request)` returns `true`. The checks this module
+    /// makes are public, [`is_same_site`] and [`is_same_origin`], to build on.
+    ///
+    /// ```
+    /// use tower_websocket::origin::{is_same_site, OriginPolicy};
+    ///
+    /// // The same site, or any subdomain of example.com.
+    /// let policy = OriginPolicy::predicate(|origin, request| {
+    ///     is_same_site(origin, request) || origin.as_bytes().ends_with(b".example.com")
+    /// });
+    /// # let _ = policy;
+    /// ```
     pub fn predicate<F>(allow: F) -> Self
     where
         F: Fn(&HeaderValue, &Parts) -> bool + Send + Sync + 'static,
@@ -116,22 +132,41 @@ impl OriginPolicy {
         OriginPolicy(Kind::Predicate(Arc::new(allow)))
     }
 
+    /// An origin this policy or `other` allows.
+    ///
+    /// ```
+    /// use tower_websocket::{OriginPolicy, WebSocket, WebSocketLayer};
+    ///
+    /// # async fn handler(_ws: WebSocket) {}
+    /// // The server's own site, and the mobile app's web view.
+    /// let layer = WebSocketLayer::new(handler).origin_policy(
+    ///     OriginPolicy::same_site().or(OriginPolicy::exact("capacitor://localhost")),
+    /// );
+    /// # let _ = layer;
+    /// ```
+    pub fn or(self, other: OriginPolicy) -> Self {
+        OriginPolicy(Kind::Or(Box::new((self, other))))
+    }
+
+    /// Whether this policy lets a request with this `Origin` through (a request without one
+    /// always passes; see the [module docs](self)).
+    pub fn allows(&self, origin: &HeaderValue, request: &Parts) -> bool {
+        match &self.0 {
+            Kind::Any => true,
+            Kind::SameSite => is_same_site(origin, request),
+            Kind::SameOrigin => is_same_origin(origin, request),
+            Kind::List(origins) => origins.iter().any(|o| o == origin),
+            Kind::Predicate(allow) => allow(origin, request),
+            Kind::Or(both) => both.0.allows(origin, request) || both.1.allows(origin, request),
+        }
+    }
+
     /// Accepts or refuses a handshake.
     pub(crate) fn check(&self, request: &Parts) -> Result<(), HandshakeRejection> {
         let Some(origin) = request.headers.get(header::ORIGIN) else {
             return Ok(());
         };
-        let allowed = match &self.0 {
-            Kind::Any => true,
-            Kind::SameSite => match request.headers.get("sec-fetch-site") {
-                Some(site) => site.as_bytes() != b"cross-site",
-                None => same_origin(origin, request),
-            },
-            Kind::SameOrigin => same_origin(origin, request),
-            Kind::List(origins) => origins.iter().any(|o| o == origin),
-            Kind::Predicate(allow) => allow(origin, request),
-        };
-        if allowed {
+        if self.allows(origin, request) {
             Ok(())
         } else {
             Err(HandshakeRejection::OriginNotAllowed(
@@ -155,12 +190,37 @@ impl fmt::Debug for OriginPolicy {
             Kind::SameOrigin => f.write_str("OriginPolicy::same_origin()"),
             Kind::List(list) => f.debug_tuple("OriginPolicy::list").field(list).finish(),
             Kind::Predicate(_) => f.write_str("OriginPolicy::predicate(..)"),
+            Kind::Or(both) => write!(f, "{:?}.or({:?})", both.0, both.1),
         }
     }
 }
 
-/// Whether `origin` (`scheme://host[:port]`) names the authority the request was sent to.
-fn same_origin(origin: &HeaderValue, request: &Parts) -> bool {
+/// The check of [`OriginPolicy::same_site`]: the browser's `Sec-Fetch-Site` is not
+/// `cross-site` or, without that header, [`is_same_origin`].
+///
+/// ```
+/// use tower_websocket::origin::is_same_site;
+///
+/// let request = http::Request::get("/ws")
+///     .header("host", "ws.example.com")
+///     .header("sec-fetch-site", "same-site")
+///     .body(())
+///     .unwrap()
+///     .into_parts()
+///     .0;
+/// let origin = http::HeaderValue::from_static("https://app.example.com");
+/// assert!(is_same_site(&origin, &request));
+/// ```
+pub fn is_same_site(origin: &HeaderValue, request: &Parts) -> bool {
+    match request.headers.get("sec-fetch-site") {
+        Some(site) => site.as_bytes() != b"cross-site",
+        None => is_same_origin(origin, request),
+    }
+}
+
+/// The check of [`OriginPolicy::same_origin`]: `origin` (`scheme://host[:port]`) names the
+/// host and port the request was sent to (its `Host` header or URI authority).
+pub fn is_same_origin(origin: &HeaderValue, request: &Parts) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
@@ -316,6 +376,29 @@ mod tests {
                 None
             ))
             .is_ok());
+    }
+
+    #[test]
+    fn or_accepts_what_either_policy_accepts() {
+        let policy = OriginPolicy::same_site().or(OriginPolicy::exact("https://partner.example"));
+        let host = "app.example.com";
+        assert!(policy
+            .check(&request(host, Some("https://app.example.com"), None))
+            .is_ok());
+        assert!(policy
+            .check(&request(
+                host,
+                Some("https://partner.example"),
+                Some("cross-site")
+            ))
+            .is_ok());
+        assert!(policy
+            .check(&request(
+                host,
+                Some("https://evil.example"),
+                Some("cross-site")
+            ))
+            .is_err());
     }
 
     #[test]

@@ -158,6 +158,27 @@ impl<T> Sender<T> {
         self.try_push_from(item, None)
     }
 
+    /// Pushes `item` even when the queue is full; fails with the item when the queue is
+    /// closed. For a `Sink` whose `poll_ready` saw room that another handle took before its
+    /// `start_send`, which may not fail for that reason: the queue holds one more item than
+    /// its capacity until the receiver catches up.
+    pub(crate) fn push_over_capacity(&self, item: T) -> Result<(), T> {
+        let waker = {
+            let mut state = self.queue.lock();
+            if state.closed {
+                return Err(item);
+            }
+            state.items.push_back(item);
+            self.queue.len.store(state.items.len(), Ordering::Release);
+            self.queue.receiver_waiting.store(false, Ordering::Release);
+            state.receiver.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
     /// Pushes `item`, waiting for room. Fails with the item when the queue closes. A receiver
     /// waiting in the task that runs this push is not woken: use it only where that task
     /// polls the receiver after this push, as the connection task does with the handler's
@@ -288,6 +309,7 @@ impl<T> Receiver<T> {
     /// The next item; `None` once every sender is gone and the queue is empty.
     ///
     /// Cancel safe: a dropped future has taken nothing.
+    #[cfg(test)]
     pub(crate) async fn recv(&mut self) -> Option<T> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }

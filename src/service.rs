@@ -117,31 +117,119 @@ where
         if !attempt {
             return ResponseFuture::inner(self.inner.call(req));
         }
-        let (parts, _body) = req.into_parts();
-        match accept(parts, &self.config) {
+        let (mut parts, _body) = req.into_parts();
+        let checked = match check(&mut parts, &self.config) {
+            Ok(checked) => checked,
+            Err(refusal) => {
+                let response = refused(refusal, &self.config.registry);
+                return ResponseFuture::ready(response.map(ResponseBody::from));
+            }
+        };
+        #[cfg(feature = "axum")]
+        if let Some(prepare) = &self.config.prepare {
+            let config = Arc::clone(&self.config);
+            return ResponseFuture::preparing(prepare_then_finish(prepare(parts), checked, config));
+        }
+        match finish(parts, checked, &self.config) {
             Ok(response) => ResponseFuture::ready(response),
             Err(refusal) => {
-                let response = refusal.into_response();
-                self.config.registry.count_rejection(response.status());
-                tracing::debug!(status = %response.status(), "WebSocket handshake refused");
+                let response = refused(refusal, &self.config.registry);
                 ResponseFuture::ready(response.map(ResponseBody::from))
             }
         }
     }
 }
 
+/// The response to a refused handshake, counted and logged.
+fn refused(refusal: Refusal, registry: &Registry) -> Response<Full<bytes::Bytes>> {
+    let response = refusal.into_response();
+    registry.count_rejection(response.status());
+    tracing::debug!(status = %response.status(), "WebSocket handshake refused");
+    response
+}
+
+/// What the checks agreed, for the answer.
+struct Checked {
+    accept_key: Option<http::HeaderValue>,
+    protocol: Option<http::HeaderValue>,
+    headers: HeaderMap,
+}
+
+/// The handshake of a handler with extractors: they run first, then the connection is
+/// accepted as any other, or refused with the extractor's rejection.
+#[cfg(feature = "axum")]
+fn prepare_then_finish(
+    preparing: crate::handler::Prepare,
+    checked: Checked,
+    config: Arc<Config>,
+) -> PreparingFuture {
+    Box::pin(async move {
+        let (mut parts, prepared) = preparing.await;
+        let result = match prepared {
+            Ok(start) => {
+                parts
+                    .extensions
+                    .insert(crate::handler::Prepared::new(start));
+                finish::<()>(parts, checked, &config)
+            }
+            Err(rejection) => {
+                let (head, body) = rejection.into_parts();
+                // A rejection's body is a short text; one that fails to read is left empty.
+                let body = axum::body::to_bytes(body, 64 * 1024)
+                    .await
+                    .unwrap_or_default();
+                Err(Refusal::from(Response::from_parts(head, body)))
+            }
+        };
+        result.map_err(|refusal| refused(refusal, &config.registry))
+    })
+}
+
 /// Runs every check on a WebSocket attempt, in order: the RFC's rules (400/426), the origin
 /// policy (403), the subprotocol (400 when required), the `before_upgrade` hook (its own
-/// answer), an upgradable connection (426), shutdown and the connection limit (503). Then
+/// answer), the required extensions (500), an upgradable connection (426), shutdown and the
+/// connection limit (503). Then
 /// spawns the connection and answers `101` (or `200` on HTTP/2).
-fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<ResponseBody<B>>, Refusal> {
-    let accept_key = handshake::validate(&parts)?;
-    config.origin.check(&parts)?;
-    let protocol = config.subprotocols.choose(&parts)?;
+fn check(parts: &mut Parts, config: &Config) -> Result<Checked, Refusal> {
+    let accept_key = handshake::validate(parts)?;
+    config.origin.check(parts)?;
+    let protocol = config.subprotocols.choose(parts)?;
     let mut headers = HeaderMap::new();
     if let Some(hook) = &config.before_upgrade {
-        hook(&mut parts, &mut headers)?;
+        hook(parts, &mut headers)?;
     }
+    if let Some(missing) = config
+        .required_extensions
+        .iter()
+        .find(|required| !(required.present)(&parts.extensions))
+    {
+        let rejection = HandshakeRejection::MissingExtension {
+            type_name: missing.type_name,
+        };
+        tracing::error!(missing = missing.type_name, "{rejection}");
+        return Err(rejection.into());
+    }
+    Ok(Checked {
+        accept_key,
+        protocol,
+        headers,
+    })
+}
+
+/// Accepts a checked handshake: the extension, an upgradable connection (426), shutdown and
+/// the connection limit (503); then spawns the connection and answers.
+fn finish<B: Default>(
+    mut parts: Parts,
+    checked: Checked,
+    config: &Arc<Config>,
+) -> Result<Response<B>, Refusal> {
+    let Checked {
+        accept_key,
+        protocol,
+        headers,
+    } = checked;
+    #[cfg_attr(not(feature = "deflate"), allow(unused_mut))]
+    let mut headers = headers;
     // After the hook, so that its headers cannot speak for the extension.
     #[cfg(feature = "deflate")]
     let extensions = config.deflate.as_ref().and_then(|deflate| {
@@ -167,7 +255,7 @@ fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<Response
     config.registry.spawn(Arc::clone(&shared), |id| {
         slot.id = id;
         // The connection runs in the span of the request (a `TraceLayer` span, say), so its
-        // closure log is attributed to the request that opened it.
+        // close log is attributed to the request that opened it.
         let task = connection::run(
             on_upgrade,
             parts,
@@ -229,6 +317,16 @@ fn detach_from_read_buffer(parts: &mut Parts) {
         }
     }
     parts.uri = http::Uri::from_parts(uri).unwrap_or(original);
+    // axum's copy of the URI before any nesting: the same bytes, shared, unless a nested
+    // router stripped a prefix, then a copy of its own.
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(original)) = parts.extensions.get_mut() {
+        if *original == parts.uri {
+            *original = parts.uri.clone();
+        } else if let Ok(copy) = http::Uri::try_from(original.to_string()) {
+            *original = copy;
+        }
+    }
     // Hyper's upgrade handle, taken out already, is often the only extension: an empty map
     // still holds its table (about 280 bytes), a new one holds nothing.
     if parts.extensions.is_empty() {
@@ -272,8 +370,9 @@ impl Drop for ConnectionSlot {
 }
 
 pin_project! {
-    /// The response future of [`WebSocketService`]: the inner service's future, or an answer
-    /// ready at once (a refusal or the `101`).
+    /// The response future of [`WebSocketService`]: the inner service's future, an answer
+    /// ready at once (a refusal or the `101`), or the extractors of a handler that takes them,
+    /// then the answer.
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: FutureKind<F, B>,
@@ -282,16 +381,31 @@ pin_project! {
 
 pin_project! {
     #[project = FutureKindProj]
+    // `Preparing` is built with the `axum` feature only.
+    #[allow(dead_code)]
     enum FutureKind<F, B> {
         Inner { #[pin] future: F },
         Ready { response: Option<Response<ResponseBody<B>>> },
+        Preparing { future: PreparingFuture },
     }
 }
+
+/// A handler's extractors, then the accepted handshake's answer (its body is the layer's empty
+/// one) or a refusal.
+type PreparingFuture =
+    Pin<Box<dyn Future<Output = Result<Response<()>, Response<Full<bytes::Bytes>>>> + Send>>;
 
 impl<F, B> ResponseFuture<F, B> {
     fn inner(future: F) -> Self {
         ResponseFuture {
             kind: FutureKind::Inner { future },
+        }
+    }
+
+    #[cfg(feature = "axum")]
+    fn preparing(future: PreparingFuture) -> Self {
+        ResponseFuture {
+            kind: FutureKind::Preparing { future },
         }
     }
 
@@ -319,6 +433,12 @@ where
             FutureKindProj::Ready { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("ResponseFuture polled after completion"))),
+            FutureKindProj::Preparing { future } => {
+                Poll::Ready(Ok(match ready!(future.as_mut().poll(cx)) {
+                    Ok(accepted) => accepted.map(|()| ResponseBody::default()),
+                    Err(refused) => refused.map(ResponseBody::from),
+                }))
+            }
         }
     }
 }
@@ -349,6 +469,7 @@ impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
         let kind = match &self.kind {
             FutureKind::Inner { .. } => "Inner",
             FutureKind::Ready { .. } => "Ready",
+            FutureKind::Preparing { .. } => "Preparing",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
@@ -359,6 +480,28 @@ impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(feature = "axum")]
+    fn the_original_uri_of_a_nested_router_is_detached_too() {
+        let read_buffer = bytes::Bytes::from_static(b"/api/rooms/1 /rooms/1");
+        let original = http::Uri::from_maybe_shared(read_buffer.slice(0..12)).unwrap();
+        let nested = http::Uri::from_maybe_shared(read_buffer.slice(13..)).unwrap();
+        let (mut parts, ()) = Request::builder()
+            .uri(nested)
+            .extension(axum::extract::OriginalUri(original))
+            .body(())
+            .unwrap()
+            .into_parts();
+
+        detach_from_read_buffer(&mut parts);
+
+        let axum::extract::OriginalUri(original) = parts.extensions.get().unwrap();
+        assert_eq!(original, "/api/rooms/1");
+        let range = read_buffer.as_ptr_range();
+        assert!(!range.contains(&original.path().as_ptr()));
+        assert!(!range.contains(&parts.uri.path().as_ptr()));
+    }
 
     #[test]
     fn detached_parts_keep_every_value_and_share_no_byte_of_the_read_buffer() {

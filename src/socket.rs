@@ -29,19 +29,22 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
+use futures_util::{Sink, Stream};
 use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::HeaderValue;
 
 use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
-use crate::error::Error;
+use crate::error::{Error, SendError};
 use crate::message::Message;
 use crate::queue::{self, PushError};
 
@@ -58,6 +61,16 @@ pub(crate) enum Inbound {
 pub(crate) enum Outbound {
     Message(Message),
     Close(CloseFrame),
+}
+
+impl Outbound {
+    /// The message of an item a send pushed, given back when the push failed.
+    fn into_message(self) -> Message {
+        match self {
+            Outbound::Message(message) => message,
+            Outbound::Close(_) => unreachable!("a send pushes a message, never a close frame"),
+        }
+    }
 }
 
 /// What the connection task and the socket's handles share.
@@ -118,23 +131,23 @@ impl Shared {
 ///
 /// Publishing through a [`Hub`](crate::hub::Hub) and [`WebSocketSender::try_send`] never
 /// wait, whatever the policy: under `Wait` and `Fail` a full queue makes them fail with
-/// [`Error::QueueFull`] (the message is not queued for that socket).
+/// [`SendError::QueueFull`] (the message is not queued for that socket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QueuePolicy {
     /// `send` waits until the queue has room: the sender slows down to the peer's pace,
     /// the way TCP itself pushes back. The default.
     Wait,
-    /// `send` fails at once with [`Error::QueueFull`]; the connection stays open.
+    /// `send` fails at once with [`SendError::QueueFull`]; the connection stays open.
     Fail,
     /// The slow peer is closed with this code (1008 policy violation or 1013 try again
-    /// later) and the send fails with [`Error::Closed`]. If even the close frame cannot be
+    /// later) and the send fails with [`SendError::Closed`]. If even the close frame cannot be
     /// written, TCP is dropped.
     Close(CloseCode),
 }
 
 /// The request a socket was opened with, and what the handshake agreed: shared by the
-/// socket's receiving half and the connection's closure log.
+/// socket's receiving half and the connection's close log.
 #[derive(Debug)]
 pub(crate) struct Environ {
     pub(crate) parts: Parts,
@@ -184,6 +197,57 @@ macro_rules! environ_accessors {
         /// An extension of the upgrade request, put there by earlier middleware.
         pub fn extension<T: Send + Sync + 'static>(&self) -> Option<&T> {
             self.$($environ).+.parts.extensions.get::<T>()
+        }
+
+        /// Runs an axum extractor on the upgrade request, as a handler's argument would be:
+        /// `Path`, `Query`, `MatchedPath`, `OriginalUri`, `TypedHeader`, your own. The request
+        /// is cloned for it (once per call, not per message).
+        ///
+        /// ```
+        /// use axum::extract::{MatchedPath, Path};
+        /// use axum::{routing::get, Router};
+        /// use tower_websocket::{WebSocket, WebSocketLayer};
+        ///
+        /// async fn room(ws: WebSocket) {
+        ///     let Ok(Path(room)) = ws.extract::<Path<String>>().await else {
+        ///         return; // not under /rooms/{room}: closes with 1000
+        ///     };
+        ///     let route = ws.extract::<MatchedPath>().await.ok();
+        ///     let route = route.as_ref().map_or("-", |m| m.as_str());
+        ///     let _ = ws.send(format!("welcome to {room} ({route})")).await;
+        /// }
+        ///
+        /// let app: Router = Router::new()
+        ///     .route("/rooms/{room}", get(|| async { "the room's page" }))
+        ///     .layer(WebSocketLayer::new(room));
+        /// ```
+        ///
+        /// # Errors
+        ///
+        /// The extractor's rejection (after the `101`, it can only be logged, or told to the
+        /// peer in a message or a close reason).
+        #[cfg(feature = "axum")]
+        pub async fn extract<E>(&self) -> Result<E, E::Rejection>
+        where
+            E: axum::extract::FromRequestParts<()>,
+        {
+            self.extract_with_state(&()).await
+        }
+
+        /// [`extract`](Self::extract) with an application state, for extractors that read it
+        /// (`State<T>` with `T: FromRef<S>`, say).
+        ///
+        /// # Errors
+        ///
+        /// The extractor's rejection.
+        #[cfg(feature = "axum")]
+        pub async fn extract_with_state<E, S>(&self, state: &S) -> Result<E, E::Rejection>
+        where
+            E: axum::extract::FromRequestParts<S>,
+            S: Send + Sync,
+        {
+            let mut parts = self.$($environ).+.parts.clone();
+            E::from_request_parts(&mut parts, state).await
         }
 
         /// The peer's address, when the server recorded it: axum's `ConnectInfo<SocketAddr>`
@@ -245,8 +309,9 @@ impl WebSocket {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] once the peer has closed, this side has closed, or the connection is
-    /// gone; [`Error::QueueFull`] under [`QueuePolicy::Fail`].
+    /// A [`SendError`] that gives the message back: [`SendError::Closed`] once the peer has
+    /// closed, this side has closed, or the connection is gone; [`SendError::QueueFull`] under
+    /// [`QueuePolicy::Fail`]. It converts into [`Error`] for `?`.
     ///
     /// # Cancel safety
     ///
@@ -254,7 +319,7 @@ impl WebSocket {
     pub fn send(
         &self,
         message: impl Into<Message>,
-    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
         // Not an `async fn`: each layer of those would store the message once more in the
         // handler's future, for every connection.
         self.tx.send(message)
@@ -360,12 +425,17 @@ impl WebSocketReceiver {
     ///
     /// Cancel safe: if the future is dropped before it completes, no message is lost.
     pub async fn recv(&mut self) -> Option<Message> {
-        match self.inbound.recv().await? {
-            Inbound::Message(message) => Some(message),
-            Inbound::Closed(frame) => {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        match ready!(self.inbound.poll_recv(cx)) {
+            Some(Inbound::Message(message)) => Poll::Ready(Some(message)),
+            Some(Inbound::Closed(frame)) => {
                 self.peer_close = frame;
-                None
+                Poll::Ready(None)
             }
+            None => Poll::Ready(None),
         }
     }
 
@@ -400,9 +470,10 @@ impl WebSocketSender {
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] once the peer has closed, this side has closed, or the connection is
-    /// gone (and under [`QueuePolicy::Close`] when the queue was full);
-    /// [`Error::QueueFull`] under [`QueuePolicy::Fail`].
+    /// A [`SendError`] that gives the message back: [`SendError::Closed`] once the peer has
+    /// closed, this side has closed, or the connection is gone (and under
+    /// [`QueuePolicy::Close`] when the queue was full); [`SendError::QueueFull`] under
+    /// [`QueuePolicy::Fail`].
     ///
     /// # Cancel safety
     ///
@@ -410,48 +481,59 @@ impl WebSocketSender {
     pub fn send(
         &self,
         message: impl Into<Message>,
-    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        self.send_item(Outbound::Message(message.into()))
+    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        self.send_message(message.into())
     }
 
-    async fn send_item(&self, item: Outbound) -> Result<(), Error> {
+    async fn send_message(&self, message: Message) -> Result<(), SendError> {
         if self.is_closed() {
-            return Err(Error::Closed);
+            return Err(SendError::Closed(message));
         }
         match self.policy {
-            QueuePolicy::Wait => self.outbound.push(item).await.map_err(|_| Error::Closed),
-            _ => self.enqueue_now(item),
+            QueuePolicy::Wait => match self.outbound.push(Outbound::Message(message)).await {
+                Ok(()) => Ok(()),
+                Err(item) => Err(SendError::Closed(item.into_message())),
+            },
+            _ => self.enqueue_now(message),
         }
     }
 
     /// Queues a message without waiting: when the queue is full it fails with
-    /// [`Error::QueueFull`] (or closes the peer under [`QueuePolicy::Close`]). What a
+    /// [`SendError::QueueFull`] (or closes the peer under [`QueuePolicy::Close`]). What a
     /// [`Hub`](crate::hub::Hub) uses to publish.
     ///
     /// # Errors
     ///
-    /// As [`send`](Self::send), and [`Error::QueueFull`] under every policy but `Close`.
-    pub fn try_send(&self, message: impl Into<Message>) -> Result<(), Error> {
+    /// As [`send`](Self::send), and [`SendError::QueueFull`] under every policy but `Close`.
+    pub fn try_send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        let message = message.into();
         if self.is_closed() {
-            return Err(Error::Closed);
+            return Err(SendError::Closed(message));
         }
-        self.enqueue_now(Outbound::Message(message.into()))
+        self.enqueue_now(message)
     }
 
-    fn enqueue_now(&self, item: Outbound) -> Result<(), Error> {
-        match self.outbound.try_push(item) {
+    fn enqueue_now(&self, message: Message) -> Result<(), SendError> {
+        match self.outbound.try_push(Outbound::Message(message)) {
             Ok(()) => Ok(()),
-            Err(PushError::Closed(_)) => Err(Error::Closed),
-            Err(PushError::Full(_)) => match self.policy {
+            Err(PushError::Closed(item)) => Err(SendError::Closed(item.into_message())),
+            Err(PushError::Full(item)) => match self.policy {
                 QueuePolicy::Close(code) => {
-                    self.shared.overflow.store(code.into(), Ordering::Release);
-                    self.shared.close_sent.store(true, Ordering::Release);
-                    self.shared.waker.wake();
-                    Err(Error::Closed)
+                    self.close_for_overflow(code);
+                    Err(SendError::Closed(item.into_message()))
                 }
-                QueuePolicy::Wait | QueuePolicy::Fail => Err(Error::QueueFull),
+                QueuePolicy::Wait | QueuePolicy::Fail => {
+                    Err(SendError::QueueFull(item.into_message()))
+                }
             },
         }
+    }
+
+    /// Under [`QueuePolicy::Close`]: asks the connection task to close the slow peer.
+    fn close_for_overflow(&self, code: CloseCode) {
+        self.shared.overflow.store(code.into(), Ordering::Release);
+        self.shared.close_sent.store(true, Ordering::Release);
+        self.shared.waker.wake();
     }
 
     /// Closes the connection with 1000 (normal closure). See [`close_with`](Self::close_with).
@@ -514,6 +596,123 @@ impl fmt::Debug for WebSocketSender {
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
+}
+
+/// The messages of the socket, as [`recv`](WebSocket::recv) returns them: `StreamExt`'s
+/// combinators (`next`, `map`, `filter`, `forward`) work on it. The stream ends (`None`) when
+/// the peer has closed or the connection is gone; it never yields an error, and
+/// [`peer_close`](WebSocket::peer_close) tells why it ended.
+///
+/// # Cancel safety
+///
+/// `StreamExt::next` is cancel safe, as `recv` is: a dropped future has taken no message.
+impl Stream for WebSocket {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.get_mut().rx.poll_recv(cx)
+    }
+}
+
+/// As for [`WebSocket`]'s `Stream`.
+impl Stream for WebSocketReceiver {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+/// Sends through [`WebSocketSender`]'s `Sink`.
+impl Sink<Message> for WebSocket {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Pin::new(&mut self.get_mut().tx).poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Error> {
+        Pin::new(&mut self.get_mut().tx).start_send(message)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Pin::new(&mut self.get_mut().tx).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Pin::new(&mut self.get_mut().tx).poll_close(cx)
+    }
+}
+
+/// A `Sink` of messages, so that `SinkExt` (`send`, `feed`, `send_all`) and
+/// `StreamExt::forward` work: `rx.map(Ok).forward(tx)` echoes, for one.
+///
+/// - `poll_ready` waits for room in the queue under [`QueuePolicy::Wait`]; under the other
+///   policies a full queue is met in `start_send`, as by
+///   [`try_send`](WebSocketSender::try_send).
+/// - `poll_flush` is ready at once: a message is handed over once it is queued, and the
+///   connection writes it (as [`send`](WebSocketSender::send) returns once it is queued).
+/// - `poll_close` starts the closing handshake with 1000, as [`close`](WebSocketSender::close)
+///   does, for every handle of the socket: `forward` closes its sink when its stream ends.
+///
+/// The errors are [`Error::Closed`] and [`Error::QueueFull`]; the `Sink` cannot give back a
+/// message it failed to queue: use [`send`](WebSocketSender::send) for that.
+///
+/// # Cancel safety
+///
+/// A dropped `SinkExt::send` future has queued its message only if it completed.
+impl Sink<Message> for WebSocketSender {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.is_closed() {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        match self.policy {
+            QueuePolicy::Wait => self.outbound.poll_ready(cx).map_err(|()| Error::Closed),
+            QueuePolicy::Fail | QueuePolicy::Close(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        match self.policy {
+            // `poll_ready` saw room; another handle may have taken it since.
+            QueuePolicy::Wait => self
+                .outbound
+                .push_over_capacity(Outbound::Message(message))
+                .map_err(|_| Error::Closed),
+            QueuePolicy::Fail | QueuePolicy::Close(_) => {
+                self.enqueue_now(message).map_err(Error::from)
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if !self.shared.close_sent.swap(true, Ordering::AcqRel) {
+            // A closed queue means the connection is already over: nothing left to close.
+            let _ = self
+                .outbound
+                .push_over_capacity(Outbound::Close(CloseFrame::new(CloseCode::NORMAL, "")));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The path the client asked for: in a router nested under a prefix (`Router::nest`), the
+/// request's own URI has lost the prefix, and axum's `OriginalUri` keeps it.
+pub(crate) fn original_path(parts: &Parts) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(uri)) = parts.extensions.get() {
+        return uri.path();
+    }
+    parts.uri.path()
 }
 
 /// The peer address recorded in the request's extensions, if any.

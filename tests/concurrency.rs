@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as T;
 use tower_websocket::hub::{Delivery, Hub, HubBackend};
-use tower_websocket::{CloseCode, Error, Message, QueuePolicy, WebSocket, WebSocketLayer};
+use tower_websocket::{CloseCode, Message, QueuePolicy, SendError, WebSocket, WebSocketLayer};
 
 async fn server(layer: WebSocketLayer) -> SocketAddr {
     serve(Router::new().layer(layer)).await
@@ -139,7 +139,7 @@ async fn pongs_and_close_replies_go_out_while_the_handler_is_busy() {
 
 /// A handler that sends `n` messages with `try_send` in one go, without yielding, so the
 /// queue (capacity 2) overflows before the connection task can drain it; then reports.
-fn burst(n: usize, report: mpsc::UnboundedSender<Vec<Result<(), Error>>>) -> WebSocketLayer {
+fn burst(n: usize, report: mpsc::UnboundedSender<Vec<Result<(), SendError>>>) -> WebSocketLayer {
     WebSocketLayer::new(move |mut ws: WebSocket| {
         let report = report.clone();
         async move {
@@ -159,7 +159,9 @@ async fn fail_policy_refuses_what_does_not_fit_and_stays_open() {
     let results = within("the handler", rx.recv()).await.unwrap();
     assert_eq!(results[..2], [Ok(()), Ok(())]);
     assert!(
-        results[2..].iter().all(|r| *r == Err(Error::QueueFull)),
+        results[2..]
+            .iter()
+            .all(|r| matches!(r, Err(SendError::QueueFull(_)))),
         "{results:?}"
     );
     // What fit is delivered, in order, and the connection is still open.
@@ -178,7 +180,9 @@ async fn close_policy_closes_the_slow_peer_with_its_code() {
     let results = within("the handler", rx.recv()).await.unwrap();
     assert_eq!(results[..2], [Ok(()), Ok(())]);
     assert!(
-        results[2..].iter().all(|r| *r == Err(Error::Closed)),
+        results[2..]
+            .iter()
+            .all(|r| matches!(r, Err(SendError::Closed(_)))),
         "{results:?}"
     );
     let close = raw.expect_close().await;

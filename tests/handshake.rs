@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_layer::Layer;
-use tower_websocket::{WebSocket, WebSocketLayer};
+use tower_websocket::{OriginPolicy, Refusal, WebSocket, WebSocketLayer};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
@@ -352,4 +352,48 @@ async fn policy_refusals_are_visible_to_oneshot() {
     let (status, _, body) = refusal(req).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.contains("evil.example"), "{body}");
+}
+
+#[tokio::test]
+async fn same_site_or_listed_origins_accepts_both_and_refuses_the_rest() {
+    let policy = OriginPolicy::same_site().or(OriginPolicy::list(["https://partner.example"]));
+    let app = || {
+        Router::new()
+            .layer(WebSocketLayer::new(|_ws: WebSocket| async {}).origin_policy(policy.clone()))
+    };
+    let status = |origin: &'static str| {
+        let req = upgrade()
+            .header("origin", origin)
+            .body(Body::empty())
+            .unwrap();
+        async move { app().oneshot(req).await.unwrap().status() }
+    };
+    // Past the origin policy, oneshot's missing upgrade handle answers 426.
+    assert_eq!(
+        status("http://example.com").await,
+        StatusCode::UPGRADE_REQUIRED
+    );
+    assert_eq!(
+        status("https://partner.example").await,
+        StatusCode::UPGRADE_REQUIRED
+    );
+    assert_eq!(status("https://evil.example").await, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn refusal_headers_may_be_computed_at_run_time() {
+    let layer = WebSocketLayer::new(|_ws: WebSocket| async {}).before_upgrade(|request, _| {
+        let realm = format!("Bearer realm=\"{}\"", request.uri.path());
+        Err(Refusal::new(StatusCode::UNAUTHORIZED, "log in first")
+            .header(http::header::WWW_AUTHENTICATE, realm)
+            .header(String::from("x-hint"), "token"))
+    });
+    let res = Router::new()
+        .layer(layer)
+        .oneshot(upgrade().body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"/ws\"");
+    assert_eq!(res.headers()["x-hint"], "token");
 }

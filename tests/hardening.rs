@@ -274,7 +274,7 @@ async fn peer_that_never_reads_is_dropped_after_write_timeout() {
                 let error = loop {
                     match ws.send(chunk.clone()).await {
                         Ok(()) => sent += 1,
-                        Err(e) => break e,
+                        Err(e) => break Error::from(e),
                     }
                     if started.elapsed() > Duration::from_secs(8) {
                         break Error::InvalidCloseCode(0);

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_websocket::testing::{RefusedHandshake, TestClient};
-use tower_websocket::{CloseCode, Error, Message, WebSocket, WebSocketLayer};
+use tower_websocket::{CloseCode, Error, Message, SendError, WebSocket, WebSocketLayer};
 
 async fn echo(mut ws: WebSocket) {
     while let Some(msg) = ws.recv().await {
@@ -184,7 +184,10 @@ async fn client_close_code_reaches_handler_and_send_after_fails() {
     assert_eq!(answer.code, CloseCode::from(4001));
     let (code, send_after_close, recv_after_close) = reported(&mut rx).await;
     assert_eq!(code, Some((4001, "bye".to_string())));
-    assert_eq!(send_after_close, Err(Error::Closed));
+    assert_eq!(
+        send_after_close,
+        Err(SendError::Closed(Message::text("too late")))
+    );
     assert_eq!(recv_after_close, None);
 }
 
@@ -219,7 +222,7 @@ async fn handler_close_with_code_and_reason_reaches_client() {
     let frame = client.expect_close(4002).await;
     assert_eq!(frame.reason, "done here");
     let (after, end, reply) = reported(&mut rx).await;
-    assert_eq!(after, Err(Error::Closed));
+    assert_eq!(after, Err(SendError::Closed(Message::text("after close"))));
     assert_eq!(end, None);
     // `expect_close` answered with the server's code.
     assert_eq!(reply, Some(4002));

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as TCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame as TClose;
 use tokio_tungstenite::tungstenite::Message as T;
-use tower_websocket::{CloseCode, Error, Message, WebSocket, WebSocketLayer};
+use tower_websocket::{CloseCode, Error, Message, SendError, WebSocket, WebSocketLayer};
 
 type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -203,7 +203,10 @@ async fn client_close_code_reaches_handler_and_is_echoed() {
     assert_eq!(close_of(&mut client).await.0, 4001);
     let (code, send_after_close) = within("the handler", rx.recv()).await.unwrap();
     assert_eq!(code, Some((4001, "bye".to_string())));
-    assert_eq!(send_after_close, Err(Error::Closed));
+    assert_eq!(
+        send_after_close,
+        Err(SendError::Closed(Message::text("too late")))
+    );
 }
 
 #[tokio::test]
@@ -239,7 +242,7 @@ async fn handler_close_with_code_and_reason_reaches_client() {
     // tungstenite answers the close; the server then ends TCP.
     assert!(within("the end", client.next()).await.is_none());
     let (after, end, reply) = within("the handler", rx.recv()).await.unwrap();
-    assert_eq!(after, Err(Error::Closed));
+    assert_eq!(after, Err(SendError::Closed(Message::text("after close"))));
     assert_eq!(end, None);
     assert_eq!(reply, Some(4002));
 }
