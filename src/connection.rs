@@ -48,7 +48,7 @@ use crate::writer::{FrameWriter, FLUSH_AT};
 
 /// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
 /// pushes back on the peer) but keeps writing.
-const INBOUND_CAPACITY: usize = 32;
+pub(crate) const INBOUND_CAPACITY: usize = 32;
 /// The most queued messages written before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -119,7 +119,11 @@ where
     F: Future<Output = Option<T>> + Send,
     S: Send,
 {
-    let environ = Arc::new(Environ { parts, protocol });
+    let environ = Arc::new(Environ {
+        parts,
+        protocol,
+        version: 13,
+    });
     let record = Record::new(Arc::clone(&environ));
     let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
     let (out_tx, out_rx) = queue::bounded(config.send_queue_capacity);
@@ -268,9 +272,9 @@ fn frame_reader<R: AsyncRead + Unpin>(
     reader
 }
 
-type HandlerOutcome = Result<Result<(), String>, Box<dyn Any + Send>>;
+pub(crate) type HandlerOutcome = Result<Result<(), String>, Box<dyn Any + Send>>;
 
-fn flatten(outcome: HandlerOutcome) -> Result<(), String> {
+pub(crate) fn flatten(outcome: HandlerOutcome) -> Result<(), String> {
     outcome.unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
@@ -1200,7 +1204,9 @@ impl Record {
     /// The one INFO event per connection, emitted in the request's span when it ends.
     fn log(&self, ending: &Ending) {
         let (closed_by, close_code, close_reason) = ending.summary();
-        let Environ { parts, protocol } = &*self.environ;
+        let Environ {
+            parts, protocol, ..
+        } = &*self.environ;
         let peer = socket::peer_addr(parts).map(|p| p.to_string());
         let protocol = protocol.as_ref().and_then(|p| p.to_str().ok());
         // HTTP/2 (RFC 8441) answers `200`, not `101`.

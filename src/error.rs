@@ -27,6 +27,10 @@ pub enum Error {
     /// [`QueuePolicy::Fail`](crate::socket::QueuePolicy::Fail), from `try_send`, or from a
     /// hub's publish): the message was not queued. The connection stays open.
     QueueFull,
+    /// A binary message sent to a peer that speaks a legacy draft (hixie-76 or hixie-75, see
+    /// `WebSocketLayer::legacy_drafts`): those drafts have text frames only. The message was
+    /// not queued; the connection stays open.
+    BinaryOnLegacyDraft,
 }
 
 impl fmt::Display for Error {
@@ -45,6 +49,9 @@ impl fmt::Display for Error {
             ),
             Error::QueueFull => f.write_str(
                 "the WebSocket's send queue is full (the peer reads more slowly than messages are sent); the message was not queued",
+            ),
+            Error::BinaryOnLegacyDraft => f.write_str(
+                "binary messages cannot be sent on this WebSocket: the peer speaks a legacy draft (hixie-76 or hixie-75), which has text frames only; send text instead (the message was not queued)",
             ),
         }
     }

@@ -135,7 +135,19 @@ where
 /// answer), an upgradable connection (426), shutdown and the connection limit (503). Then
 /// spawns the connection and answers `101` (or `200` on HTTP/2).
 fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<ResponseBody<B>>, Refusal> {
-    let accept_key = handshake::validate(&parts)?;
+    let accept_key = match handshake::validate(&parts) {
+        #[cfg(feature = "hixie76")]
+        Ok(_) if config.legacy_drafts && crate::legacy::has_draft_keys(&parts.headers) => {
+            return Err(HandshakeRejection::MixedDrafts.into());
+        }
+        Ok(accept_key) => accept_key,
+        // Only a refused RFC 6455 handshake is looked at again: the RFC path pays nothing.
+        #[cfg(feature = "hixie76")]
+        Err(rejection) if config.legacy_drafts => {
+            return crate::legacy::accept(parts, config, rejection);
+        }
+        Err(rejection) => return Err(rejection.into()),
+    };
     config.origin.check(&parts)?;
     let protocol = config.subprotocols.choose(&parts)?;
     let mut headers = HeaderMap::new();
@@ -188,7 +200,7 @@ fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<Response
 /// connection read buffer (8 to 16 KiB), into one allocation of their own size, so that the
 /// `Parts` a socket keeps for its whole life do not keep that buffer alive; an extensions map
 /// left empty is replaced by one that holds no allocation.
-fn detach_from_read_buffer(parts: &mut Parts) {
+pub(crate) fn detach_from_read_buffer(parts: &mut Parts) {
     let path = parts.uri.path_and_query().map(|pq| pq.as_str());
     let authority = parts.uri.authority().map(|a| a.as_str());
     let values: usize = parts.headers.values().map(|v| v.len()).sum();
@@ -241,11 +253,11 @@ fn detach_from_read_buffer(parts: &mut Parts) {
 pub(crate) struct ConnectionSlot {
     registry: Arc<Registry>,
     /// The connection's index in the registry, once registered.
-    id: usize,
+    pub(crate) id: usize,
 }
 
 impl ConnectionSlot {
-    fn take(config: &Config) -> Result<Self, HandshakeRejection> {
+    pub(crate) fn take(config: &Config) -> Result<Self, HandshakeRejection> {
         let live = &config.registry.live;
         match config.max_connections {
             None => {

@@ -74,9 +74,30 @@ pub(crate) struct Shared {
     shutdown: AtomicBool,
     /// Wakes the connection task when `overflow` or `shutdown` is set.
     pub(crate) waker: AtomicWaker,
+    /// The peer speaks a legacy draft, which has no binary frames.
+    #[cfg(feature = "hixie76")]
+    legacy: bool,
 }
 
 impl Shared {
+    /// The shared state of a connection that speaks a legacy draft.
+    #[cfg(feature = "hixie76")]
+    pub(crate) fn legacy() -> Self {
+        Shared {
+            legacy: true,
+            ..Shared::default()
+        }
+    }
+
+    /// Refuses a binary message on a legacy draft, before it is queued.
+    #[cfg(feature = "hixie76")]
+    fn check_legacy(&self, item: &Outbound) -> Result<(), Error> {
+        if matches!(item, Outbound::Message(Message::Binary(_))) && self.legacy {
+            return Err(Error::BinaryOnLegacyDraft);
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_rtt(&self, rtt: Duration) {
         let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
         self.rtt_micros.store(micros, Ordering::Relaxed);
@@ -137,6 +158,8 @@ pub enum QueuePolicy {
 pub(crate) struct Environ {
     pub(crate) parts: Parts,
     pub(crate) protocol: Option<HeaderValue>,
+    /// The protocol version: 13 (RFC 6455), or 76 and 75 for the legacy drafts.
+    pub(crate) version: u8,
 }
 
 /// Generates the environ accessors shared by [`WebSocket`] and [`WebSocketReceiver`].
@@ -166,6 +189,13 @@ macro_rules! environ_accessors {
                 .headers
                 .get(header::ORIGIN)
                 .and_then(|o| o.to_str().ok())
+        }
+
+        /// The protocol version the peer speaks: 13 (RFC 6455), or 76 and 75 for the legacy
+        /// drafts hixie-76 and hixie-75, which the `hixie76` feature and
+        /// `WebSocketLayer::legacy_drafts` accept (eventlet's `version` attribute).
+        pub fn version(&self) -> u8 {
+            self.$($environ).+.version
         }
 
         /// The headers of the upgrade request.
@@ -416,6 +446,8 @@ impl WebSocketSender {
         if self.is_closed() {
             return Err(Error::Closed);
         }
+        #[cfg(feature = "hixie76")]
+        self.shared.check_legacy(&item)?;
         match self.policy {
             QueuePolicy::Wait => self.outbound.push(item).await.map_err(|_| Error::Closed),
             _ => self.enqueue_now(item),
@@ -433,7 +465,10 @@ impl WebSocketSender {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        self.enqueue_now(Outbound::Message(message.into()))
+        let item = Outbound::Message(message.into());
+        #[cfg(feature = "hixie76")]
+        self.shared.check_legacy(&item)?;
+        self.enqueue_now(item)
     }
 
     fn enqueue_now(&self, item: Outbound) -> Result<(), Error> {
