@@ -389,9 +389,16 @@ fn run(
         );
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let handler = AssertUnwindSafe((config.handler)(socket)).catch_unwind();
-        let handler = async move {
-            let _ = done_tx.send(flatten(handler.await));
-        };
+        // The handler runs in a task of its own, so that its sends wake this one (the queue
+        // does not wake a receiver in the task that pushes). Aborting this task (a shutdown
+        // past its grace) aborts the handler too.
+        let handler = tokio::spawn(
+            async move {
+                let _ = done_tx.send(flatten(handler.await));
+            }
+            .in_current_span(),
+        );
+        let _handler = AbortOnDrop(handler.abort_handle());
         let driver = Driver {
             io,
             buf,
@@ -403,8 +410,17 @@ fn run(
             log,
             close_sent: false,
         };
-        tokio::join!(handler, driver.run(done_rx));
+        driver.run(done_rx).await;
         drop(slot);
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
