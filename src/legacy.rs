@@ -128,11 +128,16 @@ pub(crate) fn has_draft_keys(headers: &HeaderMap) -> bool {
 
 /// Takes over a WebSocket attempt that the RFC 6455 checks refused with `rejection`: a
 /// legacy handshake is checked and accepted, anything else keeps its refusal.
-pub(crate) fn accept<B>(
+pub(crate) fn accept<B, ReqBody>(
     mut parts: Parts,
     config: &Arc<Config>,
     rejection: HandshakeRejection,
-) -> Result<Response<ResponseBody<B>>, Refusal> {
+    body: ReqBody,
+) -> Result<Response<ResponseBody<B>>, Refusal>
+where
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+{
     let draft = match draft(&parts, rejection) {
         Ok(draft) => draft,
         Err(rejection) => return Err(rejection.into()),
@@ -166,6 +171,7 @@ pub(crate) fn accept<B>(
         slot.id = id;
         let task = run(
             on_upgrade,
+            body,
             parts,
             protocol,
             draft,
@@ -345,16 +351,29 @@ fn answer<B>(
 }
 
 /// Waits for the upgraded connection, finishes the handshake, then serves it.
-fn run(
+fn run<ReqBody>(
     on_upgrade: OnUpgrade,
+    body: ReqBody,
     parts: Parts,
     protocol: Option<HeaderValue>,
     draft: Draft,
     config: Arc<Config>,
     shared: Arc<Shared>,
     slot: ConnectionSlot,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+{
     async move {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        if let Draft::Hixie76 { .. } = draft {
+            // Some clients announce the 8 key bytes with `Content-Length: 8`: hyper then
+            // reads them as the body, and they never reach the upgraded connection.
+            let _ = tokio::time::timeout(config.close_timeout, read_body(body, &mut buf)).await;
+        } else {
+            drop(body);
+        }
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -369,7 +388,6 @@ fn run(
         });
         let log = CloseLog::new(Arc::clone(&environ));
         let mut io = TokioIo::new(upgraded);
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
         if let Draft::Hixie76 { key1, key2 } = draft {
             if let Err(ending) = finish_handshake(&mut io, &mut buf, key1, key2, &config).await {
                 let _ = tokio::time::timeout(config.close_timeout, io.shutdown()).await;
@@ -421,6 +439,29 @@ struct AbortOnDrop(tokio::task::AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Appends the request body to `buf`, up to the 8 key bytes (an empty body is the usual case).
+async fn read_body<ReqBody>(body: ReqBody, buf: &mut BytesMut)
+where
+    ReqBody: http_body::Body,
+{
+    let mut body = std::pin::pin!(body);
+    while buf.len() < 8 {
+        match http_body_util::BodyExt::frame(&mut body).await {
+            Some(Ok(frame)) => {
+                if let Ok(mut data) = frame.into_data() {
+                    while data.has_remaining() {
+                        let chunk = data.chunk();
+                        buf.extend_from_slice(chunk);
+                        let n = chunk.len();
+                        data.advance(n);
+                    }
+                }
+            }
+            Some(Err(_)) | None => return,
+        }
     }
 }
 

@@ -96,9 +96,15 @@ where
     }
 }
 
+/// The service, written once for both sets of bounds on the request body: with the `hixie76`
+/// feature the body must be readable, because a hixie-76 client may send its 8 key bytes as a
+/// body (with `Content-Length: 8`).
+macro_rules! service_impl {
+    ($($body_bounds:tt)*) => {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for WebSocketService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    $($body_bounds)*
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -117,8 +123,8 @@ where
         if !attempt {
             return ResponseFuture::inner(self.inner.call(req));
         }
-        let (parts, _body) = req.into_parts();
-        match accept(parts, &self.config) {
+        let (parts, body) = req.into_parts();
+        match accept(parts, &self.config, body) {
             Ok(response) => ResponseFuture::ready(response),
             Err(refusal) => {
                 let response = refusal.into_response();
@@ -129,26 +135,58 @@ where
         }
     }
 }
+    };
+}
+
+#[cfg(not(feature = "hixie76"))]
+service_impl!();
+#[cfg(feature = "hixie76")]
+service_impl!(ReqBody: http_body::Body + Send + 'static, ReqBody::Data: Send,);
 
 /// Runs every check on a WebSocket attempt, in order: the RFC's rules (400/426), the origin
 /// policy (403), the subprotocol (400 when required), the `before_upgrade` hook (its own
 /// answer), an upgradable connection (426), shutdown and the connection limit (503). Then
 /// spawns the connection and answers `101` (or `200` on HTTP/2).
-fn accept<B>(mut parts: Parts, config: &Arc<Config>) -> Result<Response<ResponseBody<B>>, Refusal> {
-    let accept_key = match handshake::validate(&parts) {
-        #[cfg(feature = "hixie76")]
+#[cfg(not(feature = "hixie76"))]
+fn accept<B, ReqBody>(
+    parts: Parts,
+    config: &Arc<Config>,
+    _body: ReqBody,
+) -> Result<Response<ResponseBody<B>>, Refusal> {
+    let accept_key = handshake::validate(&parts)?;
+    accept_rfc(accept_key, parts, config)
+}
+
+/// [`accept`], and with legacy drafts accepted, a refused RFC 6455 attempt is looked at again
+/// as a legacy one (the RFC path pays nothing for it).
+#[cfg(feature = "hixie76")]
+fn accept<B, ReqBody>(
+    parts: Parts,
+    config: &Arc<Config>,
+    body: ReqBody,
+) -> Result<Response<ResponseBody<B>>, Refusal>
+where
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+{
+    match handshake::validate(&parts) {
         Ok(_) if config.legacy_drafts && crate::legacy::has_draft_keys(&parts.headers) => {
-            return Err(HandshakeRejection::MixedDrafts.into());
+            Err(HandshakeRejection::MixedDrafts.into())
         }
-        Ok(accept_key) => accept_key,
-        // Only a refused RFC 6455 handshake is looked at again: the RFC path pays nothing.
-        #[cfg(feature = "hixie76")]
+        Ok(accept_key) => accept_rfc(accept_key, parts, config),
         Err(rejection) if config.legacy_drafts => {
-            return crate::legacy::accept(parts, config, rejection);
+            crate::legacy::accept(parts, config, rejection, body)
         }
-        Err(rejection) => return Err(rejection.into()),
-    };
-    config.origin.check(&parts)?;
+        Err(rejection) => Err(rejection.into()),
+    }
+}
+
+/// The RFC 6455 (and RFC 8441) handshake.
+fn accept_rfc<B>(
+    accept_key: Option<http::HeaderValue>,
+    mut parts: Parts,
+    config: &Arc<Config>,
+) -> Result<Response<ResponseBody<B>>, Refusal> {    config.origin.check(&parts)?;
     let protocol = config.subprotocols.choose(&parts)?;
     let mut headers = HeaderMap::new();
     if let Some(hook) = &config.before_upgrade {

@@ -404,3 +404,22 @@ async fn shutdown_sends_the_closing_frame_and_metrics_count_the_messages() {
     let report = within("the shutdown", shutdown).await.unwrap();
     assert_eq!((report.closed, report.aborted), (1, 0), "{report:?}");
 }
+
+#[tokio::test]
+async fn key_bytes_sent_as_a_body_with_content_length_are_read() {
+    // Some clients (Perl's Protocol::WebSocket) announce the 8 key bytes as a body.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let addr = server(layer(tx)).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = hixie76_head(addr, "Content-Length: 8\r\n").into_bytes();
+    request.extend_from_slice(KEY3);
+    stream.write_all(&request).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101 WebSocket Protocol Handshake"), "{head}");
+    let mut answer = [0u8; 16];
+    within("the challenge answer", stream.read_exact(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(&answer, ANSWER);
+    expect_text(&mut stream, "version 76").await;
+}
