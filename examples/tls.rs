@@ -80,6 +80,7 @@ async fn main() {
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let tls = RustlsConfig::from_config(Arc::new(tls));
 
+    #[cfg_attr(not(feature = "hixie76"), allow(unused_mut))]
     let mut layer = WebSocketLayer::new(echo);
     if std::env::var("WS_LEGACY").is_ok_and(|v| v == "1") {
         // Served over TLS: the legacy answer's location names wss://.

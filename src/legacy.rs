@@ -38,8 +38,11 @@
 //!    `Connection: Upgrade`, `Sec-WebSocket-Origin`, `Sec-WebSocket-Location` and the agreed
 //!    `Sec-WebSocket-Protocol`. hixie-75 gets `101 Web Socket Protocol Handshake` with
 //!    `WebSocket-Origin`, `WebSocket-Location` and `WebSocket-Protocol`, and no challenge.
-//! 2. On the upgraded connection: the 8 key bytes are read (they are usually already in
-//!    hyper's buffer), waiting at most the layer's
+//! 2. In the connection task: the 8 key bytes are read, first from the request body (a
+//!    client that announces them with `Content-Length: 8` has them parsed as a body by hyper,
+//!    which is why the service needs a readable body with this feature), then from the
+//!    upgraded connection (where they are usually already in hyper's buffer), waiting at most
+//!    the layer's
 //!    [`close_timeout`](crate::WebSocketLayer::close_timeout), and the 16-byte MD5 answer is
 //!    written; only then does the handler start. Key bytes that do not come in time cannot get
 //!    a 400, since the `101` head is already on the wire: the connection is closed without the
@@ -138,10 +141,7 @@ where
     ReqBody: http_body::Body + Send + 'static,
     ReqBody::Data: Send,
 {
-    let draft = match draft(&parts, rejection) {
-        Ok(draft) => draft,
-        Err(rejection) => return Err(rejection.into()),
-    };
+    let draft = draft(&parts, rejection)?;
     let location = location(&parts, config)?;
     config.origin.check(&parts)?;
     if draft == Draft::Hixie75 && !parts.headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
@@ -172,9 +172,11 @@ where
         let task = run(
             on_upgrade,
             body,
-            parts,
-            protocol,
-            draft,
+            Agreed {
+                parts,
+                protocol,
+                draft,
+            },
             Arc::clone(config),
             shared,
             slot,
@@ -350,87 +352,94 @@ fn answer<B>(
     res
 }
 
-/// Waits for the upgraded connection, finishes the handshake, then serves it.
-fn run<ReqBody>(
-    on_upgrade: OnUpgrade,
-    body: ReqBody,
+/// What the service agreed on for one legacy connection.
+struct Agreed {
     parts: Parts,
     protocol: Option<HeaderValue>,
     draft: Draft,
+}
+
+/// Waits for the upgraded connection, finishes the handshake, then serves it.
+async fn run<ReqBody>(
+    on_upgrade: OnUpgrade,
+    body: ReqBody,
+    agreed: Agreed,
     config: Arc<Config>,
     shared: Arc<Shared>,
     slot: ConnectionSlot,
-) -> impl std::future::Future<Output = ()> + Send + 'static
-where
+) where
     ReqBody: http_body::Body + Send + 'static,
     ReqBody::Data: Send,
 {
-    async move {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        if let Draft::Hixie76 { .. } = draft {
-            // Some clients announce the 8 key bytes with `Content-Length: 8`: hyper then
-            // reads them as the body, and they never reach the upgraded connection.
-            let _ = tokio::time::timeout(config.close_timeout, read_body(body, &mut buf)).await;
-        } else {
-            drop(body);
-        }
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::debug!(%error, "WebSocket upgrade did not complete");
-                return;
-            }
-        };
-        let environ = Arc::new(Environ {
-            parts,
-            protocol,
-            version: draft.version(),
-        });
-        let log = CloseLog::new(Arc::clone(&environ));
-        let mut io = TokioIo::new(upgraded);
-        if let Draft::Hixie76 { key1, key2 } = draft {
-            if let Err(ending) = finish_handshake(&mut io, &mut buf, key1, key2, &config).await {
-                let _ = tokio::time::timeout(config.close_timeout, io.shutdown()).await;
-                log.write(&ending);
-                drop(slot);
-                return;
-            }
-        }
-        let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
-        let (out_tx, out_rx) = queue::bounded(config.send_queue_capacity);
-        let socket = WebSocket::new(
-            environ,
-            in_rx,
-            out_tx,
-            Arc::clone(&shared),
-            config.send_queue_policy,
-        );
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let handler = AssertUnwindSafe((config.handler)(socket)).catch_unwind();
-        // The handler runs in a task of its own, so that its sends wake this one (the queue
-        // does not wake a receiver in the task that pushes). Aborting this task (a shutdown
-        // past its grace) aborts the handler too.
-        let handler = tokio::spawn(
-            async move {
-                let _ = done_tx.send(flatten(handler.await));
-            }
-            .in_current_span(),
-        );
-        let _handler = AbortOnDrop(handler.abort_handle());
-        let driver = Driver {
-            io,
-            buf,
-            decoder: Decoder::new(config.max_message_size),
-            in_tx,
-            out_rx,
-            shared,
-            config: Arc::clone(&config),
-            log,
-            close_sent: false,
-        };
-        driver.run(done_rx).await;
-        drop(slot);
+    let Agreed {
+        parts,
+        protocol,
+        draft,
+    } = agreed;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    if let Draft::Hixie76 { .. } = draft {
+        // Some clients announce the 8 key bytes with `Content-Length: 8`: hyper then
+        // reads them as the body, and they never reach the upgraded connection.
+        let _ = tokio::time::timeout(config.close_timeout, read_body(body, &mut buf)).await;
+    } else {
+        drop(body);
     }
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%error, "WebSocket upgrade did not complete");
+            return;
+        }
+    };
+    let environ = Arc::new(Environ {
+        parts,
+        protocol,
+        version: draft.version(),
+    });
+    let log = CloseLog::new(Arc::clone(&environ));
+    let mut io = TokioIo::new(upgraded);
+    if let Draft::Hixie76 { key1, key2 } = draft {
+        if let Err(ending) = finish_handshake(&mut io, &mut buf, key1, key2, &config).await {
+            let _ = tokio::time::timeout(config.close_timeout, io.shutdown()).await;
+            log.write(&ending);
+            drop(slot);
+            return;
+        }
+    }
+    let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
+    let (out_tx, out_rx) = queue::bounded(config.send_queue_capacity);
+    let socket = WebSocket::new(
+        environ,
+        in_rx,
+        out_tx,
+        Arc::clone(&shared),
+        config.send_queue_policy,
+    );
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let handler = AssertUnwindSafe((config.handler)(socket)).catch_unwind();
+    // The handler runs in a task of its own, so that its sends wake this one (the queue
+    // does not wake a receiver in the task that pushes). Aborting this task (a shutdown
+    // past its grace) aborts the handler too.
+    let handler = tokio::spawn(
+        async move {
+            let _ = done_tx.send(flatten(handler.await));
+        }
+        .in_current_span(),
+    );
+    let _handler = AbortOnDrop(handler.abort_handle());
+    let driver = Driver {
+        io,
+        buf,
+        decoder: Decoder::new(config.max_message_size),
+        in_tx,
+        out_rx,
+        shared,
+        config: Arc::clone(&config),
+        log,
+        close_sent: false,
+    };
+    driver.run(done_rx).await;
+    drop(slot);
 }
 
 /// Aborts a task when dropped.
@@ -858,7 +867,10 @@ mod tests {
         let key2 = parse_key(b"12998 5 Y3 1  .P00").unwrap();
         assert_eq!(key1, 829_309_203);
         assert_eq!(key2, 259_970_620);
-        assert_eq!(&challenge_answer(key1, key2, b"^n:ds[4U"), b"8jKS'y:G*Co,Wxa-");
+        assert_eq!(
+            &challenge_answer(key1, key2, b"^n:ds[4U"),
+            b"8jKS'y:G*Co,Wxa-"
+        );
     }
 
     #[test]
@@ -950,7 +962,8 @@ mod tests {
             Err("a text frame is not valid UTF-8")
         );
         let mut decoder = Decoder::new(8);
-        let mut buf = BytesMut::from(&[0x80u8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F][..]);
+        let mut buf =
+            BytesMut::from(&[0x80u8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F][..]);
         assert_eq!(decoder.decode(&mut buf), Err("a frame length is too large"));
     }
 
@@ -994,7 +1007,9 @@ mod tests {
         let bad = hixie76().header(KEY2, "12345");
         let refusal = draft(&parts(bad), HandshakeRejection::LegacyHixie76).unwrap_err();
         assert_eq!(refusal.status(), StatusCode::BAD_REQUEST);
-        assert!(refusal.to_string().contains("Sec-WebSocket-Key2 appears more than once"));
+        assert!(refusal
+            .to_string()
+            .contains("Sec-WebSocket-Key2 appears more than once"));
     }
 
     #[test]
@@ -1003,7 +1018,10 @@ mod tests {
         let plain = parts(hixie76());
         assert_eq!(location(&plain, &config).unwrap(), "ws://example.com/demo");
         let proxied = parts(hixie76().header("x-forwarded-proto", "https"));
-        assert_eq!(location(&proxied, &config).unwrap(), "wss://example.com/demo");
+        assert_eq!(
+            location(&proxied, &config).unwrap(),
+            "wss://example.com/demo"
+        );
         let mut tls = config.clone();
         tls.legacy_tls = true;
         assert_eq!(location(&plain, &tls).unwrap(), "wss://example.com/demo");

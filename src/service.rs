@@ -186,7 +186,8 @@ fn accept_rfc<B>(
     accept_key: Option<http::HeaderValue>,
     mut parts: Parts,
     config: &Arc<Config>,
-) -> Result<Response<ResponseBody<B>>, Refusal> {    config.origin.check(&parts)?;
+) -> Result<Response<ResponseBody<B>>, Refusal> {
+    config.origin.check(&parts)?;
     let protocol = config.subprotocols.choose(&parts)?;
     let mut headers = HeaderMap::new();
     if let Some(hook) = &config.before_upgrade {

@@ -66,7 +66,12 @@ async fn read_head(stream: &mut TcpStream) -> String {
         let n = within("the response head", stream.read(&mut byte))
             .await
             .unwrap();
-        assert_eq!(n, 1, "EOF in the head: {:?}", String::from_utf8_lossy(&head));
+        assert_eq!(
+            n,
+            1,
+            "EOF in the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
@@ -343,7 +348,10 @@ async fn bad_handshakes_get_400_with_what_is_wrong() {
             "Sec-WebSocket-Key2 has a number that is not a multiple of its count of spaces",
         ),
         (
-            hixie76_head(addr, "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+            hixie76_head(
+                addr,
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            ),
             "mixes RFC 6455 headers",
         ),
     ];
@@ -415,7 +423,10 @@ async fn key_bytes_sent_as_a_body_with_content_length_are_read() {
     request.extend_from_slice(KEY3);
     stream.write_all(&request).await.unwrap();
     let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 101 WebSocket Protocol Handshake"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.1 101 WebSocket Protocol Handshake"),
+        "{head}"
+    );
     let mut answer = [0u8; 16];
     within("the challenge answer", stream.read_exact(&mut answer))
         .await

@@ -3,6 +3,7 @@
 //! missing) with hixie-76 and hixie-75 against `examples/echo.rs` with `WS_LEGACY=1`.
 
 #[path = "common/external.rs"]
+#[allow(dead_code)] // only `run_script_with` is used here
 mod external;
 
 #[test]
@@ -13,7 +14,12 @@ fn perl_protocol_websocket_speaks_hixie76_and_hixie75_with_echo() {
         "PERL_CLIENT_SERVER_CMD",
         &[("WS_LEGACY", "1")],
     );
-    for check in ["hixie-76 handshake", "hixie-76 close", "hixie-75 handshake", "hixie-75 close"] {
+    for check in [
+        "hixie-76 handshake",
+        "hixie-76 close",
+        "hixie-75 handshake",
+        "hixie-75 close",
+    ] {
         assert!(out.contains(&format!("ok   {check}")), "{check}:\n{out}");
     }
     let verdict = out
