@@ -8,6 +8,7 @@
 //! cargo run --example echo            # then open http://127.0.0.1:3000
 //! ADDR=127.0.0.1:9001 cargo run --example echo
 //! WS_DEFLATE=1 cargo run --example echo   # with permessage-deflate
+//! WS_LEGACY=1 cargo run --features hixie76 --example echo   # hixie-76/75 clients too
 //! ```
 
 use std::net::SocketAddr;
@@ -42,6 +43,17 @@ async fn main() {
     if std::env::var("WS_DEFLATE").is_ok_and(|v| v == "1") {
         layer = layer.deflate(tower_websocket::deflate::DeflateConfig::new());
         tracing::info!("permessage-deflate on");
+    }
+    // WS_LEGACY=1 also answers the pre-RFC drafts hixie-76 and hixie-75 (the page keeps
+    // speaking RFC 6455).
+    if std::env::var("WS_LEGACY").is_ok_and(|v| v == "1") {
+        #[cfg(feature = "hixie76")]
+        {
+            layer = layer.legacy_drafts(true);
+            tracing::info!("legacy drafts hixie-76 and hixie-75 on");
+        }
+        #[cfg(not(feature = "hixie76"))]
+        tracing::warn!("WS_LEGACY=1 needs the hixie76 feature: legacy drafts stay off");
     }
     let sockets = layer.handle();
     let app = Router::new()

@@ -8,6 +8,7 @@
 //! ```text
 //! cargo run --features http2 --example tls   # then open https://localhost:3000, accept the certificate
 //! TLS_CERT=cert.pem TLS_KEY=key.pem ADDR=0.0.0.0:8443 cargo run --features http2 --example tls
+//! WS_LEGACY=1 cargo run --features http2,hixie76 --example tls   # hixie-76/75 clients too (wss://)
 //! ```
 
 use std::net::SocketAddr;
@@ -80,7 +81,17 @@ async fn main() {
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let tls = RustlsConfig::from_config(Arc::new(tls));
 
-    let layer = WebSocketLayer::new(echo);
+    #[cfg_attr(not(feature = "hixie76"), allow(unused_mut))]
+    let mut layer = WebSocketLayer::new(echo);
+    if std::env::var("WS_LEGACY").is_ok_and(|v| v == "1") {
+        // Served over TLS: the legacy answer's location names wss://.
+        #[cfg(feature = "hixie76")]
+        {
+            layer = layer.legacy_drafts(true).legacy_tls(true);
+        }
+        #[cfg(not(feature = "hixie76"))]
+        tracing::warn!("WS_LEGACY=1 needs the hixie76 feature: legacy drafts stay off");
+    }
     let sockets = layer.handle();
     let app = Router::new()
         .route("/", get(|| async { Html(include_str!("pages/echo.html")) }))

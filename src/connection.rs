@@ -49,7 +49,7 @@ use crate::writer::{FrameWriter, FLUSH_AT};
 
 /// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
 /// pushes back on the peer) but keeps writing.
-const INBOUND_CAPACITY: usize = 32;
+pub(crate) const INBOUND_CAPACITY: usize = 32;
 /// The most queued messages written before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -120,7 +120,11 @@ where
     F: Future<Output = Option<T>> + Send,
     S: Send,
 {
-    let environ = Arc::new(Environ { parts, protocol });
+    let environ = Arc::new(Environ {
+        parts,
+        protocol,
+        version: 13,
+    });
     let record = Record::new(Arc::clone(&environ));
     let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
     let (out_tx, out_rx) = queue::bounded(config.send_queue_capacity);
@@ -278,9 +282,9 @@ fn frame_reader<R: AsyncRead + Unpin>(
     reader
 }
 
-type HandlerOutcome = Result<Result<(), HandlerError>, Box<dyn Any + Send>>;
+pub(crate) type HandlerOutcome = Result<Result<(), HandlerError>, Box<dyn Any + Send>>;
 
-fn flatten(outcome: HandlerOutcome) -> Result<(), HandlerError> {
+pub(crate) fn flatten(outcome: HandlerOutcome) -> Result<(), HandlerError> {
     outcome.unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
@@ -1255,7 +1259,9 @@ impl Record {
     /// The one INFO event per connection, emitted in the request's span when it ends.
     fn log(&self, ending: &Ending) {
         let (closed_by, close_code, close_reason) = ending.summary();
-        let Environ { parts, protocol } = &*self.environ;
+        let Environ {
+            parts, protocol, ..
+        } = &*self.environ;
         let peer = socket::peer_addr(parts).map(|p| p.to_string());
         let protocol = protocol.as_ref().and_then(|p| p.to_str().ok());
         // HTTP/2 (RFC 8441) answers `200`, not `101`.

@@ -42,6 +42,10 @@ pub enum Error {
     /// [`QueuePolicy::Fail`](crate::socket::QueuePolicy::Fail), from `try_send`, or from a
     /// hub's publish): the message was not queued. The connection stays open.
     QueueFull,
+    /// A binary message sent to a peer that speaks a legacy draft (hixie-76 or hixie-75, see
+    /// `WebSocketLayer::legacy_drafts`): those drafts have text frames only. The message was
+    /// not queued; the connection stays open.
+    BinaryOnLegacyDraft,
 }
 
 impl fmt::Display for Error {
@@ -60,6 +64,9 @@ impl fmt::Display for Error {
             ),
             Error::QueueFull => f.write_str(
                 "the WebSocket's send queue is full (the peer reads more slowly than messages are sent); the message was not queued",
+            ),
+            Error::BinaryOnLegacyDraft => f.write_str(
+                "binary messages cannot be sent on this WebSocket: the peer speaks a legacy draft (hixie-76 or hixie-75), which has text frames only; send text instead (the message was not queued)",
             ),
         }
     }
@@ -89,20 +96,27 @@ pub enum SendError {
     /// The socket's outgoing queue is full and the send did not wait (see
     /// [`Error::QueueFull`]): a later send may succeed.
     QueueFull(Message),
+    /// A binary message to a peer that speaks a legacy draft, which has no binary frames (see
+    /// [`Error::BinaryOnLegacyDraft`]): the socket stays open for text.
+    BinaryOnLegacyDraft(Message),
 }
 
 impl SendError {
     /// The message that was not queued.
     pub fn into_message(self) -> Message {
         match self {
-            SendError::Closed(message) | SendError::QueueFull(message) => message,
+            SendError::Closed(message)
+            | SendError::QueueFull(message)
+            | SendError::BinaryOnLegacyDraft(message) => message,
         }
     }
 
     /// The message that was not queued, by reference.
     pub fn message(&self) -> &Message {
         match self {
-            SendError::Closed(message) | SendError::QueueFull(message) => message,
+            SendError::Closed(message)
+            | SendError::QueueFull(message)
+            | SendError::BinaryOnLegacyDraft(message) => message,
         }
     }
 
@@ -121,6 +135,7 @@ impl SendError {
         match self {
             SendError::Closed(_) => Error::Closed,
             SendError::QueueFull(_) => Error::QueueFull,
+            SendError::BinaryOnLegacyDraft(_) => Error::BinaryOnLegacyDraft,
         }
     }
 }
@@ -131,6 +146,7 @@ impl fmt::Debug for SendError {
         let (name, message) = match self {
             SendError::Closed(message) => ("Closed", message),
             SendError::QueueFull(message) => ("QueueFull", message),
+            SendError::BinaryOnLegacyDraft(message) => ("BinaryOnLegacyDraft", message),
         };
         let kind = if message.is_text() { "text" } else { "binary" };
         write!(

@@ -124,6 +124,22 @@ pub enum HandshakeRejection {
         /// The limit.
         limit: usize,
     },
+    /// A hixie-76 `Sec-WebSocket-Key1` or `Key2` that is missing or not a key (400): a key
+    /// is digits mixed with other characters and at least one space, and its number must be
+    /// divisible by its count of spaces. Only with the `hixie76` feature and
+    /// `WebSocketLayer::legacy_drafts`.
+    InvalidLegacyKey {
+        /// Which header: `Sec-WebSocket-Key1` or `Sec-WebSocket-Key2`.
+        header: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The request mixes the RFC 6455 headers (`Sec-WebSocket-Key`, `Sec-WebSocket-Version`)
+    /// with hixie-76's (`Sec-WebSocket-Key1`/`Key2`) (400). Only with legacy drafts accepted.
+    MixedDrafts,
+    /// A legacy-draft handshake without a `Host` header, which the answer's
+    /// `Sec-WebSocket-Location` is made from (400).
+    MissingHost,
     /// The server is shutting down (503). See
     /// [`WebSocketHandle::shutdown`](crate::handle::WebSocketHandle::shutdown).
     ShuttingDown,
@@ -248,6 +264,16 @@ impl fmt::Display for HandshakeRejection {
                 "WebSocket handshake refused: none of the offered subprotocols ({offered}) is spoken here; \
                  offer one of: {supported}"
             ),
+            HandshakeRejection::InvalidLegacyKey { header, problem } => write!(
+                f,
+                "WebSocket handshake refused: {header} {problem} (hixie-76)"
+            ),
+            HandshakeRejection::MixedDrafts => f.write_str(
+                "WebSocket handshake refused: the request mixes RFC 6455 headers (Sec-WebSocket-Key, Sec-WebSocket-Version) with hixie-76 headers (Sec-WebSocket-Key1, Sec-WebSocket-Key2); send one protocol's",
+            ),
+            HandshakeRejection::MissingHost => f.write_str(
+                "WebSocket handshake refused: the Host header is missing (the legacy drafts answer with a Location made from it)",
+            ),
             HandshakeRejection::ShuttingDown => f.write_str(
                 "WebSocket handshake refused: the server is shutting down; try again later",
             ),
@@ -278,7 +304,7 @@ pub(crate) fn is_websocket_attempt(headers: &HeaderMap) -> bool {
 }
 
 /// Whether `name`'s values, split on commas, contain `token` (ASCII case-insensitive).
-fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+pub(crate) fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
         value
             .as_bytes()

@@ -98,6 +98,10 @@ pub(crate) struct Config {
     pub(crate) send_queue_policy: QueuePolicy,
     #[cfg(feature = "deflate")]
     pub(crate) deflate: Option<crate::deflate::DeflateConfig>,
+    #[cfg(feature = "hixie76")]
+    pub(crate) legacy_drafts: bool,
+    #[cfg(feature = "hixie76")]
+    pub(crate) legacy_tls: bool,
 }
 
 impl fmt::Debug for Config {
@@ -233,6 +237,10 @@ impl WebSocketLayer {
                 send_queue_policy: QueuePolicy::Wait,
                 #[cfg(feature = "deflate")]
                 deflate: None,
+                #[cfg(feature = "hixie76")]
+                legacy_drafts: false,
+                #[cfg(feature = "hixie76")]
+                legacy_tls: false,
             }),
         }
     }
@@ -488,6 +496,34 @@ impl WebSocketLayer {
     #[cfg(feature = "deflate")]
     pub fn deflate(mut self, config: crate::deflate::DeflateConfig) -> Self {
         self.config_mut().deflate = Some(config);
+        self
+    }
+
+    /// Accept the legacy drafts hixie-76 and hixie-75 as well as RFC 6455, for old embedded
+    /// clients, kiosks and set-top boxes (eventlet's `WebSocketWSGI` accepts both on one
+    /// route). The same handler serves both; [`WebSocket::version`] tells them apart. The
+    /// drafts carry text only: a binary send fails with
+    /// [`Error::BinaryOnLegacyDraft`](crate::Error::BinaryOnLegacyDraft). See
+    /// [the `legacy` module](crate::legacy) for the handshake and the framing, and
+    /// [`legacy_tls`](Self::legacy_tls) for servers behind TLS.
+    ///
+    /// Default: off: a hixie-76 handshake gets `426 Upgrade Required`.
+    #[cfg(feature = "hixie76")]
+    pub fn legacy_drafts(mut self, accept: bool) -> Self {
+        self.config_mut().legacy_drafts = accept;
+        self
+    }
+
+    /// Whether this layer's connections are TLS, so that a legacy handshake's answer names
+    /// `wss://` in its `Sec-WebSocket-Location` (which the client checks against the URL it
+    /// opened). The layer cannot see TLS itself; without this setting, `wss://` is named when
+    /// the request's URI has the scheme `https` or `wss`, or when `X-Forwarded-Proto` says
+    /// `https` (a TLS-terminating proxy). RFC 6455 connections do not use it.
+    ///
+    /// Default: `false`.
+    #[cfg(feature = "hixie76")]
+    pub fn legacy_tls(mut self, tls: bool) -> Self {
+        self.config_mut().legacy_tls = tls;
         self
     }
 

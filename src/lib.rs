@@ -36,6 +36,7 @@
 //! - [`message`], [`close`]: [`Message`], [`Utf8Bytes`], [`CloseCode`], [`CloseFrame`].
 //! - [`origin`], [`protocol`]: the origin policy and subprotocol selection.
 //! - `deflate`: permessage-deflate (feature `deflate`, on by default).
+//! - `legacy`: the pre-RFC drafts hixie-76 and hixie-75 (feature `hixie76`, off by default).
 //! - [`hub`]: topics and broadcast to many sockets.
 //! - [`handle`]: graceful shutdown and live metrics of a layer's sockets (exported through the
 //!   `metrics` facade with the `metrics` feature: the chapter `docs::metrics`).
@@ -61,6 +62,8 @@ pub mod handler;
 pub mod handshake;
 pub mod hub;
 pub mod layer;
+#[cfg(feature = "hixie76")]
+pub mod legacy;
 pub mod message;
 #[cfg(feature = "metrics")]
 mod metrics_export;
@@ -103,6 +106,9 @@ pub mod docs {
     #[cfg(feature = "deflate")]
     #[doc = include_str!("../docs/compression.md")]
     pub mod compression {}
+    #[cfg(feature = "hixie76")]
+    #[doc = include_str!("../docs/legacy.md")]
+    pub mod legacy {}
     #[cfg(feature = "testing")]
     #[doc = include_str!("../docs/testing.md")]
     pub mod testing {}

@@ -309,7 +309,7 @@ impl<T> Receiver<T> {
     /// The next item; `None` once every sender is gone and the queue is empty.
     ///
     /// Cancel safe: a dropped future has taken nothing.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "hixie76"))]
     pub(crate) async fn recv(&mut self) -> Option<T> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }

@@ -96,9 +96,15 @@ where
     }
 }
 
+/// The service, written once for both sets of bounds on the request body: with the `hixie76`
+/// feature the body must be readable, because a hixie-76 client may send its 8 key bytes as a
+/// body (with `Content-Length: 8`).
+macro_rules! service_impl {
+    ($($body_bounds:tt)*) => {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for WebSocketService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    $($body_bounds)*
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -117,7 +123,17 @@ where
         if !attempt {
             return ResponseFuture::inner(self.inner.call(req));
         }
+        #[cfg(not(feature = "hixie76"))]
         let (mut parts, _body) = req.into_parts();
+        #[cfg(feature = "hixie76")]
+        let mut parts = match legacy_or_rfc(req, &self.config) {
+            Ok(parts) => parts,
+            Err(Ok(response)) => return ResponseFuture::ready(response),
+            Err(Err(refusal)) => {
+                let response = refused(refusal, &self.config.registry);
+                return ResponseFuture::ready(response.map(ResponseBody::from));
+            }
+        };
         let checked = match check(&mut parts, &self.config) {
             Ok(checked) => checked,
             Err(refusal) => {
@@ -139,6 +155,13 @@ where
         }
     }
 }
+    };
+}
+
+#[cfg(not(feature = "hixie76"))]
+service_impl!();
+#[cfg(feature = "hixie76")]
+service_impl!(ReqBody: http_body::Body + Send + 'static, ReqBody::Data: Send,);
 
 /// The response to a refused handshake, counted and logged.
 fn refused(refusal: Refusal, registry: &Registry) -> Response<Full<bytes::Bytes>> {
@@ -146,6 +169,31 @@ fn refused(refusal: Refusal, registry: &Registry) -> Response<Full<bytes::Bytes>
     registry.count_rejection(response.status());
     tracing::debug!(status = %response.status(), "WebSocket handshake refused");
     response
+}
+
+/// With legacy drafts accepted, a request the RFC 6455 rules refuse is looked at again as a
+/// legacy one and answered here; an RFC attempt comes back as its parts for the usual checks.
+#[cfg(feature = "hixie76")]
+#[allow(clippy::type_complexity, clippy::result_large_err)]
+fn legacy_or_rfc<B, ReqBody>(
+    req: Request<ReqBody>,
+    config: &Arc<Config>,
+) -> Result<Parts, Result<Response<ResponseBody<B>>, Refusal>>
+where
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+{
+    let (parts, body) = req.into_parts();
+    if !config.legacy_drafts {
+        return Ok(parts);
+    }
+    match handshake::validate(&parts) {
+        Ok(_) if crate::legacy::has_draft_keys(&parts.headers) => {
+            Err(Err(HandshakeRejection::MixedDrafts.into()))
+        }
+        Ok(_) => Ok(parts),
+        Err(rejection) => Err(crate::legacy::accept(parts, config, rejection, body)),
+    }
 }
 
 /// What the checks agreed, for the answer.
@@ -276,7 +324,7 @@ fn finish<B: Default>(
 /// connection read buffer (8 to 16 KiB), into one allocation of their own size, so that the
 /// `Parts` a socket keeps for its whole life do not keep that buffer alive; an extensions map
 /// left empty is replaced by one that holds no allocation.
-fn detach_from_read_buffer(parts: &mut Parts) {
+pub(crate) fn detach_from_read_buffer(parts: &mut Parts) {
     let path = parts.uri.path_and_query().map(|pq| pq.as_str());
     let authority = parts.uri.authority().map(|a| a.as_str());
     let values: usize = parts.headers.values().map(|v| v.len()).sum();
@@ -339,11 +387,11 @@ fn detach_from_read_buffer(parts: &mut Parts) {
 pub(crate) struct ConnectionSlot {
     registry: Arc<Registry>,
     /// The connection's index in the registry, once registered.
-    id: usize,
+    pub(crate) id: usize,
 }
 
 impl ConnectionSlot {
-    fn take(config: &Config) -> Result<Self, HandshakeRejection> {
+    pub(crate) fn take(config: &Config) -> Result<Self, HandshakeRejection> {
         let live = &config.registry.live;
         match config.max_connections {
             None => {

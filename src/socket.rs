@@ -89,9 +89,30 @@ pub(crate) struct Shared {
     pub(crate) waker: AtomicWaker,
     /// How far the closing handshake got, for the shutdown report.
     pub(crate) progress: crate::handle::CloseProgress,
+    /// The peer speaks a legacy draft, which has no binary frames.
+    #[cfg(feature = "hixie76")]
+    legacy: bool,
 }
 
 impl Shared {
+    /// The shared state of a connection that speaks a legacy draft.
+    #[cfg(feature = "hixie76")]
+    pub(crate) fn legacy() -> Self {
+        Shared {
+            legacy: true,
+            ..Shared::default()
+        }
+    }
+
+    /// Refuses a binary message on a legacy draft, before it is queued.
+    #[cfg(feature = "hixie76")]
+    fn check_legacy(&self, message: Message) -> Result<Message, SendError> {
+        if matches!(message, Message::Binary(_)) && self.legacy {
+            return Err(SendError::BinaryOnLegacyDraft(message));
+        }
+        Ok(message)
+    }
+
     pub(crate) fn set_rtt(&self, rtt: Duration) {
         let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
         self.rtt_micros.store(micros, Ordering::Relaxed);
@@ -152,6 +173,8 @@ pub enum QueuePolicy {
 pub(crate) struct Environ {
     pub(crate) parts: Parts,
     pub(crate) protocol: Option<HeaderValue>,
+    /// The protocol version: 13 (RFC 6455), or 76 and 75 for the legacy drafts.
+    pub(crate) version: u8,
 }
 
 /// Generates the environ accessors shared by [`WebSocket`] and [`WebSocketReceiver`].
@@ -181,6 +204,13 @@ macro_rules! environ_accessors {
                 .headers
                 .get(header::ORIGIN)
                 .and_then(|o| o.to_str().ok())
+        }
+
+        /// The protocol version the peer speaks: 13 (RFC 6455), or 76 and 75 for the legacy
+        /// drafts hixie-76 and hixie-75, which the `hixie76` feature and
+        /// `WebSocketLayer::legacy_drafts` accept (eventlet's `version` attribute).
+        pub fn version(&self) -> u8 {
+            self.$($environ).+.version
         }
 
         /// The headers of the upgrade request.
@@ -489,6 +519,8 @@ impl WebSocketSender {
         if self.is_closed() {
             return Err(SendError::Closed(message));
         }
+        #[cfg(feature = "hixie76")]
+        let message = self.shared.check_legacy(message)?;
         match self.policy {
             QueuePolicy::Wait => match self.outbound.push(Outbound::Message(message)).await {
                 Ok(()) => Ok(()),
@@ -510,6 +542,8 @@ impl WebSocketSender {
         if self.is_closed() {
             return Err(SendError::Closed(message));
         }
+        #[cfg(feature = "hixie76")]
+        let message = self.shared.check_legacy(message)?;
         self.enqueue_now(message)
     }
 

@@ -272,3 +272,59 @@ async fn sigterm_closes_tls_sockets_with_1001_and_exits() {
     example.terminate().await;
     assert_eq!(reader.await.unwrap(), Some(1001));
 }
+
+#[cfg(feature = "hixie76")]
+#[tokio::test]
+async fn hixie76_over_tls_names_wss_in_its_location() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempdir::Dir::new();
+    let example = Example::start(
+        "tls",
+        &[
+            ("TLS_GENERATED_DIR", dir.path()),
+            ("WS_LEGACY", Path::new("1")),
+        ],
+    )
+    .await;
+    let cert = dir.path().join("cert.pem");
+    let tcp = tokio::net::TcpStream::connect(example.addr).await.unwrap();
+    let mut tls = tls_client(Some(&cert), &[b"http/1.1"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("the TLS handshake");
+    let host = format!("localhost:{}", example.addr.port());
+    // The example of draft-hixie-thewebsocketprotocol-76, section 1.3.
+    let request = format!(
+        "GET /legacy HTTP/1.1\r\nHost: {host}\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\
+         Origin: https://{host}\r\nSec-WebSocket-Key1: 4 @1  46546xW%0l 1 5\r\n\
+         Sec-WebSocket-Key2: 12998 5 Y3 1  .P00\r\n\r\n^n:ds[4U"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The head, then the 16-byte answer.
+    let complete = |response: &[u8]| {
+        response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|at| response.len() >= at + 4 + 16)
+    };
+    while !complete(&response) {
+        let n = within("the legacy answer", tls.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "EOF: {:?}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.starts_with("HTTP/1.1 101 WebSocket Protocol Handshake\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("sec-websocket-location: wss://{host}/legacy\r\n")),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n8jKS'y:G*Co,Wxa-"), "{text}");
+}
