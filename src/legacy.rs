@@ -738,6 +738,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 },
                 outcome = &mut done, if !handler_done => {
                     handler_done = true;
+                    self.shared.progress.handler_done();
                     if let Ok(Err(error)) = outcome {
                         tracing::error!(%error, "WebSocket handler failed");
                     }
@@ -767,6 +768,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 },
             }
         };
+        // For the shutdown report: a closing frame of ours that got out counts as sent (or as
+        // answered, below); a connection that ended before it did, as lost.
+        self.shared.progress.lost();
         // Every later send fails; the handler's `recv` returns `None` once it has read what
         // was delivered.
         self.out_rx.close();
@@ -803,12 +807,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 }
                 Ok(Some(Frame::Close)) => {
                     if closing {
+                        self.shared.progress.handshake_done();
                         return Ok(Some(Ending {
                             closed_by: "server",
                             reason: "",
                         }));
                     }
                     self.send_closing_frame().await?;
+                    self.shared.progress.handshake_done();
                     return Ok(Some(Ending {
                         closed_by: "peer",
                         reason: "",
@@ -855,7 +861,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
         self.close_sent = true;
         self.out_rx.close();
-        write_bounded(&mut self.io, CLOSING_FRAME, self.config.write_timeout).await
+        write_bounded(&mut self.io, CLOSING_FRAME, self.config.write_timeout).await?;
+        self.shared.progress.close_sent();
+        Ok(())
     }
 }
 
