@@ -30,7 +30,8 @@ fn autobahn_compression_categories_12_and_13_pass_strictly() {
     // The echo example with WS_DEFLATE=1 (compression on, every other default kept).
     let out = external::run_script_with(
         "scripts/autobahn.sh",
-        &["--cases", "12.*,13.*", "--strict"],
+        // 585 s measured on a loaded 2-core machine: the limit sits 2x above it.
+        &["--cases", "12.*,13.*", "--strict", "--limit", "1200"],
         "AUTOBAHN_SERVER_CMD",
         &[("WS_DEFLATE", "1")],
     );
