@@ -533,14 +533,14 @@ async fn write_bounded<T: AsyncWrite + Unpin>(
 
 /// A frame read from a draft peer.
 #[derive(Debug, PartialEq, Eq)]
-enum Frame {
+pub(crate) enum Frame {
     Text(Utf8Bytes),
     Close,
 }
 
 /// The drafts' frame decoder, over one buffer that keeps partial input between reads.
 #[derive(Debug)]
-struct Decoder {
+pub(crate) struct Decoder {
     max_message_size: usize,
     /// Bytes of a length-prefixed frame still to skip.
     skip: u64,
@@ -549,7 +549,7 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(max_message_size: usize) -> Self {
+    pub(crate) fn new(max_message_size: usize) -> Self {
         Decoder {
             max_message_size,
             skip: 0,
@@ -559,7 +559,7 @@ impl Decoder {
 
     /// The next whole frame in `buf`, `None` when more input is needed, or why the peer's
     /// input is refused.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, &'static str> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, &'static str> {
         loop {
             if self.skip > 0 {
                 let n = usize::try_from(self.skip)

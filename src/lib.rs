@@ -56,6 +56,9 @@ mod connection;
 #[cfg(feature = "deflate")]
 pub mod deflate;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod guard;
 pub mod handle;
 pub mod handler;
