@@ -16,11 +16,12 @@
 //! `{"type":"joined"|"left","name":..,"online":..}` to the room. Anything else gets
 //! `{"type":"error","text":..}` back.
 
-use std::net::SocketAddr;
-
 use axum::{extract::State, response::Html, routing::get, Router};
 use serde_json::{json, Value};
 use tower_websocket::{CloseCode, Hub, Message, WebSocket, WebSocketLayer};
+
+#[path = "common/serve.rs"]
+mod serve;
 
 /// The one room everybody is in.
 const ROOM: &str = "lobby";
@@ -160,17 +161,10 @@ async fn main() {
         .route_service("/chat", socket.into_service());
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
+    let listener = serve::bind(&addr).await;
     tracing::info!(
         "chat server on http://{}",
         listener.local_addr().expect("bound address")
     );
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .expect("server error");
+    serve::serve(listener, app, std::future::pending()).await;
 }

@@ -11,13 +11,14 @@
 //! WS_LEGACY=1 cargo run --features hixie76 --example echo   # hixie-76/75 clients too
 //! ```
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::{response::Html, routing::get, Router};
 use tower_websocket::layer::DEFAULT_CLOSE_TIMEOUT;
 use tower_websocket::{WebSocket, WebSocketLayer};
 
+#[path = "common/serve.rs"]
+mod serve;
 #[path = "common/shutdown.rs"]
 mod shutdown;
 
@@ -61,9 +62,7 @@ async fn main() {
         .layer(layer);
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
+    let listener = serve::bind(&addr).await;
     tracing::info!(
         "echo server on http://{}",
         listener.local_addr().expect("bound address")
@@ -74,16 +73,11 @@ async fn main() {
     };
     let grace = DEFAULT_CLOSE_TIMEOUT + Duration::from_secs(1);
     let (signal, report) = sockets.shutdown_on(signal, grace);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    // On Ctrl-C or SIGTERM: axum stops accepting once this future completes, but it does not
-    // know about upgraded sockets, so they are closed (1001) and waited for first. Each
-    // closing handshake takes at most the close timeout; a second more is for the handlers.
-    .with_graceful_shutdown(signal)
-    .await
-    .expect("server error");
+    // On Ctrl-C or SIGTERM: the server stops accepting once this future completes, but it
+    // does not know about upgraded sockets, so they are closed (1001) and waited for first.
+    // Each closing handshake takes at most the close timeout; a second more is for the
+    // handlers.
+    serve::serve(listener, app, signal).await;
     if let Some(report) = report.await {
         tracing::info!(?report, "WebSockets closed");
     }

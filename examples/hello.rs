@@ -7,6 +7,9 @@
 use axum::{response::Html, routing::get, Router};
 use tower_websocket::{WebSocket, WebSocketLayer};
 
+#[path = "common/serve.rs"]
+mod serve;
+
 async fn hello(ws: WebSocket) {
     let _ = ws.send("hello world").await;
 }
@@ -28,9 +31,7 @@ async fn main() {
         )
         .layer(WebSocketLayer::new(hello));
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
+    let listener = serve::bind(&addr).await;
     tracing::info!("hello server on http://{addr}");
-    axum::serve(listener, app).await.expect("server error");
+    serve::serve(listener, app, std::future::pending()).await;
 }

@@ -16,7 +16,6 @@
 
 use std::collections::VecDeque;
 use std::f64::consts::TAU;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,6 +23,9 @@ use axum::{response::Html, routing::get, Router};
 use serde_json::{json, Value};
 use tower_websocket::hub::Hub;
 use tower_websocket::{Message, WebSocket, WebSocketLayer};
+
+#[path = "common/serve.rs"]
+mod serve;
 
 /// The hub topic the producer publishes to.
 const TOPIC: &str = "series";
@@ -128,17 +130,10 @@ async fn main() {
         .route_service("/data", socket.into_service());
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
+    let listener = serve::bind(&addr).await;
     tracing::info!(
         "live plot server on http://{}",
         listener.local_addr().expect("bound address")
     );
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .expect("server error");
+    serve::serve(listener, app, std::future::pending()).await;
 }
