@@ -59,7 +59,7 @@ for t in "${targets[@]}"; do
     cp -n "$ROOT/fuzz/corpus/$t/"* "$work/" 2>/dev/null || true
     logf="$ROOT/target/fuzz-$t.log"
     if cargo +nightly fuzz run --dev "$t" "$work" -- -max_total_time="$SECS" \
-        -jobs="${FUZZ_JOBS:-1}" -rss_limit_mb=1024 -print_final_stats=1 >"$logf" 2>&1; then
+        -jobs="${FUZZ_JOBS:-1}" -max_len=8192 -rss_limit_mb=1024 -malloc_limit_mb=256 -print_final_stats=1 >"$logf" 2>&1; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logf" | awk '{s+=$2} END {print s+0}')
         echo "fuzz: $t runs=$runs"
     else
