@@ -339,3 +339,46 @@ async fn watch(client: &mut RawClient, period: Duration) -> Duration {
     }
     worst
 }
+
+#[tokio::test]
+async fn oversized_handshake_heads_are_refused_before_the_layer_sees_them() {
+    let _serial = SERIAL.lock().await;
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let layer = WebSocketLayer::new(move |ws: WebSocket| {
+        let _ = tx.send(());
+        echo(ws)
+    });
+    let listener = example_serve::bind("127.0.0.1:0").await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(example_serve::serve(
+        listener,
+        Router::new().layer(layer),
+        std::future::pending(),
+    ));
+    // Too many header lines, then one header of 1 MiB: hyper refuses both (431) and ends the
+    // connection; no socket is opened.
+    let many: String = (0..200).map(|i| format!("X-Filler-{i}: x\r\n")).collect();
+    let huge = format!("X-Huge: {}\r\n", "x".repeat(1 << 20));
+    for extra in [many, huge] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n{extra}\r\n",
+            common::KEY
+        );
+        // The server may stop reading (and reset) before the whole head is written.
+        let _ = stream.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = within("the refusal", stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        eprintln!(
+            "oversized head of {} B: {:?}",
+            head.len(),
+            answer.lines().next().unwrap_or("(reset, no answer)")
+        );
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    }
+    assert!(rx.try_recv().is_err(), "a socket was opened");
+    let echo_took = within("an echo after them", echo_round_trip(addr)).await;
+    assert!(echo_took < Duration::from_secs(1), "{echo_took:?}");
+}
