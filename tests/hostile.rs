@@ -369,14 +369,16 @@ async fn oversized_handshake_heads_are_refused_before_the_layer_sees_them() {
         // The server may stop reading (and reset) before the whole head is written.
         let _ = stream.write_all(head.as_bytes()).await;
         let mut answer = Vec::new();
-        let _ = within("the refusal", stream.read_to_end(&mut answer)).await;
+        let read = within("the refusal", stream.read_to_end(&mut answer)).await;
         let answer = String::from_utf8_lossy(&answer);
         eprintln!(
             "oversized head of {} B: {:?}",
             head.len(),
             answer.lines().next().unwrap_or("(reset, no answer)")
         );
-        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        // Our write of a head hyper stopped reading can turn its answer into a reset.
+        let reset = answer.is_empty() && read.is_err() && head.len() > 1 << 20;
+        assert!(answer.starts_with("HTTP/1.1 431") || reset, "{answer}");
     }
     assert!(rx.try_recv().is_err(), "a socket was opened");
     let echo_took = within("an echo after them", echo_round_trip(addr)).await;
