@@ -106,6 +106,8 @@ pub mod docs {
     pub mod concurrency {}
     #[doc = include_str!("../docs/serving.md")]
     pub mod serving {}
+    #[doc = include_str!("../docs/security.md")]
+    pub mod security {}
     #[cfg(feature = "deflate")]
     #[doc = include_str!("../docs/compression.md")]
     pub mod compression {}
