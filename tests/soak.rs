@@ -1,6 +1,9 @@
 //! Soak: connections churn at a fixed rate for five minutes (connect, echo, close; one in ten
 //! drops TCP in the middle of a message), then nothing may be left: no live socket, no extra
-//! tokio task on the server's runtime, and RSS within 10 % of what it was after warm-up.
+//! tokio task on the server's runtime, and RSS within 10 % of what it was after warm-up. The
+//! live heap (bytes allocated and not yet freed, counted by a global allocator) is held to the
+//! same bound: when RSS grows and the live heap does not, the growth is memory the allocator
+//! keeps, not a leak.
 //!
 //! Ignored by `cargo test`, because it takes five minutes: `.ci/run` runs it next to its other
 //! steps. By hand, for any length (an hour, say):
@@ -20,6 +23,17 @@ use tower_websocket::{WebSocket, WebSocketLayer};
 
 #[path = "../examples/common/serve.rs"]
 mod example_serve;
+
+#[global_allocator]
+static HEAP: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+/// Bytes allocated and not yet freed, in KiB.
+fn live_heap_kib() -> i64 {
+    let stats = HEAP.stats();
+    // A reallocation is counted in these two already, by its difference.
+    let live = stats.bytes_allocated as i64 - stats.bytes_deallocated as i64;
+    live / 1024
+}
 
 /// New connections per second.
 const RATE: u64 = 100;
@@ -116,13 +130,13 @@ fn churn_leaves_no_socket_no_task_and_no_growth() {
         .unwrap();
     let failures = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let (total, rss_warm, samples) = clients.block_on(async {
+    let (total, (rss_warm, heap_warm), samples) = clients.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
         // A stall (a loaded CI machine) delays the next connections; it does not burst them.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut running = tokio::task::JoinSet::new();
         let mut total = 0usize;
-        let mut rss_warm = None;
+        let mut warm = None;
         let mut samples = Vec::new();
         let mut next_sample = started + warm_up;
         while started.elapsed() < Duration::from_secs(secs) {
@@ -142,14 +156,23 @@ fn churn_leaves_no_socket_no_task_and_no_growth() {
             total += 1;
             while running.try_join_next().is_some() {}
             if Instant::now() >= next_sample {
-                let rss = rss_kib();
-                rss_warm.get_or_insert(rss);
-                samples.push((started.elapsed().as_secs(), rss, handle.metrics().live));
+                let (rss, heap) = (rss_kib(), live_heap_kib());
+                warm.get_or_insert((rss, heap));
+                samples.push((
+                    started.elapsed().as_secs(),
+                    rss,
+                    heap,
+                    handle.metrics().live,
+                ));
                 next_sample += Duration::from_secs(10);
             }
         }
         while running.join_next().await.is_some() {}
-        (total, rss_warm.unwrap_or_else(rss_kib), samples)
+        (
+            total,
+            warm.unwrap_or_else(|| (rss_kib(), live_heap_kib())),
+            samples,
+        )
     });
     drop(clients);
 
@@ -164,17 +187,23 @@ fn churn_leaves_no_socket_no_task_and_no_growth() {
     let tasks = server.metrics().num_alive_tasks();
     let rss_end = rss_kib();
     let growth = (rss_end as f64 / rss_warm as f64 - 1.0) * 100.0;
+    let heap_end = live_heap_kib();
+    let heap_growth = (heap_end as f64 / heap_warm as f64 - 1.0) * 100.0;
     eprintln!(
         "soak: {total} connections in {:?} at {RATE}/s (1 in 10 dropped mid-message), {} \
          failed; live at the end {live}; server tasks {tasks_at_start} at the start, {tasks} at \
          the end; RSS {rss_warm} KiB after {warm_up:?} of warm-up, {rss_end} KiB at the end \
-         ({growth:+.1} %)",
+         ({growth:+.1} %); live heap {heap_warm} KiB, then {heap_end} KiB ({heap_growth:+.1} %)",
         started.elapsed(),
         failures.load(Ordering::Relaxed)
     );
-    eprintln!("soak samples (s, RSS KiB, live): {samples:?}");
+    eprintln!("soak samples (s, RSS KiB, live heap KiB, live sockets): {samples:?}");
     assert_eq!(failures.load(Ordering::Relaxed), 0, "clients failed");
     assert_eq!(live, 0, "sockets still live");
     assert_eq!(tasks, tasks_at_start, "tasks left on the server's runtime");
+    assert!(
+        heap_growth <= 10.0,
+        "the live heap grew {heap_growth:.1} %: a leak"
+    );
     assert!(growth <= 10.0, "RSS grew {growth:.1} % after warm-up");
 }
