@@ -358,3 +358,45 @@ async fn an_idle_socket_costs_the_same_at_the_root_and_at_a_long_path() {
         "{long:.0} B per socket at a long path, {root:.0} B at /"
     );
 }
+
+/// The slowest of `count` TCP connects made all at once to `listener`'s address, while a
+/// server accepts them as axum does.
+async fn slowest_connect(listener: tokio::net::TcpListener, count: usize) -> Duration {
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().layer(WebSocketLayer::new(echo));
+    let server = tokio::spawn(example_serve::serve(listener, app, std::future::pending()));
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        connects.spawn(async move {
+            let started = Instant::now();
+            let stream = TcpStream::connect(addr).await.unwrap();
+            (started.elapsed(), stream)
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    let mut streams = Vec::with_capacity(count);
+    while let Some(done) = connects.join_next().await {
+        let (took, stream) = done.unwrap();
+        slowest = slowest.max(took);
+        streams.push(stream);
+    }
+    server.abort();
+    slowest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connects_waits_for_no_retransmit_with_the_examples_backlog() {
+    const BURST: usize = 1000;
+    raise_file_limit();
+    let with_backlog = slowest_connect(example_serve::bind("127.0.0.1:0").await, BURST).await;
+    // For the record: tokio's default backlog of 128, the one `axum::serve` users get.
+    let default = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let with_default = slowest_connect(default, BURST).await;
+    eprintln!(
+        "a burst of {BURST} connects: the slowest took {with_backlog:?} with a backlog of {}, \
+         {with_default:?} with tokio's default of 128",
+        example_serve::BACKLOG
+    );
+    // A SYN the listen queue dropped is sent again after 1 s.
+    assert!(with_backlog < Duration::from_secs(1), "{with_backlog:?}");
+}
