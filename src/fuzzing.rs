@@ -45,11 +45,12 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The read side of a connection as a whole: the handshake is done by the layer over hyper,
-/// then `data[1..]` arrives from the peer as it is, and the peer shuts its side down.
+/// then `data[1..]` arrives from the peer as it is.
 ///
 /// `data[0]` picks the settings: bit 0 offers permessage-deflate, bit 1 with
-/// `client_no_context_takeover`, bit 2 delivers the input one byte per read, bit 3 keeps the
-/// peer's side open (so keepalive and the close timeout end the connection).
+/// `client_no_context_takeover`, bit 2 writes the input one byte at a time, bit 3 keeps the
+/// peer's side open after it (so keepalive and the close timeout end the connection; without
+/// it the peer shuts its side down).
 ///
 /// Checks: no panic; every message the handler gets is within the message size limit; the
 /// server's frames are well formed, unmasked, and its close frame (at most one, and the last
