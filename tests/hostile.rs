@@ -384,3 +384,59 @@ async fn oversized_handshake_heads_are_refused_before_the_layer_sees_them() {
     let echo_took = within("an echo after them", echo_round_trip(addr)).await;
     assert!(echo_took < Duration::from_secs(1), "{echo_took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_flood_from_a_peer_that_never_reads_its_pongs_stays_bounded_until_dropped() {
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+    let _serial = SERIAL.lock().await;
+    let layer = WebSocketLayer::new(echo)
+        .ping_interval(None)
+        .write_timeout(Some(WRITE_TIMEOUT));
+    let addr = serve(Router::new().layer(layer)).await;
+    let mut other = RawClient::connect(addr, "/").await;
+    echo_on(&mut other).await;
+    let before = rss_kib();
+
+    // Pings of 125 bytes, a thousand to a write, from a peer with a small receive window that
+    // reads none of the pongs: once TCP's buffers are full the server's writes stall, it
+    // stops reading, and the write timeout drops the peer.
+    let mut flooder = RawClient::connect_small_window(addr, "/").await;
+    let ping = common::encode_frame(true, 0, 0x9, Some([1, 2, 3, 4]), &[b'p'; 125]);
+    let batch = ping.repeat(1000);
+    let started = Instant::now();
+    let flood = async {
+        let mut sent = 0usize;
+        while sent < 1_000_000 {
+            if flooder.stream.write_all(&batch).await.is_err() {
+                return (sent, true, started.elapsed());
+            }
+            sent += 1000;
+        }
+        (sent, false, started.elapsed())
+    };
+    let watch_others = async {
+        let mut worst = Duration::ZERO;
+        let mut peak = before;
+        while started.elapsed() < 4 * WRITE_TIMEOUT {
+            worst = worst.max(echo_on(&mut other).await);
+            peak = peak.max(rss_kib());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (worst, peak)
+    };
+    let (flooded, (worst, peak)) =
+        tokio::join!(tokio::time::timeout(8 * WRITE_TIMEOUT, flood), watch_others);
+    let (sent, dropped, lasted) = flooded.expect("the flood neither ended nor was dropped");
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "ping flood, pongs never read: {sent} pings of 125 B written before the server dropped \
+         the peer after {lasted:?} (write timeout {WRITE_TIMEOUT:?}); RSS grew {grown} KiB at \
+         most; another socket's echo took at most {worst:?}"
+    );
+    assert!(
+        dropped,
+        "{sent} pings went through without the peer being dropped"
+    );
+    assert!(grown < 16 * 1024, "RSS grew {grown} KiB");
+    assert!(worst < Duration::from_secs(1), "{worst:?}");
+}
