@@ -5,11 +5,11 @@
 //! same bound: when RSS grows and the live heap does not, the growth is memory the allocator
 //! keeps, not a leak.
 //!
-//! Ignored by `cargo test`, because it takes five minutes: `.ci/run` runs it next to its other
-//! steps. By hand, for any length (an hour, say):
+//! It shares its test binary with the Autobahn runs, so that `cargo test` runs it beside them
+//! rather than after them. By hand, for any length (an hour, say):
 //!
 //! ```text
-//! SOAK_SECS=3600 cargo test --release --all-features --test soak -- --ignored --nocapture
+//! SOAK_SECS=3600 cargo test --release --all-features --test long_running soak -- --nocapture
 //! ```
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower_websocket::{WebSocket, WebSocketLayer};
 
-#[path = "../examples/common/serve.rs"]
-mod example_serve;
+use super::example_serve;
 
 #[global_allocator]
 static HEAP: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
@@ -103,7 +102,6 @@ async fn one_client(addr: std::net::SocketAddr, drop_mid_message: bool) -> std::
 }
 
 #[test]
-#[ignore = "five minutes of churn: run by .ci/run next to its other steps, or by hand"]
 fn churn_leaves_no_socket_no_task_and_no_growth() {
     let secs: u64 = std::env::var("SOAK_SECS")
         .ok()

@@ -3,14 +3,13 @@
 //! `scripts/autobahn.sh` installs wstest (Python 2.7 virtualenv) on first use, deals the cases
 //! to two wstest processes, and with `--strict` fails on any FAILED or NON-STRICT case, or when
 //! the suite overruns its limit. Its per-category summary and duration are printed
-//! (`cargo test --test autobahn -- --nocapture`).
+//! (`cargo test --all-features --test long_running autobahn -- --nocapture`).
 //!
 //! Categories 1 to 10 are not repeated with compression on: wstest offers permessage-deflate
 //! only in 12 and 13, so against the deflate server they would take the same path as the plain
 //! run (a layer with compression on that agreed none is covered by `tests/deflate.rs`).
 
-#[path = "common/external.rs"]
-mod external;
+use super::external;
 
 #[test]
 fn autobahn_categories_1_to_10_pass_strictly() {
