@@ -39,6 +39,9 @@
 //! }
 //! ```
 
+#[cfg(feature = "metrics")]
+mod metrics;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;

@@ -34,11 +34,11 @@ use http::HeaderMap;
 use tower_layer::Layer;
 
 use crate::handle::{Registry, WebSocketHandle};
-use crate::handler::{self, BoxHandler, HandlerResult};
+use crate::handshake::origin::OriginPolicy;
+use crate::handshake::protocol::Subprotocols;
 use crate::handshake::Refusal;
-use crate::origin::OriginPolicy;
-use crate::protocol::Subprotocols;
 use crate::service::{UpgradeRequired, WebSocketService};
+use crate::socket::handler::{self, BoxHandler, HandlerResult};
 use crate::socket::QueuePolicy;
 use crate::socket::WebSocket;
 
@@ -97,7 +97,7 @@ pub(crate) struct Config {
     pub(crate) send_queue_capacity: usize,
     pub(crate) send_queue_policy: QueuePolicy,
     #[cfg(feature = "deflate")]
-    pub(crate) deflate: Option<crate::deflate::DeflateConfig>,
+    pub(crate) deflate: Option<crate::wire::deflate::DeflateConfig>,
     #[cfg(feature = "hixie76")]
     pub(crate) legacy_drafts: bool,
     #[cfg(feature = "hixie76")]
@@ -145,7 +145,7 @@ pub struct WebSocketLayer {
 impl WebSocketLayer {
     /// A layer that runs `handler` for every accepted WebSocket.
     ///
-    /// The handler is boxed once, here. See [the `handler` module](crate::handler) for what it
+    /// The handler is boxed once, here. See [the `handler` module](crate::socket::handler) for what it
     /// may return.
     pub fn new<H, Fut>(handler: H) -> Self
     where
@@ -165,7 +165,7 @@ impl WebSocketLayer {
     /// other checks: one that refuses answers the handshake with its rejection (a `Path` that
     /// does not parse gets `400`), and no socket is opened. `state` is stored once, behind an
     /// `Arc`; a `State<T>` extractor clones its `T` once per connection, never per message.
-    /// See [`ExtractHandler`](crate::handler::ExtractHandler).
+    /// See [`ExtractHandler`](crate::socket::handler::ExtractHandler).
     ///
     /// ```
     /// use axum::extract::{FromRef, Path, State};
@@ -489,12 +489,12 @@ impl WebSocketLayer {
     /// Compress messages with permessage-deflate (RFC 7692) when the client offers it (every
     /// browser does). The inflated size of a message is held to
     /// [`max_message_size`](Self::max_message_size): a decompression bomb closes with 1009
-    /// without being inflated. See [`DeflateConfig`](crate::deflate::DeflateConfig) for the
+    /// without being inflated. See [`DeflateConfig`](crate::wire::deflate::DeflateConfig) for the
     /// level, the threshold, the windows and context takeover, and the memory each costs.
     ///
     /// Default: off (no extension is accepted).
     #[cfg(feature = "deflate")]
-    pub fn deflate(mut self, config: crate::deflate::DeflateConfig) -> Self {
+    pub fn deflate(mut self, config: crate::wire::deflate::DeflateConfig) -> Self {
         self.config_mut().deflate = Some(config);
         self
     }

@@ -93,12 +93,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::body::ResponseBody;
+use crate::connection::queue;
 use crate::connection::{flatten, INBOUND_CAPACITY};
 use crate::handshake::{header_has_token, HandshakeRejection, Refusal};
 use crate::layer::Config;
-use crate::message::{Message, Utf8Bytes};
-use crate::queue;
 use crate::service::{detach_from_read_buffer, ConnectionSlot};
+use crate::socket::message::{Message, Utf8Bytes};
 use crate::socket::{Environ, Inbound, Outbound, Shared, WebSocket};
 
 const KEY1: &str = "Sec-WebSocket-Key1";
@@ -702,7 +702,7 @@ struct Driver<T> {
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     async fn run(
         mut self,
-        mut done: tokio::sync::oneshot::Receiver<Result<(), crate::handler::HandlerError>>,
+        mut done: tokio::sync::oneshot::Receiver<Result<(), crate::socket::handler::HandlerError>>,
     ) {
         let mut handler_done = false;
         // When this side sent its closing frame: the peer has the close timeout to answer.

@@ -207,7 +207,7 @@ struct Checked {
 /// accepted as any other, or refused with the extractor's rejection.
 #[cfg(feature = "axum")]
 fn prepare_then_finish(
-    preparing: crate::handler::Prepare,
+    preparing: crate::socket::handler::Prepare,
     checked: Checked,
     config: Arc<Config>,
 ) -> PreparingFuture {
@@ -217,7 +217,7 @@ fn prepare_then_finish(
             Ok(start) => {
                 parts
                     .extensions
-                    .insert(crate::handler::Prepared::new(start));
+                    .insert(crate::socket::handler::Prepared::new(start));
                 finish::<()>(parts, checked, &config)
             }
             Err(rejection) => {
@@ -281,7 +281,7 @@ fn finish<B: Default>(
     // After the hook, so that its headers cannot speak for the extension.
     #[cfg(feature = "deflate")]
     let extensions = config.deflate.as_ref().and_then(|deflate| {
-        let (agreed, answer) = crate::deflate::negotiate(&parts.headers, deflate)?;
+        let (agreed, answer) = crate::wire::deflate::negotiate(&parts.headers, deflate)?;
         headers.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, answer);
         Some(agreed)
     });

@@ -132,8 +132,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::close::{CloseCode, CloseFrame};
-use crate::message::{Message, Utf8Bytes};
+use crate::socket::close::{CloseCode, CloseFrame};
+use crate::socket::message::{Message, Utf8Bytes};
 
 /// How long each wait of a [`TestClient`] lasts before it fails the test, unless set otherwise:
 /// 5 seconds.

@@ -66,8 +66,8 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use http::{HeaderMap, HeaderValue};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::close::CloseCode;
-use crate::guard::{header_len, WireViolation};
+use crate::socket::close::CloseCode;
+use crate::wire::guard::{header_len, WireViolation};
 
 /// Default for [`DeflateConfig::level`]: 1, the fastest zlib level.
 pub const DEFAULT_LEVEL: u32 = 1;

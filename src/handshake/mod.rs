@@ -15,8 +15,8 @@
 //! | `Upgrade: websocket`, `Connection` lists `upgrade` | 400 |
 //! | `Sec-WebSocket-Version: 13` | 400 when missing, 426 (with `Sec-WebSocket-Version: 13`) when another or for hixie-76 |
 //! | `Sec-WebSocket-Key`: base64 of 16 bytes, once | 400 |
-//! | the [origin policy](crate::origin) allows the page | 403 |
-//! | a subprotocol is agreed, when one is [required](crate::protocol::Subprotocols::required) | 400 |
+//! | the [origin policy](crate::handshake::origin) allows the page | 403 |
+//! | a subprotocol is agreed, when one is [required](crate::handshake::protocol::Subprotocols::required) | 400 |
 //! | the [`before_upgrade`](crate::WebSocketLayer::before_upgrade) hook accepts | the hook's [`Refusal`] |
 //! | every [required extension](crate::WebSocketLayer::require_extension) is in the request | 500 (logged at ERROR with the type) |
 //! | the extractors of a [`with_state`](crate::WebSocketLayer::with_state) handler accept | the extractor's rejection |
@@ -57,6 +57,9 @@
 //! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 //! # }
 //! ```
+
+pub mod origin;
+pub mod protocol;
 
 use std::fmt;
 
@@ -108,10 +111,10 @@ pub enum HandshakeRejection {
     /// A plain HTTP request reached a WebSocket-only service (426, with `Upgrade: websocket`).
     UpgradeRequired,
     /// The origin policy refused the browser page that asked (403). See
-    /// [`OriginPolicy`](crate::origin::OriginPolicy).
+    /// [`OriginPolicy`](crate::handshake::origin::OriginPolicy).
     OriginNotAllowed(String),
     /// A subprotocol is required and none of the client's is spoken here (400). See
-    /// [`Subprotocols::required`](crate::protocol::Subprotocols::required).
+    /// [`Subprotocols::required`](crate::handshake::protocol::Subprotocols::required).
     NoCommonProtocol {
         /// What the client offered, comma-separated.
         offered: String,

@@ -15,6 +15,8 @@
 //! reasons, fragment order, UTF-8 across fragments, the whole-message size limit), runs the
 //! closing handshake, shuts TCP down cleanly, and logs the connection when it ends.
 
+pub(crate) mod queue;
+
 use std::any::Any;
 use std::future::Future;
 use std::io;
@@ -36,16 +38,16 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
-use crate::close::{parse_close_payload, CloseCode, CloseFrame};
-use crate::guard::{FrameGuard, WireViolation};
-use crate::handler::HandlerError;
 use crate::layer::Config;
-use crate::message::{Message, Utf8Bytes};
-use crate::queue::{self, PushError};
-use crate::reassembly::Reassembly;
 use crate::service::ConnectionSlot;
+use crate::socket::close::{parse_close_payload, CloseCode, CloseFrame};
+use crate::socket::handler::HandlerError;
+use crate::socket::message::{Message, Utf8Bytes};
 use crate::socket::{self, Environ, Inbound, Outbound, Shared, WebSocket};
-use crate::writer::{FrameWriter, FLUSH_AT};
+use crate::wire::guard::{FrameGuard, WireViolation};
+use crate::wire::reassembly::Reassembly;
+use crate::wire::writer::{FrameWriter, FLUSH_AT};
+use queue::PushError;
 
 /// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
 /// pushes back on the peer) but keeps writing.
@@ -55,7 +57,7 @@ const WRITE_BATCH: usize = 64;
 
 /// The extensions agreed in the handshake: permessage-deflate's parameters, or none.
 #[cfg(feature = "deflate")]
-pub(crate) type Extensions = Option<crate::deflate::Agreed>;
+pub(crate) type Extensions = Option<crate::wire::deflate::Agreed>;
 /// The extensions agreed in the handshake: none without the `deflate` feature.
 #[cfg(not(feature = "deflate"))]
 pub(crate) type Extensions = ();
@@ -175,7 +177,7 @@ where
                 #[cfg(feature = "deflate")]
                 compressor: extensions.as_ref().map(|agreed| {
                     let deflate = config.deflate.clone().unwrap_or_default();
-                    Box::new(crate::deflate::Compressor::new(agreed, &deflate))
+                    Box::new(crate::wire::deflate::Compressor::new(agreed, &deflate))
                 }),
             };
             let read = pin!(next_frame(frame_reader(&mut read_io, extensions, config)));
@@ -263,7 +265,7 @@ fn frame_reader<R: AsyncRead + Unpin>(
     #[cfg(feature = "deflate")]
     let stack = match &extensions {
         Some(agreed) => ReadStack::Inflate(Box::new(
-            crate::deflate::InflateRead::new(guarded, agreed, config.max_message_size)
+            crate::wire::deflate::InflateRead::new(guarded, agreed, config.max_message_size)
                 .max_frame_size(config.max_frame_size),
         )),
         None => ReadStack::Plain(guarded),
@@ -1074,7 +1076,7 @@ struct Writer<'s, W> {
     /// permessage-deflate's compressor, when the extension was agreed. Boxed: only
     /// connections that agreed on compression pay for its 160 bytes.
     #[cfg(feature = "deflate")]
-    compressor: Option<Box<crate::deflate::Compressor>>,
+    compressor: Option<Box<crate::wire::deflate::Compressor>>,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<'_, W> {
@@ -1111,7 +1113,7 @@ enum ReadStack<R> {
     Plain(R),
     /// Boxed: only connections that agreed on compression pay for its state.
     #[cfg(feature = "deflate")]
-    Inflate(Box<crate::deflate::InflateRead<R>>),
+    Inflate(Box<crate::wire::deflate::InflateRead<R>>),
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for ReadStack<R> {

@@ -28,6 +28,11 @@
 //! # let _ = WebSocketLayer::new(handler);
 //! ```
 
+pub mod close;
+pub mod error;
+pub mod handler;
+pub mod message;
+
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -43,10 +48,10 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::HeaderValue;
 
-use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
-use crate::error::{Error, SendError};
-use crate::message::Message;
-use crate::queue::{self, PushError};
+use crate::connection::queue::{self, PushError};
+use crate::socket::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
+use crate::socket::error::{Error, SendError};
+use crate::socket::message::Message;
 
 /// What the connection task hands the socket.
 #[derive(Debug)]

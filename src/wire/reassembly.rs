@@ -8,8 +8,8 @@
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::OpCode;
 
-use crate::close::CloseCode;
-use crate::message::{Message, Utf8Bytes};
+use crate::socket::close::CloseCode;
+use crate::socket::message::{Message, Utf8Bytes};
 
 /// A rule a data frame broke, and the close code it is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

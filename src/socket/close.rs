@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use crate::message::Utf8Bytes;
+use crate::socket::message::Utf8Bytes;
 
 /// The status code of a close frame.
 ///

@@ -21,7 +21,7 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::close::CloseCode;
+use crate::socket::close::CloseCode;
 
 /// A rule broken on the wire, with the close code that answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,12 @@
+//! The wire format around fastwebsockets: what it leaves out, added once.
+//!
+//! - [`guard`]: the frame rules fastwebsockets does not check, before a frame is read whole.
+//! - [`reassembly`]: fragments into messages, with UTF-8 checked across fragments.
+//! - [`writer`]: frames queued and written in one flush.
+//! - `deflate`: permessage-deflate (RFC 7692), feature `deflate`.
+
+#[cfg(feature = "deflate")]
+pub mod deflate;
+pub(crate) mod guard;
+pub(crate) mod reassembly;
+pub(crate) mod writer;
