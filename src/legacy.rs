@@ -93,12 +93,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::body::ResponseBody;
-use crate::connection::queue;
 use crate::connection::{flatten, INBOUND_CAPACITY};
 use crate::handshake::{header_has_token, HandshakeRejection, Refusal};
 use crate::layer::Config;
 use crate::service::{detach_from_read_buffer, ConnectionSlot};
 use crate::socket::message::{Message, Utf8Bytes};
+use crate::socket::queue;
 use crate::socket::{Environ, Inbound, Outbound, Shared, WebSocket};
 
 const KEY1: &str = "Sec-WebSocket-Key1";

@@ -15,8 +15,6 @@
 //! reasons, fragment order, UTF-8 across fragments, the whole-message size limit), runs the
 //! closing handshake, shuts TCP down cleanly, and logs the connection when it ends.
 
-pub(crate) mod queue;
-
 use std::any::Any;
 use std::future::Future;
 use std::io;
@@ -43,11 +41,11 @@ use crate::service::ConnectionSlot;
 use crate::socket::close::{parse_close_payload, CloseCode, CloseFrame};
 use crate::socket::handler::HandlerError;
 use crate::socket::message::{Message, Utf8Bytes};
+use crate::socket::queue::{self, PushError};
 use crate::socket::{self, Environ, Inbound, Outbound, Shared, WebSocket};
 use crate::wire::guard::{FrameGuard, WireViolation};
 use crate::wire::reassembly::Reassembly;
 use crate::wire::writer::{FrameWriter, FLUSH_AT};
-use queue::PushError;
 
 /// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
 /// pushes back on the peer) but keeps writing.

@@ -32,6 +32,7 @@ pub mod close;
 pub mod error;
 pub mod handler;
 pub mod message;
+pub(crate) mod queue;
 
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -48,10 +49,10 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::HeaderValue;
 
-use crate::connection::queue::{self, PushError};
 use crate::socket::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
 use crate::socket::error::{Error, SendError};
 use crate::socket::message::Message;
+use queue::PushError;
 
 /// What the connection task hands the socket.
 #[derive(Debug)]
