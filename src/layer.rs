@@ -25,7 +25,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -384,7 +383,7 @@ impl WebSocketLayer {
 
     /// How many WebSocket connections of this layer (and its clones) are live now.
     pub fn live_connections(&self) -> usize {
-        self.config.registry.live.load(Ordering::Relaxed)
+        self.config.registry.live()
     }
 
     /// A handle on this layer's sockets (and those of its clones): live

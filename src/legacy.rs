@@ -94,9 +94,10 @@ use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::connection::{flatten, INBOUND_CAPACITY};
+use crate::handle::ConnectionSlot;
 use crate::handshake::{header_has_token, HandshakeRejection, Refusal};
 use crate::layer::Config;
-use crate::service::{detach_from_read_buffer, ConnectionSlot};
+use crate::service::{detach_from_read_buffer, take_slot};
 use crate::socket::message::{Message, Utf8Bytes};
 use crate::socket::queue;
 use crate::socket::{Environ, Inbound, Outbound, Shared, WebSocket};
@@ -162,13 +163,12 @@ where
     if config.registry.is_shutting_down() {
         return Err(HandshakeRejection::ShuttingDown.into());
     }
-    let mut slot = ConnectionSlot::take(config)?;
+    let slot = take_slot(config)?;
     let origin = parts.headers.get(header::ORIGIN).cloned();
     detach_from_read_buffer(&mut parts);
     let response = answer(draft, headers, origin, location, protocol.as_ref());
     let shared = Arc::new(Shared::legacy());
-    config.registry.spawn(Arc::clone(&shared), |id| {
-        slot.id = id;
+    config.registry.spawn(Arc::clone(&shared), slot, |slot| {
         let task = run(
             on_upgrade,
             body,
@@ -792,13 +792,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     let len = text.len() as u64;
                     self.log.messages_in += 1;
                     self.log.bytes_in += len;
-                    let registry = &self.config.registry;
-                    registry
-                        .messages_in
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    registry
-                        .bytes_in
-                        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                    self.config.registry.message_in(text.len());
                     // Waits while the handler's queue is full: TCP pushes back on the peer.
                     let _ = self
                         .in_tx
@@ -844,13 +838,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         let len = text.len() as u64;
         self.log.messages_out += 1;
         self.log.bytes_out += len;
-        let registry = &self.config.registry;
-        registry
-            .messages_out
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        registry
-            .bytes_out
-            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        self.config.registry.message_out(text.len());
         Ok(())
     }
 

@@ -26,7 +26,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -40,7 +39,7 @@ use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::connection;
-use crate::handle::Registry;
+use crate::handle::{ConnectionSlot, Registry};
 use crate::handshake::{self, HandshakeRejection, Refusal};
 use crate::layer::Config;
 use crate::socket::Shared;
@@ -296,12 +295,11 @@ fn finish<B: Default>(
     if config.registry.is_shutting_down() {
         return Err(HandshakeRejection::ShuttingDown.into());
     }
-    let mut slot = ConnectionSlot::take(config)?;
+    let slot = take_slot(config)?;
     detach_from_read_buffer(&mut parts);
     let response = handshake::accepted(accept_key, protocol.as_ref(), headers);
     let shared = Arc::new(Shared::default());
-    config.registry.spawn(Arc::clone(&shared), |id| {
-        slot.id = id;
+    config.registry.spawn(Arc::clone(&shared), slot, |slot| {
         // The connection runs in the span of the request (a `TraceLayer` span, say), so its
         // close log is attributed to the request that opened it.
         let task = connection::run(
@@ -382,39 +380,14 @@ pub(crate) fn detach_from_read_buffer(parts: &mut Parts) {
     }
 }
 
-/// One place under [`WebSocketLayer::max_connections`](crate::WebSocketLayer::max_connections),
-/// held from the `101` until the connection and its handler have both ended.
-pub(crate) struct ConnectionSlot {
-    registry: Arc<Registry>,
-    /// The connection's index in the registry, once registered.
-    pub(crate) id: usize,
-}
-
-impl ConnectionSlot {
-    pub(crate) fn take(config: &Config) -> Result<Self, HandshakeRejection> {
-        let live = &config.registry.live;
-        match config.max_connections {
-            None => {
-                live.fetch_add(1, Ordering::AcqRel);
-            }
-            Some(limit) => {
-                live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < limit).then_some(n + 1)
-                })
-                .map_err(|_| HandshakeRejection::TooManyConnections { limit })?;
-            }
-        }
-        Ok(ConnectionSlot {
-            registry: Arc::clone(&config.registry),
-            id: usize::MAX,
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.registry.unregister(self.id);
-    }
+/// One place among the live sockets, or the refusal when
+/// [`max_connections`](crate::WebSocketLayer::max_connections) are live.
+pub(crate) fn take_slot(config: &Config) -> Result<ConnectionSlot, HandshakeRejection> {
+    config.registry.take_slot(config.max_connections).ok_or(
+        HandshakeRejection::TooManyConnections {
+            limit: config.max_connections.unwrap_or(usize::MAX),
+        },
+    )
 }
 
 pin_project! {

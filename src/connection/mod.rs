@@ -36,8 +36,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
+use crate::handle::ConnectionSlot;
 use crate::layer::Config;
-use crate::service::ConnectionSlot;
 use crate::socket::close::{parse_close_payload, CloseCode, CloseFrame};
 use crate::socket::handler::HandlerError;
 use crate::socket::message::{Message, Utf8Bytes};
@@ -101,24 +101,27 @@ where
     T: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let io = std::future::ready(Some(io));
-    serve_when(io, parts, protocol, extensions, config, shared, ())
+    let slot = config
+        .registry
+        .take_slot(None)
+        .expect("no connection limit");
+    serve_when(io, parts, protocol, extensions, config, shared, slot)
 }
 
 /// Serves one WebSocket over the IO that `io` resolves to (none: the upgrade failed, and the
 /// handler is dropped unpolled). `slot` is released when the future ends.
-fn serve_when<T, F, S>(
+fn serve_when<T, F>(
     io: F,
     parts: Parts,
     protocol: Option<HeaderValue>,
     extensions: Extensions,
     config: Arc<Config>,
     shared: Arc<Shared>,
-    slot: S,
+    slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send
 where
     T: AsyncRead + AsyncWrite + Send + Unpin,
     F: Future<Output = Option<T>> + Send,
-    S: Send,
 {
     let environ = Arc::new(Environ {
         parts,
@@ -923,11 +926,7 @@ impl Conn {
                 writer.queue_message(opcode, payload);
                 self.record.messages_out += 1;
                 self.record.bytes_out += payload.len() as u64;
-                let registry = &self.config.registry;
-                registry.messages_out.fetch_add(1, Ordering::Relaxed);
-                registry
-                    .bytes_out
-                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                self.config.registry.message_out(payload.len());
                 self.touch();
             }
             Outbound::Close(frame) => self.start_close(frame, writer),
@@ -1032,11 +1031,7 @@ impl Conn {
         self.touch();
         self.record.messages_in += 1;
         self.record.bytes_in += message.len() as u64;
-        let registry = &self.config.registry;
-        registry.messages_in.fetch_add(1, Ordering::Relaxed);
-        registry
-            .bytes_in
-            .fetch_add(message.len() as u64, Ordering::Relaxed);
+        self.config.registry.message_in(message.len());
         // A handler waiting in this task is not woken through its waker: the loop is told
         // to poll it.
         let pushed = self
@@ -1443,8 +1438,8 @@ mod tests {
             "the connection ended after {took:?}"
         );
         assert_eq!(
-            shared.progress.state(),
-            crate::handle::CloseProgress::LOST,
+            shared.progress.stage(),
+            crate::socket::CloseStage::Lost,
             "the close frame never got out"
         );
     }

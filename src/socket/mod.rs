@@ -38,7 +38,7 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -94,7 +94,7 @@ pub(crate) struct Shared {
     /// Wakes the connection task when `overflow` or `shutdown` is set.
     pub(crate) waker: AtomicWaker,
     /// How far the closing handshake got, for the shutdown report.
-    pub(crate) progress: crate::handle::CloseProgress,
+    pub(crate) progress: CloseProgress,
     /// The peer speaks a legacy draft, which has no binary frames.
     #[cfg(feature = "hixie76")]
     legacy: bool,
@@ -765,6 +765,70 @@ pub(crate) fn peer_addr(parts: &Parts) -> Option<SocketAddr> {
         return Some(*addr);
     }
     parts.extensions.get::<SocketAddr>().copied()
+}
+
+/// How far one connection's closing handshake got, in the only order it moves: what the
+/// shutdown report counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum CloseStage {
+    /// No close frame of ours written yet.
+    Open = 0,
+    /// The connection ended before a close frame of ours was written.
+    Lost = 1,
+    /// Our close frame was written; the peer's has not come.
+    Sent = 2,
+    /// Close frames went both ways.
+    Done = 3,
+}
+
+/// A connection's [`CloseStage`] and whether its handler finished, shared with the registry.
+/// The stage only moves forward, so that a connection lost after its close frame went out
+/// still counts as a close sent and not answered.
+#[derive(Debug, Default)]
+pub(crate) struct CloseProgress {
+    stage: AtomicU8,
+    handler_done: AtomicBool,
+}
+
+impl CloseProgress {
+    fn advance(&self, stage: CloseStage) {
+        self.stage.fetch_max(stage as u8, Ordering::AcqRel);
+    }
+
+    /// The connection ended before a close frame of ours was written.
+    pub(crate) fn lost(&self) {
+        self.advance(CloseStage::Lost);
+    }
+
+    /// Our close frame was written (flushed to the transport).
+    pub(crate) fn close_sent(&self) {
+        self.advance(CloseStage::Sent);
+    }
+
+    /// Close frames went both ways: the closing handshake is complete.
+    pub(crate) fn handshake_done(&self) {
+        self.advance(CloseStage::Done);
+    }
+
+    /// The stage reached so far.
+    pub(crate) fn stage(&self) -> CloseStage {
+        match self.stage.load(Ordering::Acquire) {
+            0 => CloseStage::Open,
+            1 => CloseStage::Lost,
+            2 => CloseStage::Sent,
+            _ => CloseStage::Done,
+        }
+    }
+
+    /// The handler's future completed (returned or panicked).
+    pub(crate) fn handler_done(&self) {
+        self.handler_done.store(true, Ordering::Release);
+    }
+
+    /// Whether [`handler_done`](Self::handler_done) was called.
+    pub(crate) fn is_handler_done(&self) -> bool {
+        self.handler_done.load(Ordering::Acquire)
+    }
 }
 
 #[cfg(test)]
