@@ -52,6 +52,7 @@
 
 // The HTTP edge: the layer, its service, the handshake and the response body.
 pub mod body;
+mod config;
 pub mod handshake;
 pub mod layer;
 pub mod service;

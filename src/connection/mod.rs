@@ -15,6 +15,10 @@
 //! reasons, fragment order, UTF-8 across fragments, the whole-message size limit), runs the
 //! closing handshake, shuts TCP down cleanly, and logs the connection when it ends.
 
+mod settings;
+
+pub(crate) use settings::Settings;
+
 use std::any::Any;
 use std::future::Future;
 use std::io;
@@ -37,9 +41,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
 use crate::handle::ConnectionSlot;
-use crate::layer::Config;
 use crate::socket::close::{parse_close_payload, CloseCode, CloseFrame};
-use crate::socket::handler::HandlerError;
+use crate::socket::handler::{BoxHandler, HandlerError};
 use crate::socket::message::{Message, Utf8Bytes};
 use crate::socket::queue::{self, PushError};
 use crate::socket::{self, Environ, Inbound, Outbound, Shared, WebSocket};
@@ -60,6 +63,14 @@ pub(crate) type Extensions = Option<crate::wire::deflate::Agreed>;
 #[cfg(not(feature = "deflate"))]
 pub(crate) type Extensions = ();
 
+/// What the handshake agreed: the request the handler sees as its environ, the subprotocol,
+/// and the extensions.
+pub(crate) struct Accepted {
+    pub(crate) parts: Parts,
+    pub(crate) protocol: Option<HeaderValue>,
+    pub(crate) extensions: Extensions,
+}
+
 /// Waits for hyper to hand over the upgraded connection, then serves it.
 ///
 /// Everything that does not need the IO (the socket, the handler's future, the queues, the
@@ -68,10 +79,9 @@ pub(crate) type Extensions = ();
 /// for the whole connection.
 pub(crate) fn run(
     on_upgrade: OnUpgrade,
-    parts: Parts,
-    protocol: Option<HeaderValue>,
-    extensions: Extensions,
-    config: Arc<Config>,
+    accepted: Accepted,
+    handler: &BoxHandler,
+    settings: Arc<Settings>,
     shared: Arc<Shared>,
     slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -84,38 +94,36 @@ pub(crate) fn run(
             }
         }
     };
-    serve_when(io, parts, protocol, extensions, config, shared, slot)
+    serve_when(io, accepted, handler, settings, shared, slot)
 }
 
 /// Serves one WebSocket over an IO whose handshake is done.
 #[cfg(test)]
 pub(crate) fn serve<T>(
     io: T,
-    parts: Parts,
-    protocol: Option<HeaderValue>,
-    extensions: Extensions,
-    config: Arc<Config>,
+    accepted: Accepted,
+    handler: &BoxHandler,
+    settings: Arc<Settings>,
     shared: Arc<Shared>,
 ) -> impl Future<Output = ()> + Send
 where
     T: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let io = std::future::ready(Some(io));
-    let slot = config
+    let slot = settings
         .registry
         .take_slot(None)
         .expect("no connection limit");
-    serve_when(io, parts, protocol, extensions, config, shared, slot)
+    serve_when(io, accepted, handler, settings, shared, slot)
 }
 
 /// Serves one WebSocket over the IO that `io` resolves to (none: the upgrade failed, and the
 /// handler is dropped unpolled). `slot` is released when the future ends.
 fn serve_when<T, F>(
     io: F,
-    parts: Parts,
-    protocol: Option<HeaderValue>,
-    extensions: Extensions,
-    config: Arc<Config>,
+    accepted: Accepted,
+    handler: &BoxHandler,
+    settings: Arc<Settings>,
     shared: Arc<Shared>,
     slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send
@@ -123,6 +131,11 @@ where
     T: AsyncRead + AsyncWrite + Send + Unpin,
     F: Future<Output = Option<T>> + Send,
 {
+    let Accepted {
+        parts,
+        protocol,
+        extensions,
+    } = accepted;
     let environ = Arc::new(Environ {
         parts,
         protocol,
@@ -130,20 +143,20 @@ where
     });
     let record = Record::new(Arc::clone(&environ));
     let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
-    let (out_tx, out_rx) = queue::bounded(config.send_queue_capacity);
+    let (out_tx, out_rx) = queue::bounded(settings.send_queue_capacity);
     let socket = WebSocket::new(
         environ,
         in_rx,
         out_tx,
         Arc::clone(&shared),
-        config.send_queue_policy,
+        settings.send_queue_policy,
     );
-    let mut handler = AssertUnwindSafe((config.handler)(socket)).catch_unwind();
+    let mut handler = AssertUnwindSafe(handler(socket)).catch_unwind();
     let mut conn = Conn {
         in_tx,
         out_rx,
         parked: None,
-        reassembly: Reassembly::new(config.max_message_size),
+        reassembly: Reassembly::new(settings.max_message_size),
         closing: None,
         handler_done: false,
         record,
@@ -151,7 +164,7 @@ where
         keepalive: None,
         last_activity: Instant::now(),
         idle_deadline: None,
-        config,
+        settings,
     };
     // Captured and used in place: rebinding them inside would store them twice.
     async move {
@@ -163,12 +176,12 @@ where
         conn.start_timers();
         let (mut read_io, mut write_io) = tokio::io::split(io);
         let ending = {
-            let config = &*conn.config;
+            let settings = &*conn.settings;
             let write_sleep = pin!(tokio::time::sleep(Duration::ZERO));
             let mut writer = Writer {
                 io: TimedWrite {
                     inner: &mut write_io,
-                    timeout: config.write_timeout,
+                    timeout: settings.write_timeout,
                     sleep: write_sleep,
                     armed: false,
                     close_by: None,
@@ -177,11 +190,11 @@ where
                 out: FrameWriter::default(),
                 #[cfg(feature = "deflate")]
                 compressor: extensions.as_ref().map(|agreed| {
-                    let deflate = config.deflate.clone().unwrap_or_default();
+                    let deflate = settings.deflate.clone().unwrap_or_default();
                     Box::new(crate::wire::deflate::Compressor::new(agreed, &deflate))
                 }),
             };
-            let read = pin!(next_frame(frame_reader(&mut read_io, extensions, config)));
+            let read = pin!(next_frame(frame_reader(&mut read_io, extensions, settings)));
             let ending = conn
                 .drive(read, next_frame, &mut writer, &mut handler)
                 .await;
@@ -260,14 +273,14 @@ where
 fn frame_reader<R: AsyncRead + Unpin>(
     read_io: R,
     extensions: Extensions,
-    config: &Config,
+    settings: &Settings,
 ) -> WebSocketRead<ReadStack<FrameGuard<R>>> {
     let guarded = FrameGuard::new(read_io);
     #[cfg(feature = "deflate")]
     let stack = match &extensions {
         Some(agreed) => ReadStack::Inflate(Box::new(
-            crate::wire::deflate::InflateRead::new(guarded, agreed, config.max_message_size)
-                .max_frame_size(config.max_frame_size),
+            crate::wire::deflate::InflateRead::new(guarded, agreed, settings.max_message_size)
+                .max_frame_size(settings.max_frame_size),
         )),
         None => ReadStack::Plain(guarded),
     };
@@ -281,7 +294,7 @@ fn frame_reader<R: AsyncRead + Unpin>(
     reader.set_auto_close(false);
     reader.set_auto_pong(false);
     // fastwebsockets refuses frames of `max` bytes or more; ours is inclusive.
-    reader.set_max_message_size(config.max_frame_size.saturating_add(1));
+    reader.set_max_message_size(settings.max_frame_size.saturating_add(1));
     reader
 }
 
@@ -538,7 +551,7 @@ fn read_error(error: WebSocketError) -> Result<CloseFrame, String> {
 
 /// The state of one connection, apart from the futures the loop polls.
 struct Conn {
-    config: Arc<Config>,
+    settings: Arc<Settings>,
     in_tx: queue::Sender<Inbound>,
     out_rx: queue::Receiver<Outbound>,
     /// A message read while the handler's queue was full; reading waits until it is taken.
@@ -579,14 +592,14 @@ impl Conn {
     /// The keepalive and idle timers start when the IO is handed over.
     fn start_timers(&mut self) {
         let now = Instant::now();
-        self.keepalive = self.config.ping_interval.map(|interval| Keepalive {
+        self.keepalive = self.settings.ping_interval.map(|interval| Keepalive {
             interval,
             next_ping: now + interval,
             awaiting: None,
             sent: 0,
         });
         self.last_activity = now;
-        self.idle_deadline = self.config.idle_timeout.map(|idle| now + idle);
+        self.idle_deadline = self.settings.idle_timeout.map(|idle| now + idle);
     }
 
     /// The connection's loop, until it ends. `read` is the read future the loop keeps alive,
@@ -653,7 +666,7 @@ impl Conn {
                     // The layer's handle is shutting down: write what was accepted, then 1001.
                     let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
                     self.close_after_queue(frame, writer);
-                    writer.io.start_closing(self.config.close_timeout);
+                    writer.io.start_closing(self.settings.close_timeout);
                     continue;
                 }
             }
@@ -758,7 +771,7 @@ impl Conn {
             }
             if open && self.closing.is_some() {
                 // This turn started the closing handshake: its budget starts now.
-                writer.io.start_closing(self.config.close_timeout);
+                writer.io.start_closing(self.settings.close_timeout);
             }
         };
         // What is batched (a close frame, say) goes out before the connection is torn down;
@@ -770,7 +783,7 @@ impl Conn {
         }
         // A closing handshake the peer began, or a failure, starts its budget here: the
         // last flush and the TCP teardown share it.
-        writer.io.start_closing(self.config.close_timeout);
+        writer.io.start_closing(self.settings.close_timeout);
         match writer.flush().await {
             Ok(()) => {
                 match ending {
@@ -803,7 +816,7 @@ impl Conn {
         writer: &mut Writer<'_, W>,
     ) -> Result<(), Ending> {
         let now = Instant::now();
-        if let (Some(idle), Some(deadline)) = (self.config.idle_timeout, self.idle_deadline) {
+        if let (Some(idle), Some(deadline)) = (self.settings.idle_timeout, self.idle_deadline) {
             if now >= deadline {
                 let quiet_until = self.last_activity + idle;
                 if now >= quiet_until {
@@ -826,7 +839,7 @@ impl Conn {
             None if now >= keepalive.next_ping => {
                 keepalive.sent += 1;
                 let payload = keepalive.sent.to_be_bytes();
-                keepalive.awaiting = Some((keepalive.sent, now, now + self.config.ping_timeout));
+                keepalive.awaiting = Some((keepalive.sent, now, now + self.settings.ping_timeout));
                 keepalive.next_ping = now + keepalive.interval;
                 writer.queue(OpCode::Ping, &Bytes::copy_from_slice(&payload));
                 Ok(())
@@ -881,7 +894,7 @@ impl Conn {
         frame: CloseFrame,
         writer: &mut Writer<'_, W>,
     ) {
-        for _ in 0..=self.config.send_queue_capacity {
+        for _ in 0..=self.settings.send_queue_capacity {
             let Some(item) = self.out_rx.try_recv() else {
                 break;
             };
@@ -926,7 +939,7 @@ impl Conn {
                 writer.queue_message(opcode, payload);
                 self.record.messages_out += 1;
                 self.record.bytes_out += payload.len() as u64;
-                self.config.registry.message_out(payload.len());
+                self.settings.registry.message_out(payload.len());
                 self.touch();
             }
             Outbound::Close(frame) => self.start_close(frame, writer),
@@ -1031,7 +1044,7 @@ impl Conn {
         self.touch();
         self.record.messages_in += 1;
         self.record.bytes_in += message.len() as u64;
-        self.config.registry.message_in(message.len());
+        self.settings.registry.message_in(message.len());
         // A handler waiting in this task is not woken through its waker: the loop is told
         // to poll it.
         let pushed = self
@@ -1295,6 +1308,15 @@ mod tests {
 
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+    /// A handshake that agreed no subprotocol and no extension.
+    fn accepted(parts: http::request::Parts) -> super::Accepted {
+        super::Accepted {
+            parts,
+            protocol: None,
+            extensions: Default::default(),
+        }
+    }
+
     /// The server's end of a pipe, counting the writes that went through.
     struct CountingIo {
         inner: tokio::io::DuplexStream,
@@ -1377,10 +1399,9 @@ mod tests {
         let server = tokio::spawn(async move {
             super::serve(
                 io,
-                parts,
-                None,
-                Default::default(),
-                Arc::new(config),
+                accepted(parts),
+                &config.handler,
+                config.connection,
                 shared,
             )
             .await
@@ -1415,17 +1436,17 @@ mod tests {
         let mut config = crate::layer::tests_config_with(|ws: crate::WebSocket| async move {
             let _ = ws.send(vec![0u8; 8 * 1024]).await;
         });
-        config.close_timeout = CLOSE_TIMEOUT;
-        config.ping_interval = None;
+        let settings = Arc::make_mut(&mut config.connection);
+        settings.close_timeout = CLOSE_TIMEOUT;
+        settings.ping_interval = None;
         let parts = http::Request::new(()).into_parts().0;
         let shared = Arc::new(crate::socket::Shared::default());
         let started = tokio::time::Instant::now();
         super::serve(
             io,
-            parts,
-            None,
-            Default::default(),
-            Arc::new(config),
+            accepted(parts),
+            &config.handler,
+            config.connection,
             Arc::clone(&shared),
         )
         .await;
@@ -1452,9 +1473,15 @@ mod tests {
         // became one `poll_fn`, and the compressor was boxed).
         let (io, _peer) = tokio::io::duplex(64);
         let parts = http::Request::new(()).into_parts().0;
-        let config = Arc::new(crate::layer::tests_config());
+        let config = crate::layer::tests_config();
         let shared = std::sync::Arc::new(crate::socket::Shared::default());
-        let fut = super::serve(io, parts, None, Default::default(), config, shared);
+        let fut = super::serve(
+            io,
+            accepted(parts),
+            &config.handler,
+            config.connection,
+            shared,
+        );
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1700, "the connection future grew to {size} bytes");
     }
