@@ -56,7 +56,7 @@ use tokio::task::AbortHandle;
 
 use slab::Slab;
 
-use crate::socket::{CloseStage, Shared};
+use crate::socket::{CloseStage, ControlBlock};
 
 /// What every connection of a layer (and of its clones) reports to, and what the handle reads.
 /// It alone changes its counters.
@@ -78,7 +78,7 @@ pub(crate) struct Registry {
 }
 
 struct Entry {
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     abort: AbortHandle,
 }
 
@@ -139,7 +139,7 @@ impl Registry {
     /// locked, so that the task cannot end (and unregister) before it is registered.
     pub(crate) fn spawn(
         &self,
-        shared: Arc<Shared>,
+        shared: Arc<ControlBlock>,
         mut slot: ConnectionSlot,
         spawn: impl FnOnce(ConnectionSlot) -> AbortHandle,
     ) {
@@ -245,7 +245,7 @@ impl WebSocketHandle {
         let registry = &self.registry;
         registry.shutting_down.store(true, Ordering::Release);
         // The sockets live now, kept to read how each one ended once the wait is over.
-        let at_start: Vec<Arc<Shared>> = {
+        let at_start: Vec<Arc<ControlBlock>> = {
             let connections = registry
                 .connections
                 .lock()
@@ -486,7 +486,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::Registry;
-    use crate::socket::Shared;
+    use crate::socket::ControlBlock;
 
     #[tokio::test]
     async fn slots_stop_at_the_limit_and_are_registered_under_slab_keys() {
@@ -503,7 +503,7 @@ mod tests {
         let mut held = Vec::new();
         for slot in [first, second] {
             assert_eq!(slot.id, None, "not registered yet");
-            registry.spawn(Arc::new(Shared::default()), slot, |slot| {
+            registry.spawn(Arc::new(ControlBlock::default()), slot, |slot| {
                 held.push(slot);
                 tokio::spawn(async {}).abort_handle()
             });
@@ -522,7 +522,7 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..3 {
             let slot = registry.take_slot(None).expect("no limit");
-            registry.spawn(Arc::new(Shared::default()), slot, |slot| {
+            registry.spawn(Arc::new(ControlBlock::default()), slot, |slot| {
                 held.push(slot);
                 tokio::spawn(async {}).abort_handle()
             });
@@ -534,7 +534,7 @@ mod tests {
         assert_eq!(registry.live(), 2);
         assert_eq!(registry.connections.lock().expect("not poisoned").len(), 2);
         let slot = registry.take_slot(None).expect("no limit");
-        registry.spawn(Arc::new(Shared::default()), slot, |slot| {
+        registry.spawn(Arc::new(ControlBlock::default()), slot, |slot| {
             assert_eq!(slot.id, Some(1), "the freed index is reused");
             held.push(slot);
             tokio::spawn(async {}).abort_handle()

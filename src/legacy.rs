@@ -99,7 +99,7 @@ use crate::handle::ConnectionSlot;
 use crate::handshake::{header_has_token, HandshakeRejection, Refusal};
 use crate::socket::message::{Message, Utf8Bytes};
 use crate::socket::queue;
-use crate::socket::{Environ, Inbound, Outbound, Shared, WebSocket};
+use crate::socket::{ControlBlock, Environ, Inbound, Outbound, WebSocket};
 
 const KEY1: &str = "Sec-WebSocket-Key1";
 const KEY2: &str = "Sec-WebSocket-Key2";
@@ -166,7 +166,7 @@ where
     let origin = parts.headers.get(header::ORIGIN).cloned();
     crate::handshake::detach_from_read_buffer(&mut parts);
     let response = answer(draft, headers, origin, location, protocol.as_ref());
-    let shared = Arc::new(Shared::legacy());
+    let shared = Arc::new(ControlBlock::legacy());
     config.registry.spawn(Arc::clone(&shared), slot, |slot| {
         let task = run(
             on_upgrade,
@@ -364,7 +364,7 @@ async fn run<ReqBody>(
     body: ReqBody,
     agreed: Agreed,
     config: Arc<Config>,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     slot: ConnectionSlot,
 ) where
     ReqBody: http_body::Body + Send + 'static,
@@ -692,7 +692,7 @@ struct Driver<T> {
     decoder: Decoder,
     in_tx: queue::Sender<Inbound>,
     out_rx: queue::Receiver<Outbound>,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     config: Arc<Config>,
     log: CloseLog,
     /// This side's closing frame is written.

@@ -42,7 +42,7 @@ use crate::config::Config;
 use crate::connection;
 use crate::handle::Registry;
 use crate::handshake::{self, HandshakeRejection, Refusal};
-use crate::socket::Shared;
+use crate::socket::ControlBlock;
 
 /// A service that answers WebSocket upgrades and forwards everything else to `S`.
 ///
@@ -298,7 +298,7 @@ fn finish<B: Default>(
     let slot = config.take_slot()?;
     handshake::detach_from_read_buffer(&mut parts);
     let response = handshake::accepted(accept_key, protocol.as_ref(), headers);
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(ControlBlock::default());
     config.registry.spawn(Arc::clone(&shared), slot, |slot| {
         // The connection runs in the span of the request (a `TraceLayer` span, say), so its
         // close log is attributed to the request that opened it.

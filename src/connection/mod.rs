@@ -45,7 +45,7 @@ use crate::socket::close::{parse_close_payload, CloseCode, CloseFrame};
 use crate::socket::handler::{BoxHandler, HandlerError};
 use crate::socket::message::{Message, Utf8Bytes};
 use crate::socket::queue::{self, PushError};
-use crate::socket::{self, Environ, Inbound, Outbound, Shared, WebSocket};
+use crate::socket::{self, ControlBlock, Environ, Inbound, Outbound, WebSocket};
 use crate::wire::guard::{FrameGuard, WireViolation};
 use crate::wire::reassembly::Reassembly;
 use crate::wire::writer::{FrameWriter, FLUSH_AT};
@@ -82,7 +82,7 @@ pub(crate) fn run(
     accepted: Accepted,
     handler: &BoxHandler,
     settings: Arc<Settings>,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send + 'static {
     let io = async move {
@@ -104,7 +104,7 @@ pub(crate) fn serve<T>(
     accepted: Accepted,
     handler: &BoxHandler,
     settings: Arc<Settings>,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
 ) -> impl Future<Output = ()> + Send
 where
     T: AsyncRead + AsyncWrite + Send + Unpin,
@@ -124,7 +124,7 @@ fn serve_when<T, F>(
     accepted: Accepted,
     handler: &BoxHandler,
     settings: Arc<Settings>,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send
 where
@@ -346,11 +346,22 @@ where
 /// the arm's bit and wakes the task. A pass polls only the arms whose bit is set, so a message
 /// costs one poll of the read side and of the handler, not one per pass of the loop. The
 /// bits start set; the loop also sets one itself when it knows a future has work (a new read
-/// future, a reset timer, a message delivered to the handler).
+/// future, a reset timer).
 ///
-/// The handler and the socket's queues share one arm, [`Arms::SOCKET`]: a push into a queue
-/// whose receiver waits with the same waker skips the wake (see `queue.rs`), and the loop
-/// polls the outbound queue on every pass and the handler when told to.
+/// # The one scheduling rule
+///
+/// The handler runs inline in this task and shares one arm, [`Arms::SOCKET`], with the
+/// socket's two queues; a push into a queue whose receiver waits with the pusher's own waker
+/// skips the wake (`socket::queue`). So nothing wakes the task for a send the handler makes,
+/// nor the handler for a message the task delivers. This type makes up for both, and is the
+/// only code that polls the handler or the outbound queue or delivers to the handler:
+/// - [`poll_socket`](Self::poll_socket) polls the outbound queue after the handler, in the
+///   same pass and on every pass, so a send the handler just made is seen at once;
+/// - [`deliver`](Self::deliver) pushes and marks the socket arm in one call, so the handler
+///   is polled on the next pass.
+///
+/// The test `a_send_the_handler_makes_is_written_without_another_wake` fails if the order
+/// changes.
 struct Arms {
     wakeups: Arc<Wakeups>,
     socket: Waker,
@@ -422,6 +433,43 @@ impl Arms {
         Context::from_waker(&self.socket)
     }
 
+    /// The socket's part of one pass: the handler (unless it returned), then the outbound
+    /// queue (unless closing), in this order: see [the rule](Self#the-one-scheduling-rule).
+    fn poll_socket<H>(
+        &self,
+        handler: Option<&mut H>,
+        outbound: Option<&mut queue::Receiver<Outbound>>,
+    ) -> Poll<Step>
+    where
+        H: Future<Output = HandlerOutcome> + Unpin,
+    {
+        if let Some(handler) = handler {
+            if let Poll::Ready(outcome) =
+                self.poll_arm(Self::SOCKET, |cx| Pin::new(handler).poll(cx))
+            {
+                return Poll::Ready(Step::HandlerReturned(outcome));
+            }
+        }
+        if let Some(outbound) = outbound {
+            if let Poll::Ready(item) = outbound.poll_recv_same_waker(&mut self.socket_cx()) {
+                return Poll::Ready(Step::Queued(item));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Hands `item` to the handler's queue from this task, and marks the handler for polling
+    /// on the next pass: see [the rule](Self#the-one-scheduling-rule).
+    fn deliver(
+        &self,
+        in_tx: &queue::Sender<Inbound>,
+        item: Inbound,
+    ) -> Result<(), PushError<Inbound>> {
+        let pushed = in_tx.try_push_from(item, Some(&self.socket_cx()));
+        self.force(Self::SOCKET);
+        pushed
+    }
+
     fn waker(&self, arm: u8) -> &Waker {
         match arm {
             Self::SOCKET => &self.socket,
@@ -452,7 +500,7 @@ enum Step {
     HandlerReturned(HandlerOutcome),
     Queued(Option<Outbound>),
     /// The handler's queue has room (or is closed) for the parked message.
-    Room(Result<(), ()>),
+    Room(Result<(), queue::Closed>),
     Frame(Result<RawFrame, WebSocketError>),
     /// An overflow or a shutdown request: acted on at the top of the loop.
     Signal,
@@ -561,7 +609,7 @@ struct Conn {
     closing: Option<CloseFrame>,
     handler_done: bool,
     record: Record,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     keepalive: Option<Keepalive>,
     /// When the last message went either way (kept only when an idle timeout is set).
     last_activity: Instant,
@@ -574,15 +622,25 @@ struct Conn {
 struct Keepalive {
     interval: Duration,
     next_ping: Instant,
-    /// The ping in flight: its payload, when it left, when its pong is due.
-    awaiting: Option<(u64, Instant, Instant)>,
+    /// The ping whose pong has not come yet.
+    awaiting: Option<PingInFlight>,
     sent: u64,
+}
+
+/// A keepalive ping sent and not answered yet.
+#[derive(Debug, Clone, Copy)]
+struct PingInFlight {
+    /// The ping's payload, which its pong echoes: the count of pings sent.
+    payload: u64,
+    sent_at: Instant,
+    /// When the connection is failed without its pong.
+    due: Instant,
 }
 
 impl Keepalive {
     fn deadline(&self) -> Instant {
         match self.awaiting {
-            Some((_, _, due)) => due,
+            Some(ping) => ping.due,
             None => self.next_ping,
         }
     }
@@ -676,20 +734,10 @@ impl Conn {
                 // Wakes of every arm go to this task. A wake hands the task's waker over, so
                 // it is given again on every poll.
                 arms.register(cx);
-                if !self.handler_done {
-                    if let Poll::Ready(outcome) =
-                        arms.poll_arm(Arms::SOCKET, |cx| Pin::new(&mut *handler).poll(cx))
-                    {
-                        return Poll::Ready(Step::HandlerReturned(outcome));
-                    }
-                }
-                // Polled on every pass: the handler's sends do not wake the task.
-                if open {
-                    if let Poll::Ready(item) =
-                        self.out_rx.poll_recv_same_waker(&mut arms.socket_cx())
-                    {
-                        return Poll::Ready(Step::Queued(item));
-                    }
+                let handler = (!self.handler_done).then_some(&mut *handler);
+                let outbound = open.then_some(&mut self.out_rx);
+                if let Poll::Ready(step) = arms.poll_socket(handler, outbound) {
+                    return Poll::Ready(step);
                 }
                 if self.parked.is_some() {
                     if let Poll::Ready(room) = in_tx.poll_ready(&mut arms.socket_cx()) {
@@ -832,14 +880,18 @@ impl Conn {
             return Ok(());
         };
         match keepalive.awaiting {
-            Some((_, _, due)) if now >= due => {
+            Some(ping) if now >= ping.due => {
                 let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "keepalive ping timeout");
                 Err(self.fail(frame, writer))
             }
             None if now >= keepalive.next_ping => {
                 keepalive.sent += 1;
                 let payload = keepalive.sent.to_be_bytes();
-                keepalive.awaiting = Some((keepalive.sent, now, now + self.settings.ping_timeout));
+                keepalive.awaiting = Some(PingInFlight {
+                    payload: keepalive.sent,
+                    sent_at: now,
+                    due: now + self.settings.ping_timeout,
+                });
                 keepalive.next_ping = now + keepalive.interval;
                 writer.queue(OpCode::Ping, &Bytes::copy_from_slice(&payload));
                 Ok(())
@@ -853,9 +905,9 @@ impl Conn {
         let Some(keepalive) = &mut self.keepalive else {
             return;
         };
-        if let Some((sent, at, _)) = keepalive.awaiting {
-            if payload == sent.to_be_bytes() {
-                self.shared.set_rtt(at.elapsed());
+        if let Some(ping) = keepalive.awaiting {
+            if payload == ping.payload.to_be_bytes() {
+                self.shared.set_rtt(ping.sent_at.elapsed());
                 keepalive.awaiting = None;
             }
         }
@@ -1045,13 +1097,7 @@ impl Conn {
         self.record.messages_in += 1;
         self.record.bytes_in += message.len() as u64;
         self.settings.registry.message_in(message.len());
-        // A handler waiting in this task is not woken through its waker: the loop is told
-        // to poll it.
-        let pushed = self
-            .in_tx
-            .try_push_from(Inbound::Message(message), Some(&arms.socket_cx()));
-        arms.force(Arms::SOCKET);
-        match pushed {
+        match arms.deliver(&self.in_tx, Inbound::Message(message)) {
             Ok(()) => {}
             Err(PushError::Full(Inbound::Message(message))) => {
                 // While closing, a handler that does not read must not stop us from reading
@@ -1152,7 +1198,7 @@ struct TimedWrite<'s, W> {
     /// When the closing handshake, TCP's end included, must be over: set once, when it
     /// begins. The connection loop's close timer and the teardown read it too.
     close_by: Option<Instant>,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
 }
 
 impl<W> TimedWrite<'_, W> {
@@ -1240,7 +1286,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<'_, W> {
     }
 }
 
-/// What the closure log reports about one connection.
+/// What the close log reports about one connection.
 #[derive(Debug)]
 struct Record {
     /// The request, shared with the socket.
@@ -1378,6 +1424,41 @@ mod tests {
         frame
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_send_the_handler_makes_is_written_without_another_wake() {
+        // The handler sends once and then waits forever; the peer is silent and no timer is
+        // set. Only the order of `Arms::poll_socket` (handler, then outbound queue) gets the
+        // message out: the send skips the wake, and nothing else would poll the queue again.
+        let (io, mut client) = tokio::io::duplex(1024);
+        let mut config = crate::layer::tests_config_with(|ws: crate::WebSocket| async move {
+            let _ = ws.send("hello").await;
+            std::future::pending::<()>().await;
+        });
+        let settings = Arc::make_mut(&mut config.connection);
+        settings.ping_interval = None;
+        settings.idle_timeout = None;
+        let parts = http::Request::new(()).into_parts().0;
+        let shared = Arc::new(crate::socket::ControlBlock::default());
+        let server = tokio::spawn(super::serve(
+            io,
+            accepted(parts),
+            &config.handler,
+            config.connection,
+            shared,
+        ));
+        let mut frame = [0u8; 7];
+        // Virtual time: the timeout fires as soon as the runtime has nothing left to run.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_exact(&mut frame),
+        )
+        .await
+        .expect("the handler's message was written without another wake")
+        .unwrap();
+        assert_eq!(&frame, b"\x81\x05hello");
+        server.abort();
+    }
+
     #[tokio::test]
     async fn pipelined_replies_are_coalesced_into_few_writes() {
         const MESSAGES: usize = 200;
@@ -1395,7 +1476,7 @@ mod tests {
             }
         });
         let parts = http::Request::new(()).into_parts().0;
-        let shared = Arc::new(crate::socket::Shared::default());
+        let shared = Arc::new(crate::socket::ControlBlock::default());
         let server = tokio::spawn(async move {
             super::serve(
                 io,
@@ -1440,7 +1521,7 @@ mod tests {
         settings.close_timeout = CLOSE_TIMEOUT;
         settings.ping_interval = None;
         let parts = http::Request::new(()).into_parts().0;
-        let shared = Arc::new(crate::socket::Shared::default());
+        let shared = Arc::new(crate::socket::ControlBlock::default());
         let started = tokio::time::Instant::now();
         super::serve(
             io,
@@ -1469,12 +1550,12 @@ mod tests {
     fn connection_future_stays_small() {
         // Every live connection holds one of these: keep it in check. 1 608 bytes when the
         // bound was set (4 152 before the branches stopped awaiting, the state stopped being
-        // stored twice, the closure log shared the socket's environ, the loop's `select!`
+        // stored twice, the close log shared the socket's environ, the loop's `select!`
         // became one `poll_fn`, and the compressor was boxed).
         let (io, _peer) = tokio::io::duplex(64);
         let parts = http::Request::new(()).into_parts().0;
         let config = crate::layer::tests_config();
-        let shared = std::sync::Arc::new(crate::socket::Shared::default());
+        let shared = std::sync::Arc::new(crate::socket::ControlBlock::default());
         let fut = super::serve(
             io,
             accepted(parts),

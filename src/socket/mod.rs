@@ -79,9 +79,10 @@ impl Outbound {
     }
 }
 
-/// What the connection task and the socket's handles share.
+/// One connection's control block: the state its task, its socket's handles and the registry
+/// share.
 #[derive(Debug, Default)]
-pub(crate) struct Shared {
+pub(crate) struct ControlBlock {
     /// The last keepalive round trip in microseconds, 0 before the first.
     rtt_micros: AtomicU64,
     /// Some handle has sent a close frame: later sends fail.
@@ -100,13 +101,13 @@ pub(crate) struct Shared {
     legacy: bool,
 }
 
-impl Shared {
+impl ControlBlock {
     /// The shared state of a connection that speaks a legacy draft.
     #[cfg(feature = "hixie76")]
     pub(crate) fn legacy() -> Self {
-        Shared {
+        ControlBlock {
             legacy: true,
-            ..Shared::default()
+            ..ControlBlock::default()
         }
     }
 
@@ -309,7 +310,7 @@ impl WebSocket {
         environ: Arc<Environ>,
         inbound: queue::Receiver<Inbound>,
         outbound: queue::Sender<Outbound>,
-        shared: Arc<Shared>,
+        shared: Arc<ControlBlock>,
         policy: QueuePolicy,
     ) -> Self {
         WebSocket {
@@ -496,7 +497,7 @@ impl fmt::Debug for WebSocketReceiver {
 #[derive(Clone)]
 pub struct WebSocketSender {
     outbound: queue::Sender<Outbound>,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     policy: QueuePolicy,
 }
 
@@ -709,7 +710,10 @@ impl Sink<Message> for WebSocketSender {
             return Poll::Ready(Err(Error::Closed));
         }
         match self.policy {
-            QueuePolicy::Wait => self.outbound.poll_ready(cx).map_err(|()| Error::Closed),
+            QueuePolicy::Wait => self
+                .outbound
+                .poll_ready(cx)
+                .map_err(|queue::Closed| Error::Closed),
             QueuePolicy::Fail | QueuePolicy::Close(_) => Poll::Ready(Ok(())),
         }
     }
