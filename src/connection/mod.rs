@@ -75,8 +75,13 @@ pub(crate) struct Accepted {
 ///
 /// Everything that does not need the IO (the socket, the handler's future, the queues, the
 /// connection's state) is made here, before the future is: the future then holds each of
-/// them once, where an `async fn` keeps its arguments and the locals made from them apart
-/// for the whole connection.
+/// them once.
+///
+/// This is the crate's one rule for long-lived futures: the state of an `async fn` or block
+/// keeps its arguments, and a value moved into a local or awaited inside it, in slots of
+/// their own for as long as it lives, so a value built inside is stored twice. The futures
+/// that live as long as a connection are built by plain functions, `poll_fn` and
+/// combinators instead.
 pub(crate) fn run(
     on_upgrade: OnUpgrade,
     accepted: Accepted,
@@ -166,7 +171,7 @@ where
         idle_deadline: None,
         settings,
     };
-    // Captured and used in place: rebinding them inside would store them twice.
+    // Captured and used in place, for the reason in `run`'s docs.
     async move {
         let Some(io) = io.await else {
             conn.shared.progress.lost();
@@ -1126,7 +1131,7 @@ struct Writer<'s, W> {
     io: TimedWrite<'s, W>,
     out: FrameWriter,
     /// permessage-deflate's compressor, when the extension was agreed. Boxed: only
-    /// connections that agreed on compression pay for its 160 bytes.
+    /// connections that agreed on compression pay for it.
     #[cfg(feature = "deflate")]
     compressor: Option<Box<crate::wire::deflate::Compressor>>,
 }
@@ -1548,10 +1553,8 @@ mod tests {
 
     #[test]
     fn connection_future_stays_small() {
-        // Every live connection holds one of these: keep it in check. 1 608 bytes when the
-        // bound was set (4 152 before the branches stopped awaiting, the state stopped being
-        // stored twice, the close log shared the socket's environ, the loop's `select!`
-        // became one `poll_fn`, and the compressor was boxed).
+        // Every live connection holds one of these: keep it in check (its history is in
+        // docs/performance.md).
         let (io, _peer) = tokio::io::duplex(64);
         let parts = http::Request::new(()).into_parts().0;
         let config = crate::layer::tests_config();

@@ -539,7 +539,7 @@ pub(crate) fn accepted<B: Default>(
 }
 
 /// Copies the request's header values and URI, which hyper hands out as slices of its
-/// connection read buffer (8 to 16 KiB), into one allocation of their own size, so that the
+/// connection read buffer, into one allocation of their own size, so that the
 /// `Parts` a socket keeps for its whole life do not keep that buffer alive; an extensions map
 /// left empty is replaced by one that holds no allocation.
 pub(crate) fn detach_from_read_buffer(parts: &mut Parts) {
@@ -594,7 +594,7 @@ pub(crate) fn detach_from_read_buffer(parts: &mut Parts) {
         }
     }
     // Hyper's upgrade handle, taken out already, is often the only extension: an empty map
-    // still holds its table (about 280 bytes), a new one holds nothing.
+    // still holds its table, a new one holds nothing.
     if parts.extensions.is_empty() {
         parts.extensions = http::Extensions::new();
     }

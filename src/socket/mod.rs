@@ -446,8 +446,8 @@ impl fmt::Debug for WebSocket {
 
 /// The receiving half of a [`WebSocket`], with its environ.
 pub struct WebSocketReceiver {
-    /// Behind a pointer: the socket is moved into (and often stored twice by) the handler's
-    /// future, and the request would be most of its size.
+    /// Behind a pointer: the request would be most of the socket's size, and the socket is
+    /// moved into the handler's future.
     environ: Arc<Environ>,
     inbound: queue::Receiver<Inbound>,
     peer_close: Option<CloseFrame>,
@@ -841,9 +841,7 @@ mod tests {
 
     #[test]
     fn socket_handles_stay_small() {
-        // A handler's future holds the socket, often twice (rustc keeps an `async fn`'s
-        // argument apart from the local it is moved into): keep the handles a few words. 336
-        // bytes before the environ was boxed, 80 after.
+        // A handler's future holds the socket: keep the handles a few words.
         let socket = std::mem::size_of::<WebSocket>();
         let receiver = std::mem::size_of::<WebSocketReceiver>();
         let sender = std::mem::size_of::<WebSocketSender>();

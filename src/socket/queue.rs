@@ -197,7 +197,7 @@ impl<T> Sender<T> {
         self.push_inner(item, false)
     }
 
-    /// A plain `poll_fn`, not an `async fn`, so that the item is stored once in the future.
+    /// A plain `poll_fn`, not an `async fn`, for the reason in `connection::run`'s docs.
     fn push_inner(
         &self,
         item: T,

@@ -33,29 +33,13 @@
 //!
 //! Compression state is kept per connection, and "context takeover" (the default) keeps it
 //! between messages, so that each message can refer back to the ones before it: repeated
-//! JSON keys, say, cost almost nothing after the first message. Measured on this
-//! implementation (zlib-rs, level 1, 15-bit windows), what an idle connection holds after
-//! messages both ways:
-//!
-//! | setting | held between messages |
-//! | --- | --- |
-//! | context takeover both ways (the default) | about 420 KiB: 370 KiB of compressor, 46 KiB of inflater |
-//! | [`server_no_context_takeover`](DeflateConfig::server_no_context_takeover) only | 46 KiB (the inflater) |
-//! | [`client_no_context_takeover`](DeflateConfig::client_no_context_takeover) only | 370 KiB (the compressor) |
-//! | both `no_context_takeover` settings | nothing: the state is made for each message and dropped after it |
-//!
-//! While a compressed message is being read, up to 150 KiB more is in use (the compressed
-//! input, and the inflated data handed on in frames of at most 64 KiB); it is given back when
-//! the message is complete.
-//!
-//! Choose context takeover for a few busy connections that send many similar messages: it
-//! compresses best. Choose both `no_context_takeover` settings for many mostly idle
-//! connections (notifications, dashboards): an idle socket then holds no compression state
-//! at all, at the price of a worse ratio on small messages and of making the state again for
-//! every message (3 to 4 µs per compressed message sent, 0.3 µs per message received).
-//! A smaller [`server_max_window_bits`](DeflateConfig::server_max_window_bits) shrinks the
-//! compressor a little (370 KiB at 15 bits, 245 KiB at 9: most of it is hash tables whose
-//! size does not depend on the window); the inflater is 46 KiB whatever the window.
+//! JSON keys, say, cost almost nothing after the first message. The compressor is the larger
+//! part of that state; with both `no_context_takeover` settings an idle socket holds none,
+//! at the price of a worse ratio on small messages and of making the state again for every
+//! message. Choose context takeover for a few busy connections that send many similar
+//! messages, and both `no_context_takeover` settings for many mostly idle connections
+//! (notifications, dashboards). The sizes and costs, measured, are in the chapter
+//! [`docs::compression`](crate::docs::compression).
 
 use std::io;
 use std::pin::Pin;
@@ -149,11 +133,9 @@ impl DeflateConfig {
     /// compressed. `0` compresses every message.
     ///
     /// Default: [`DEFAULT_THRESHOLD`], 128 bytes. Below that, compression gains little:
-    /// compressed on its own (`server_no_context_takeover`), a JSON message of 64 bytes or
-    /// less does not shrink at all (measured: 16 bytes grow to 18, 64 stay 64, 128 shrink to
-    /// 120, 256 to 218); with context takeover, small messages much like earlier ones do
-    /// shrink, but by a few dozen bytes, less than the TCP and TLS overhead of the packet
-    /// that carries them. Lower it (to 32, say) for chatty small messages with context
+    /// compressed on its own (`server_no_context_takeover`), a short JSON message does not
+    /// shrink at all; with context takeover, small messages much like earlier ones do
+    /// shrink, but by less than the TCP and TLS overhead of the packet that carries them. Lower it (to 32, say) for chatty small messages with context
     /// takeover when bandwidth is what counts; raise it when CPU is.
     pub fn threshold(mut self, bytes: usize) -> Self {
         self.threshold = bytes;
