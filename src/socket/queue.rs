@@ -182,9 +182,7 @@ impl<T> Sender<T> {
     }
 
     /// Pushes `item`, waiting for room. Fails with the item when the queue closes. A receiver
-    /// waiting in the task that runs this push is not woken: use it only where that task
-    /// polls the receiver after this push, as the connection task does with the handler's
-    /// sends.
+    /// waiting in the task that runs this push is not woken (see the module docs).
     ///
     /// Cancel safe in that a dropped future has pushed nothing.
     pub(crate) fn push(&self, item: T) -> impl Future<Output = Result<(), T>> + '_ {
