@@ -500,6 +500,33 @@ impl Arms {
     }
 }
 
+/// The futures one connection's loop polls, apart from the handler's and the queues: they
+/// live as long as the loop, in its state.
+struct Pass<'p, F, R> {
+    /// The handler's queue, for the room of a parked message.
+    in_tx: queue::Sender<Inbound>,
+    /// Which of the loop's futures were woken.
+    arms: Arms,
+    /// The one read future, kept across turns: fastwebsockets' `read_frame` is not cancel
+    /// safe.
+    read: Pin<&'p mut F>,
+    /// Makes the next read future from the reader the last one gave back.
+    next: fn(WebSocketRead<R>) -> F,
+    /// One timer for every deadline: keepalive, idle, and the close timeout once closing.
+    timer: Pin<&'p mut Sleep>,
+    /// The deadline the timer is set to, if any.
+    armed: Option<Instant>,
+}
+
+/// What an overflow or a shutdown request did to the loop's turn.
+enum Signal {
+    None,
+    /// The closing handshake began: the next turn writes what is queued.
+    Closing,
+    /// The connection was failed.
+    Failed(Ending),
+}
+
 /// What one pass of the connection loop found to act on.
 enum Step {
     HandlerReturned(HandlerOutcome),
@@ -668,13 +695,15 @@ impl Conn {
     /// The connection's loop, until it ends. `read` is the read future the loop keeps alive,
     /// `next` makes the next one from the reader it returns.
     ///
-    /// Branches do not wait: what they write is queued in the writer, which is flushed when
-    /// the task would go idle, when the batch grows past [`FLUSH_AT`], once this side's close
-    /// frame is in it, and when the loop ends. So the loop's state holds no branch's future,
-    /// only the one pass over the arms.
+    /// Each turn: write a batch that must go out now, set the timer, act on a signal, then
+    /// one pass over the arms ([`poll_pass`](Self::poll_pass)) and act on what it found
+    /// ([`act`](Self::act)). Branches do not wait: what they write is queued in the writer,
+    /// which is flushed when the task would go idle, when the batch grows past [`FLUSH_AT`],
+    /// once this side's close frame is in it, and when the loop ends. So the loop's state
+    /// holds no branch's future, only the one pass over the arms.
     async fn drive<R, F, W, H>(
         &mut self,
-        mut read: Pin<&mut F>,
+        read: Pin<&mut F>,
         next: fn(WebSocketRead<R>) -> F,
         writer: &mut Writer<'_, W>,
         handler: &mut H,
@@ -685,18 +714,18 @@ impl Conn {
         W: AsyncWrite + Unpin,
         H: Future<Output = HandlerOutcome> + Unpin,
     {
-        // A second handle on the handler's queue, so that a reserved slot borrows this local
-        // rather than `self`.
-        let in_tx = self.in_tx.clone();
-        // Which of the loop's futures were woken; made here, where they are polled.
-        let arms = Arms::new();
-        // One timer for every deadline: keepalive, idle, and the close timeout once closing.
-        // It is reset only when the earliest deadline changes, never per message.
-        let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
-        let mut armed: Option<Instant> = None;
+        let mut pass = Pass {
+            // A second handle on the handler's queue, so that a reserved slot borrows this
+            // local rather than `self`.
+            in_tx: self.in_tx.clone(),
+            arms: Arms::new(),
+            read,
+            next,
+            timer: pin!(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        };
         let ending = loop {
-            let pending = writer.out.pending();
-            if pending >= FLUSH_AT || (pending > 0 && self.closing.is_some()) {
+            if self.must_flush(writer) {
                 // A large batch goes out before anything more is queued or read, and so does
                 // this side's close frame (the peer answers it; nothing is queued after it).
                 if let Err(ending) = writer.flush().await {
@@ -706,121 +735,18 @@ impl Conn {
                     self.shared.progress.close_sent();
                 }
             }
-            let next_deadline = match writer.io.close_by {
-                Some(deadline) => Some(deadline),
-                None => self.next_deadline(),
-            };
-            if next_deadline != armed {
-                if let Some(at) = next_deadline {
-                    timer.as_mut().reset(at);
-                    // A reset timer must be polled to be registered.
-                    arms.force(Arms::TIMER);
-                }
-                armed = next_deadline;
-            }
+            self.set_timer(&mut pass, writer.io.close_by);
             let open = self.closing.is_none();
-            if open {
-                if let Some(code) = self.shared.overflow() {
-                    // A send found the queue full under `QueuePolicy::Close`.
-                    let frame = CloseFrame::new(code, "send queue full: the peer reads too slowly");
-                    break self.fail(frame, writer);
-                }
-                if self.shared.shutdown_requested() {
-                    // The layer's handle is shutting down: write what was accepted, then 1001.
-                    let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
-                    self.close_after_queue(frame, writer);
-                    writer.io.start_closing(self.settings.close_timeout);
-                    continue;
-                }
+            match self.on_signal(open, writer) {
+                Signal::None => {}
+                Signal::Closing => continue,
+                Signal::Failed(ending) => break ending,
             }
-            // One pass over the arms, in order; the first with something to act on wins. A
-            // plain `poll_fn`, not `select!`: no future is built per branch and per turn.
-            let step = std::future::poll_fn(|cx| {
-                // Wakes of every arm go to this task. A wake hands the task's waker over, so
-                // it is given again on every poll.
-                arms.register(cx);
-                let handler = (!self.handler_done).then_some(&mut *handler);
-                let outbound = open.then_some(&mut self.out_rx);
-                if let Poll::Ready(step) = arms.poll_socket(handler, outbound) {
-                    return Poll::Ready(step);
-                }
-                if self.parked.is_some() {
-                    if let Poll::Ready(room) = in_tx.poll_ready(&mut arms.socket_cx()) {
-                        return Poll::Ready(Step::Room(room));
-                    }
-                } else if let Poll::Ready((reader, result)) =
-                    arms.poll_arm(Arms::READ, |cx| read.as_mut().poll(cx))
-                {
-                    read.set(next(reader));
-                    arms.force(Arms::READ);
-                    return Poll::Ready(Step::Frame(result));
-                }
-                if open {
-                    if let Poll::Ready(()) =
-                        arms.poll_arm(Arms::SIGNAL, |cx| self.shared.poll_signal(cx))
-                    {
-                        // Acted on at the top of the loop; until the next signal, polled
-                        // again only when it wakes.
-                        return Poll::Ready(Step::Signal);
-                    }
-                }
-                if armed.is_some() {
-                    if let Poll::Ready(()) =
-                        arms.poll_arm(Arms::TIMER, |cx| timer.as_mut().poll(cx))
-                    {
-                        return Poll::Ready(Step::Timer);
-                    }
-                }
-                // Last, so that it runs only when nothing else is ready: the read side would
-                // block and nothing more is queued. Everything batched so far goes out in one
-                // write. Cancel safe: a flush left pending may lose to an arm on the next pass.
-                if writer.out.pending() > 0 {
-                    if let Poll::Ready(Err(error)) = writer.out.poll_flush(cx, &mut writer.io) {
-                        return Poll::Ready(Step::FlushFailed(error));
-                    }
-                }
-                // Every arm above was polled in this pass and registered its wake-up (and a
-                // finished flush has nothing left): sleep until one comes.
-                Poll::Pending
-            })
-            .await;
-            let step = match step {
-                Step::HandlerReturned(outcome) => {
-                    self.handler_done = true;
-                    self.shared.progress.handler_done();
-                    self.handler_returned(flatten(outcome), writer);
-                    Ok(())
-                }
-                Step::Queued(item) => {
-                    self.write_queued(item, writer);
-                    Ok(())
-                }
-                Step::Room(room) => {
-                    if let (Ok(()), Some(message)) = (room, self.parked.take()) {
-                        // The task is the only sender: the room is still there.
-                        let _ = in_tx.try_push(Inbound::Message(message));
-                    }
-                    self.parked = None;
-                    Ok(())
-                }
-                Step::Frame(Ok(frame)) => self.on_frame(frame, writer, &arms),
-                Step::Frame(Err(error)) => match read_error(error) {
-                    Ok(frame) => Err(self.fail(frame, writer)),
-                    Err(reason) => Err(Ending::Lost { reason }),
-                },
-                Step::Signal => Ok(()),
-                Step::Timer => {
-                    armed = None;
-                    match self.closing.take() {
-                        Some(sent) => Err(Ending::CloseTimeout { sent }),
-                        None => self.on_timer(writer),
-                    }
-                }
-                Step::FlushFailed(error) => Err(lost_io(error)),
-            };
-            match step {
-                Ok(()) => {}
-                Err(ending) => break ending,
+            let step =
+                std::future::poll_fn(|cx| self.poll_pass(cx, &mut pass, open, writer, handler))
+                    .await;
+            if let Err(ending) = self.act(step, &mut pass, writer) {
+                break ending;
             }
             if open && self.closing.is_some() {
                 // This turn started the closing handshake: its budget starts now.
@@ -851,6 +777,158 @@ impl Conn {
                 progress.lost();
                 lost
             }
+        }
+    }
+
+    /// Whether the batch goes out before this turn's pass: it is large, or holds this side's
+    /// close frame.
+    fn must_flush<W>(&self, writer: &Writer<'_, W>) -> bool {
+        let pending = writer.out.pending();
+        pending >= FLUSH_AT || (pending > 0 && self.closing.is_some())
+    }
+
+    /// Sets the one timer to the earliest deadline: the close deadline once closing, else
+    /// keepalive and idle. It is reset only when that deadline changes, never per message.
+    fn set_timer<F, R>(&self, pass: &mut Pass<'_, F, R>, close_by: Option<Instant>) {
+        let next_deadline = match close_by {
+            Some(deadline) => Some(deadline),
+            None => self.next_deadline(),
+        };
+        if next_deadline != pass.armed {
+            if let Some(at) = next_deadline {
+                pass.timer.as_mut().reset(at);
+                // A reset timer must be polled to be registered.
+                pass.arms.force(Arms::TIMER);
+            }
+            pass.armed = next_deadline;
+        }
+    }
+
+    /// Acts on an overflow or a shutdown request, while open.
+    fn on_signal<W: AsyncWrite + Unpin>(
+        &mut self,
+        open: bool,
+        writer: &mut Writer<'_, W>,
+    ) -> Signal {
+        if !open {
+            return Signal::None;
+        }
+        if let Some(code) = self.shared.overflow() {
+            // A send found the queue full under `QueuePolicy::Close`.
+            let frame = CloseFrame::new(code, "send queue full: the peer reads too slowly");
+            return Signal::Failed(self.fail(frame, writer));
+        }
+        if self.shared.shutdown_requested() {
+            // The layer's handle is shutting down: write what was accepted, then 1001.
+            let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
+            self.close_after_queue(frame, writer);
+            writer.io.start_closing(self.settings.close_timeout);
+            return Signal::Closing;
+        }
+        Signal::None
+    }
+
+    /// One pass over the arms, in order; the first with something to act on wins. A plain
+    /// `poll_fn`, not `select!`: no future is built per branch and per turn.
+    fn poll_pass<F, R, W, H>(
+        &mut self,
+        cx: &mut Context<'_>,
+        pass: &mut Pass<'_, F, R>,
+        open: bool,
+        writer: &mut Writer<'_, W>,
+        handler: &mut H,
+    ) -> Poll<Step>
+    where
+        R: AsyncRead + Unpin,
+        F: Future<Output = (WebSocketRead<R>, Result<RawFrame, WebSocketError>)>,
+        W: AsyncWrite + Unpin,
+        H: Future<Output = HandlerOutcome> + Unpin,
+    {
+        let arms = &pass.arms;
+        // Wakes of every arm go to this task. A wake hands the task's waker over, so it is
+        // given again on every poll.
+        arms.register(cx);
+        let handler = (!self.handler_done).then_some(handler);
+        let outbound = open.then_some(&mut self.out_rx);
+        if let Poll::Ready(step) = arms.poll_socket(handler, outbound) {
+            return Poll::Ready(step);
+        }
+        if self.parked.is_some() {
+            if let Poll::Ready(room) = pass.in_tx.poll_ready(&mut arms.socket_cx()) {
+                return Poll::Ready(Step::Room(room));
+            }
+        } else if let Poll::Ready((reader, result)) =
+            arms.poll_arm(Arms::READ, |cx| pass.read.as_mut().poll(cx))
+        {
+            pass.read.set((pass.next)(reader));
+            arms.force(Arms::READ);
+            return Poll::Ready(Step::Frame(result));
+        }
+        if open {
+            if let Poll::Ready(()) = arms.poll_arm(Arms::SIGNAL, |cx| self.shared.poll_signal(cx)) {
+                // Acted on at the top of the turn; until the next signal, polled again only
+                // when it wakes.
+                return Poll::Ready(Step::Signal);
+            }
+        }
+        if pass.armed.is_some() {
+            if let Poll::Ready(()) = arms.poll_arm(Arms::TIMER, |cx| pass.timer.as_mut().poll(cx)) {
+                return Poll::Ready(Step::Timer);
+            }
+        }
+        // Last, so that it runs only when nothing else is ready: the read side would block
+        // and nothing more is queued. Everything batched so far goes out in one write. Cancel
+        // safe: a flush left pending may lose to an arm on the next pass.
+        if writer.out.pending() > 0 {
+            if let Poll::Ready(Err(error)) = writer.out.poll_flush(cx, &mut writer.io) {
+                return Poll::Ready(Step::FlushFailed(error));
+            }
+        }
+        // Every arm above was polled in this pass and registered its wake-up (and a finished
+        // flush has nothing left): sleep until one comes.
+        Poll::Pending
+    }
+
+    /// Acts on what a pass found; `Err` ends the loop.
+    fn act<F, R, W: AsyncWrite + Unpin>(
+        &mut self,
+        step: Step,
+        pass: &mut Pass<'_, F, R>,
+        writer: &mut Writer<'_, W>,
+    ) -> Result<(), Ending> {
+        match step {
+            Step::HandlerReturned(outcome) => {
+                self.handler_done = true;
+                self.shared.progress.handler_done();
+                self.handler_returned(flatten(outcome), writer);
+                Ok(())
+            }
+            Step::Queued(item) => {
+                self.write_queued(item, writer);
+                Ok(())
+            }
+            Step::Room(room) => {
+                if let (Ok(()), Some(message)) = (room, self.parked.take()) {
+                    // The task is the only sender: the room is still there.
+                    let _ = pass.in_tx.try_push(Inbound::Message(message));
+                }
+                self.parked = None;
+                Ok(())
+            }
+            Step::Frame(Ok(frame)) => self.on_frame(frame, writer, &pass.arms),
+            Step::Frame(Err(error)) => match read_error(error) {
+                Ok(frame) => Err(self.fail(frame, writer)),
+                Err(reason) => Err(Ending::Lost { reason }),
+            },
+            Step::Signal => Ok(()),
+            Step::Timer => {
+                pass.armed = None;
+                match self.closing.take() {
+                    Some(sent) => Err(Ending::CloseTimeout { sent }),
+                    None => self.on_timer(writer),
+                }
+            }
+            Step::FlushFailed(error) => Err(lost_io(error)),
         }
     }
 
