@@ -22,6 +22,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::socket::close::CloseCode;
+use crate::wire::frame::{header_len, unmask, Header, MAX_HEADER_LEN};
 
 /// A rule broken on the wire, with the close code that answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,10 @@ const BAD_UTF8: WireViolation = WireViolation::new(
 #[derive(Debug)]
 enum Position {
     /// Gathering a frame header: the bytes seen so far.
-    Header { bytes: [u8; 14], len: usize },
+    Header {
+        bytes: [u8; MAX_HEADER_LEN],
+        len: usize,
+    },
     /// Inside a payload.
     Payload {
         remaining: u64,
@@ -96,7 +100,7 @@ impl<R> FrameGuard<R> {
         FrameGuard {
             inner,
             position: Position::Header {
-                bytes: [0; 14],
+                bytes: [0; MAX_HEADER_LEN],
                 len: 0,
             },
             message: MessageState::default(),
@@ -114,9 +118,8 @@ impl<R> FrameGuard<R> {
                     bytes[*len..*len + take].copy_from_slice(&data[..take]);
                     *len += take;
                     data = &data[take..];
-                    if header_len(&bytes[..*len]) == Some(*len) {
-                        let header = *bytes;
-                        self.start_payload(&header, data.len() as u64)?;
+                    if let Some(header) = Header::parse(&bytes[..*len]) {
+                        self.start_payload(header, data.len() as u64)?;
                     }
                 }
                 Position::Payload {
@@ -148,31 +151,25 @@ impl<R> FrameGuard<R> {
     }
 
     /// A header is complete; `available` bytes of payload follow in this read.
-    fn start_payload(&mut self, header: &[u8; 14], available: u64) -> Result<(), WireViolation> {
-        let fin = header[0] & 0x80 != 0;
-        let opcode = header[0] & 0x0f;
-        let masked = header[1] & 0x80 != 0;
-        let (len, at) = match header[1] & 0x7f {
-            126 => (u16::from_be_bytes([header[2], header[3]]) as u64, 4),
-            127 => (
-                u64::from_be_bytes(header[2..10].try_into().unwrap_or([0; 8])),
-                10,
-            ),
-            n => (n as u64, 2),
-        };
-        if !masked {
+    fn start_payload(&mut self, header: Header, available: u64) -> Result<(), WireViolation> {
+        let Header {
+            fin,
+            rsv1: compressed,
+            opcode,
+            mask,
+            payload_len: len,
+            ..
+        } = header;
+        let Some(mask) = mask else {
             return Err(UNMASKED);
-        }
-        let mask = [header[at], header[at + 1], header[at + 2], header[at + 3]];
-        let control = opcode & 0x08 != 0;
-        if control && len > 125 {
+        };
+        if header.is_control() && len > 125 {
             return Err(LONG_CONTROL);
         }
         // Everything else about the header (RSV bits, opcodes, fragmentation, sizes) is
         // fastwebsockets' and the reassembly's to judge; here only what decides the text check.
         // A compressed message (RSV1, permessage-deflate) is not text on the wire: its UTF-8
         // is checked after inflating, by fastwebsockets and the reassembly.
-        let compressed = header[0] & 0x40 != 0;
         let check = match opcode {
             0x1 if compressed => {
                 self.message = MessageState::default();
@@ -206,7 +203,7 @@ impl<R> FrameGuard<R> {
             return Ok(());
         };
         self.position = Position::Header {
-            bytes: [0; 14],
+            bytes: [0; MAX_HEADER_LEN],
             len: 0,
         };
         if check && fin {
@@ -220,20 +217,6 @@ impl<R> FrameGuard<R> {
     }
 }
 
-/// Length of a frame header from its first bytes, once they tell (also used by the inflater).
-pub(crate) fn header_len(bytes: &[u8]) -> Option<usize> {
-    if bytes.len() < 2 {
-        return None;
-    }
-    let ext = match bytes[1] & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    let mask = if bytes[1] & 0x80 != 0 { 4 } else { 0 };
-    Some(2 + ext + mask)
-}
-
 /// Unmasks `data` (payload bytes from `phase` on) into a stack buffer and checks it.
 fn check_masked_text(
     utf8: &mut Utf8Stream,
@@ -242,13 +225,13 @@ fn check_masked_text(
     phase: u64,
 ) -> Result<(), WireViolation> {
     let mut scratch = [0u8; 512];
-    let mut phase = (phase % 4) as usize;
+    let mut offset = phase;
     for chunk in data.chunks(scratch.len()) {
-        for (out, byte) in scratch.iter_mut().zip(chunk) {
-            *out = byte ^ mask[phase];
-            phase = (phase + 1) & 3;
-        }
-        utf8.feed(&scratch[..chunk.len()]).map_err(|()| BAD_UTF8)?;
+        let scratch = &mut scratch[..chunk.len()];
+        scratch.copy_from_slice(chunk);
+        unmask(scratch, mask, offset);
+        offset += chunk.len() as u64;
+        utf8.feed(scratch).map_err(|()| BAD_UTF8)?;
     }
     Ok(())
 }

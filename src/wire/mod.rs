@@ -1,5 +1,6 @@
 //! The wire format around fastwebsockets: what it leaves out, added once.
 //!
+//! - [`frame`]: the frame header, parsed in one place, and unmasking.
 //! - [`guard`]: the frame rules fastwebsockets does not check, before a frame is read whole.
 //! - [`reassembly`]: fragments into messages, with UTF-8 checked across fragments.
 //! - [`writer`]: frames queued and written in one flush.
@@ -7,6 +8,7 @@
 
 #[cfg(feature = "deflate")]
 pub mod deflate;
+pub(crate) mod frame;
 pub(crate) mod guard;
 pub(crate) mod reassembly;
 pub(crate) mod writer;

@@ -10,7 +10,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::*;
 use crate::socket::close::CloseCode;
-use crate::wire::guard::{header_len, WireViolation};
+use crate::wire::frame::{header_len, unmask, Header, MAX_HEADER_LEN};
+use crate::wire::guard::WireViolation;
 
 /// The largest payload of a frame made from inflated data: an inflated message reaches the
 /// reader as frames of at most this size.
@@ -46,7 +47,10 @@ pub(super) const NEW_MESSAGE_INSIDE: WireViolation = WireViolation::new(
 #[derive(Debug)]
 pub(super) enum Wire {
     /// Gathering a frame header: the bytes seen so far.
-    Header { bytes: [u8; 14], len: usize },
+    Header {
+        bytes: [u8; MAX_HEADER_LEN],
+        len: usize,
+    },
     /// Inside the payload of a frame passed through untouched.
     Raw { remaining: u64 },
     /// Inside the payload of a frame of a compressed message.
@@ -64,7 +68,7 @@ pub(super) enum Wire {
 }
 
 pub(super) const NEW_HEADER: Wire = Wire::Header {
-    bytes: [0; 14],
+    bytes: [0; MAX_HEADER_LEN],
     len: 0,
 };
 
@@ -321,7 +325,7 @@ pub(crate) struct InflateRead<R> {
     pub(super) inflation: Inflation,
     /// A passed-through header gathered across reads, owed to the reader before its payload:
     /// `head[head_pos..head_end]`.
-    head: [u8; 14],
+    head: [u8; MAX_HEADER_LEN],
     head_pos: usize,
     head_end: usize,
     /// An uncompressed message is fragmented and not finished.
@@ -359,7 +363,7 @@ impl<R> InflateRead<R> {
                 ready_pos: 0,
                 ready_end: 0,
             },
-            head: [0; 14],
+            head: [0; MAX_HEADER_LEN],
             head_pos: 0,
             head_end: 0,
             raw_fragmented: false,
@@ -380,11 +384,10 @@ impl<R> InflateRead<R> {
     }
 
     /// Decides what to do with the frame of a complete `header`.
-    fn classify(&self, header: &[u8]) -> Result<Kind, WireViolation> {
-        let rsv1 = header[0] & 0x40 != 0;
-        let opcode = header[0] & 0x0f;
+    fn classify(&self, header: &Header) -> Result<Kind, WireViolation> {
+        let (rsv1, opcode) = (header.rsv1, header.opcode);
         let in_message = self.inflation.current.is_some();
-        if header[0] & 0x30 != 0 {
+        if header.rsv23 {
             // RSV2 or RSV3: fastwebsockets refuses the frame.
             return Ok(Kind::Raw);
         }
@@ -395,21 +398,19 @@ impl<R> InflateRead<R> {
             0x1 | 0x2 if rsv1 => Kind::Deflated(Some(opcode)),
             0x0 if rsv1 => return Err(RSV1_CONTINUATION),
             0x0 if in_message => Kind::Deflated(None),
-            _ if rsv1 && opcode & 0x08 != 0 => return Err(RSV1_CONTROL),
+            _ if rsv1 && header.is_control() => return Err(RSV1_CONTROL),
             // Uncompressed, or RSV1 on a reserved opcode, which fastwebsockets refuses.
             _ => Kind::Raw,
         };
-        if kind != Kind::Raw && payload_len(header).0 > self.wire_frame_max {
+        if kind != Kind::Raw && header.payload_len > self.wire_frame_max {
             return Err(FRAME_TOO_BIG);
         }
         Ok(kind)
     }
 
     /// Acts on a complete, classified `header`.
-    fn commit(&mut self, header: &[u8], kind: &Kind) {
-        let fin = header[0] & 0x80 != 0;
-        let opcode = header[0] & 0x0f;
-        let (len, at) = payload_len(header);
+    fn commit(&mut self, header: &Header, kind: &Kind) {
+        let (fin, opcode, len) = (header.fin, header.opcode, header.payload_len);
         match kind {
             Kind::Raw => {
                 match opcode {
@@ -427,11 +428,7 @@ impl<R> InflateRead<R> {
                 if let Some(opcode) = start {
                     self.inflation.begin(*opcode);
                 }
-                let mask = if header[1] & 0x80 != 0 {
-                    [header[at], header[at + 1], header[at + 2], header[at + 3]]
-                } else {
-                    [0; 4]
-                };
+                let mask = header.mask.unwrap_or([0; 4]);
                 self.wire = match (len, fin) {
                     (0, true) => Wire::Trailer { fed: 0 },
                     (0, false) => NEW_HEADER,
@@ -457,15 +454,15 @@ impl<R> InflateRead<R> {
                 bytes[*len..*len + take].copy_from_slice(&data[..take]);
                 *len += take;
                 self.stash.consume(take);
-                if header_len(&bytes[..*len]) == Some(*len) {
-                    let (header, len) = (*bytes, *len);
-                    let kind = self.classify(&header[..len])?;
+                if let Some(header) = Header::parse(&bytes[..*len]) {
+                    let (raw, len) = (*bytes, *len);
+                    let kind = self.classify(&header)?;
                     if kind == Kind::Raw {
-                        self.head[..len].copy_from_slice(&header[..len]);
+                        self.head[..len].copy_from_slice(&raw[..len]);
                         self.head_pos = 0;
                         self.head_end = len;
                     }
-                    self.commit(&header[..len], &kind);
+                    self.commit(&header, &kind);
                 }
             }
             Wire::Raw { remaining } => {
@@ -490,11 +487,7 @@ impl<R> InflateRead<R> {
                 let available = available as usize;
                 let start = self.stash.start;
                 let data = &mut self.stash.buf[start..start + available];
-                let mut phase = ((*offset + *unmasked as u64) % 4) as usize;
-                for byte in &mut data[*unmasked..] {
-                    *byte ^= mask[phase];
-                    phase = (phase + 1) & 3;
-                }
+                unmask(&mut data[*unmasked..], *mask, *offset + *unmasked as u64);
                 *unmasked = available;
                 let n = self.inflation.feed(data)?;
                 self.stash.consume(n);
@@ -531,18 +524,13 @@ impl<R> InflateRead<R> {
                     }
                 }
                 _ => {
-                    let data = &buf.filled()[at..end];
-                    let header = match header_len(data) {
-                        Some(len) if len <= data.len() => &data[..len],
-                        _ => break,
+                    let Some(header) = Header::parse(&buf.filled()[at..end]) else {
+                        break;
                     };
-                    match self.classify(header) {
+                    match self.classify(&header) {
                         Ok(Kind::Raw) => {
-                            let mut copy = [0; 14];
-                            copy[..header.len()].copy_from_slice(header);
-                            let len = header.len();
-                            self.commit(&copy[..len], &Kind::Raw);
-                            at += len;
+                            self.commit(&header, &Kind::Raw);
+                            at += header.len;
                         }
                         // Compressed, or refused: handled from the stash, after the
                         // bytes before it are taken.
@@ -563,19 +551,6 @@ impl<R> InflateRead<R> {
         self.stash.buf.capacity()
             + self.inflation.pending.capacity()
             + self.inflation.ready.capacity()
-    }
-}
-
-/// The payload length of a complete frame header, and where the length field ends.
-pub(super) fn payload_len(header: &[u8]) -> (u64, usize) {
-    match header[1] & 0x7f {
-        126 => (u64::from(u16::from_be_bytes([header[2], header[3]])), 4),
-        127 => {
-            let mut bytes = [0; 8];
-            bytes.copy_from_slice(&header[2..10]);
-            (u64::from_be_bytes(bytes), 10)
-        }
-        n => (u64::from(n), 2),
     }
 }
 

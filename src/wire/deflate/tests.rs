@@ -10,7 +10,8 @@ use super::inflater::*;
 use super::negotiation::*;
 use super::*;
 use crate::socket::close::CloseCode;
-use crate::wire::guard::{header_len, WireViolation};
+use crate::wire::frame::header_len;
+use crate::wire::guard::WireViolation;
 
 use tokio::io::AsyncReadExt;
 
