@@ -41,13 +41,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
 use crate::handle::ConnectionSlot;
-use crate::socket::close::{parse_close_payload, CloseCode, CloseFrame};
+use crate::socket::close::{CloseCode, CloseFrame};
 use crate::socket::handler::{BoxHandler, HandlerError};
-use crate::socket::message::{Message, Utf8Bytes};
+use crate::socket::message::Message;
 use crate::socket::queue::{self, PushError};
 use crate::socket::{self, ControlBlock, Environ, Inbound, Outbound, WebSocket};
-use crate::wire::guard::{FrameGuard, WireViolation};
+use crate::wire::frame::parse_close_payload;
+use crate::wire::guard::FrameGuard;
 use crate::wire::reassembly::Reassembly;
+use crate::wire::violation::Violation;
 use crate::wire::writer::{FrameWriter, FLUSH_AT};
 
 /// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
@@ -592,43 +594,6 @@ impl Ending {
     }
 }
 
-/// What fastwebsockets' read error means for the connection.
-fn read_error(error: WebSocketError) -> Result<CloseFrame, String> {
-    let (code, reason) = match error {
-        WebSocketError::UnexpectedEOF => {
-            return Err("the peer closed TCP without a close frame".to_string())
-        }
-        WebSocketError::IoError(e) => {
-            return match e.get_ref().and_then(|e| e.downcast_ref::<WireViolation>()) {
-                Some(violation) => Ok(CloseFrame::new(
-                    violation.code,
-                    Utf8Bytes::from_static(violation.reason),
-                )),
-                None => Err(e.to_string()),
-            }
-        }
-        WebSocketError::FrameTooLarge => (CloseCode::MESSAGE_TOO_BIG, "frame too big"),
-        WebSocketError::InvalidUTF8 => (
-            CloseCode::INVALID_PAYLOAD,
-            "text message is not valid UTF-8",
-        ),
-        WebSocketError::ReservedBitsNotZero => (
-            CloseCode::PROTOCOL_ERROR,
-            "reserved bits set without a negotiated extension",
-        ),
-        WebSocketError::InvalidValue => (CloseCode::PROTOCOL_ERROR, "reserved opcode"),
-        WebSocketError::ControlFrameFragmented => {
-            (CloseCode::PROTOCOL_ERROR, "fragmented control frame")
-        }
-        WebSocketError::PingFrameTooLarge => (
-            CloseCode::PROTOCOL_ERROR,
-            "control frame longer than 125 bytes",
-        ),
-        _ => (CloseCode::PROTOCOL_ERROR, "protocol error"),
-    };
-    Ok(CloseFrame::new(code, Utf8Bytes::from_static(reason)))
-}
-
 /// The state of one connection, apart from the futures the loop polls.
 struct Conn {
     settings: Arc<Settings>,
@@ -916,8 +881,8 @@ impl Conn {
                 Ok(())
             }
             Step::Frame(Ok(frame)) => self.on_frame(frame, writer, &pass.arms),
-            Step::Frame(Err(error)) => match read_error(error) {
-                Ok(frame) => Err(self.fail(frame, writer)),
+            Step::Frame(Err(error)) => match Violation::from_read_error(error) {
+                Ok(violation) => Err(self.fail(violation.close_frame(), writer)),
                 Err(reason) => Err(Ending::Lost { reason }),
             },
             Step::Signal => Ok(()),
@@ -1119,13 +1084,7 @@ impl Conn {
                         Ok(())
                     }
                     Ok(None) => Ok(()),
-                    Err(violation) => {
-                        let frame = CloseFrame::new(
-                            violation.close_code(),
-                            Utf8Bytes::from_static(violation.reason()),
-                        );
-                        Err(self.fail(frame, writer))
-                    }
+                    Err(violation) => Err(self.fail(violation.close_frame(), writer)),
                 }
             }
             OpCode::Ping => {
@@ -1144,13 +1103,7 @@ impl Conn {
             OpCode::Close => {
                 let received = match parse_close_payload(frame.payload) {
                     Ok(received) => received,
-                    Err(invalid) => {
-                        let frame = CloseFrame::new(
-                            invalid.close_code(),
-                            Utf8Bytes::from_static(invalid.reason()),
-                        );
-                        return Err(self.fail(frame, writer));
-                    }
+                    Err(violation) => return Err(self.fail(violation.close_frame(), writer)),
                 };
                 match self.closing.take() {
                     Some(sent) => Err(Ending::ClosedByServer {

@@ -2,6 +2,10 @@
 //! wire before fastwebsockets does (the guard and the inflater), and the unmasking of a
 //! payload.
 
+use crate::socket::close::{CloseCode, CloseFrame};
+use crate::socket::message::Utf8Bytes;
+use crate::wire::violation::Violation;
+
 /// The longest header: 2 bytes, an 8-byte length and a 4-byte masking key.
 pub(crate) const MAX_HEADER_LEN: usize = 14;
 
@@ -76,9 +80,37 @@ pub(crate) fn unmask(data: &mut [u8], mask: [u8; 4], offset: u64) {
     }
 }
 
+/// Parses the payload of a close frame from the peer. `Ok(None)` is an empty close (no code).
+pub(crate) fn parse_close_payload(payload: bytes::Bytes) -> Result<Option<CloseFrame>, Violation> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(Violation::CLOSE_LENGTH),
+        n if n > 125 => Err(Violation::CLOSE_LENGTH),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !CloseCode::from(code).is_sendable() {
+                return Err(Violation::CLOSE_CODE);
+            }
+            let reason =
+                Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| Violation::CLOSE_REASON)?;
+            Ok(Some(CloseFrame::new(CloseCode::from(code), reason)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{header_len, unmask, Header};
+    use bytes::Bytes;
+
+    use super::{header_len, parse_close_payload, unmask, Header};
+    use crate::socket::close::CloseCode;
+    use crate::wire::violation::Violation;
+
+    fn payload(code: u16, reason: &[u8]) -> Bytes {
+        let mut v = code.to_be_bytes().to_vec();
+        v.extend_from_slice(reason);
+        Bytes::from(v)
+    }
 
     #[test]
     fn header_lengths_come_from_the_first_two_bytes() {
@@ -135,5 +167,44 @@ mod tests {
         unmask(head, mask, 0);
         unmask(tail, mask, 5);
         assert_eq!(masked, b"hello world");
+    }
+
+    #[test]
+    fn empty_close_has_no_code() {
+        assert_eq!(parse_close_payload(Bytes::new()), Ok(None));
+    }
+
+    #[test]
+    fn one_byte_close_is_a_protocol_error() {
+        let err = parse_close_payload(Bytes::from_static(&[3])).unwrap_err();
+        assert_eq!(err.code, CloseCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn close_over_125_bytes_is_a_protocol_error() {
+        let err = parse_close_payload(payload(1000, &[b'a'; 124])).unwrap_err();
+        assert_eq!(err, Violation::CLOSE_LENGTH);
+        assert!(parse_close_payload(payload(1000, &[b'a'; 123])).is_ok());
+    }
+
+    #[test]
+    fn reserved_code_on_the_wire_is_a_protocol_error() {
+        let err = parse_close_payload(payload(1005, b"")).unwrap_err();
+        assert_eq!(err, Violation::CLOSE_CODE);
+    }
+
+    #[test]
+    fn non_utf8_reason_is_invalid_payload() {
+        let err = parse_close_payload(payload(1000, &[0xff, 0xfe])).unwrap_err();
+        assert_eq!(err.code, CloseCode::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn valid_close_keeps_code_and_reason() {
+        let frame = parse_close_payload(payload(4001, "bye ✓".as_bytes()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.code, CloseCode::from(4001));
+        assert_eq!(frame.reason.as_str(), "bye ✓");
     }
 }

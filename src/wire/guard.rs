@@ -7,14 +7,13 @@
 //!   invalid, even when the frame's payload is still on its way (Autobahn 6.4.3, 6.4.4).
 //!
 //! Bytes pass through untouched; a violation becomes an `io::Error` carrying a
-//! [`WireViolation`], which the connection answers with its close code.
+//! [`Violation`], which the connection answers with its close code.
 //!
 //! Cost: headers are parsed once more (a few bytes per frame). Text payload is unmasked into a
 //! stack buffer and checked only when it cannot be checked whole later: when a text frame's
 //! payload does not arrive in one read, or the message is fragmented. A text message that
 //! arrives whole in one read is left to the later check, so the common case costs nothing.
 
-use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -23,38 +22,14 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::socket::close::CloseCode;
 use crate::wire::frame::{header_len, unmask, Header, MAX_HEADER_LEN};
+use crate::wire::violation::Violation;
 
-/// A rule broken on the wire, with the close code that answers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct WireViolation {
-    pub(crate) code: CloseCode,
-    pub(crate) reason: &'static str,
-}
-
-impl fmt::Display for WireViolation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.reason, self.code)
-    }
-}
-
-impl std::error::Error for WireViolation {}
-
-impl WireViolation {
-    pub(crate) const fn new(code: CloseCode, reason: &'static str) -> Self {
-        WireViolation { code, reason }
-    }
-}
-
-const UNMASKED: WireViolation =
-    WireViolation::new(CloseCode::PROTOCOL_ERROR, "client frame is not masked");
-const LONG_CONTROL: WireViolation = WireViolation::new(
+const UNMASKED: Violation = Violation::new(CloseCode::PROTOCOL_ERROR, "client frame is not masked");
+const LONG_CONTROL: Violation = Violation::new(
     CloseCode::PROTOCOL_ERROR,
     "control frame longer than 125 bytes",
 );
-const BAD_UTF8: WireViolation = WireViolation::new(
-    CloseCode::INVALID_PAYLOAD,
-    "text message is not valid UTF-8",
-);
+const BAD_UTF8: Violation = Violation::INVALID_UTF8;
 
 /// Where the scanner is in the byte stream.
 #[derive(Debug)]
@@ -108,7 +83,7 @@ impl<R> FrameGuard<R> {
     }
 
     /// Scans bytes just read.
-    fn scan(&mut self, mut data: &[u8]) -> Result<(), WireViolation> {
+    fn scan(&mut self, mut data: &[u8]) -> Result<(), Violation> {
         while !data.is_empty() {
             match &mut self.position {
                 Position::Header { bytes, len } => {
@@ -151,7 +126,7 @@ impl<R> FrameGuard<R> {
     }
 
     /// A header is complete; `available` bytes of payload follow in this read.
-    fn start_payload(&mut self, header: Header, available: u64) -> Result<(), WireViolation> {
+    fn start_payload(&mut self, header: Header, available: u64) -> Result<(), Violation> {
         let Header {
             fin,
             rsv1: compressed,
@@ -198,7 +173,7 @@ impl<R> FrameGuard<R> {
         Ok(())
     }
 
-    fn end_payload(&mut self) -> Result<(), WireViolation> {
+    fn end_payload(&mut self) -> Result<(), Violation> {
         let Position::Payload { check, fin, .. } = self.position else {
             return Ok(());
         };
@@ -223,7 +198,7 @@ fn check_masked_text(
     data: &[u8],
     mask: [u8; 4],
     phase: u64,
-) -> Result<(), WireViolation> {
+) -> Result<(), Violation> {
     let mut scratch = [0u8; 512];
     let mut offset = phase;
     for chunk in data.chunks(scratch.len()) {
@@ -292,9 +267,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameGuard<R> {
         let this = &mut *self;
         match this.scan(&buf.filled()[before..]) {
             Ok(()) => Poll::Ready(Ok(())),
-            Err(violation) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, violation)))
-            }
+            Err(violation) => Poll::Ready(Err(violation.into())),
         }
     }
 }
@@ -320,7 +293,7 @@ mod tests {
     }
 
     /// Feeds `bytes` in pieces of `piece` bytes; returns the first violation.
-    fn feed(bytes: &[u8], piece: usize) -> Result<(), WireViolation> {
+    fn feed(bytes: &[u8], piece: usize) -> Result<(), Violation> {
         let mut guard = FrameGuard::new(());
         bytes.chunks(piece).try_for_each(|chunk| guard.scan(chunk))
     }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use super::*;
 use crate::socket::close::CloseCode;
 use crate::wire::frame::{header_len, unmask, Header, MAX_HEADER_LEN};
-use crate::wire::guard::WireViolation;
+use crate::wire::violation::Violation;
 
 /// The largest payload of a frame made from inflated data: an inflated message reaches the
 /// reader as frames of at most this size.
@@ -24,21 +24,20 @@ pub(super) const FRAME_START: usize = 4 * 1024;
 /// Size of the buffer compressed input is read into.
 pub(super) const STASH_SIZE: usize = 16 * 1024;
 
-pub(super) const TOO_BIG: WireViolation =
-    WireViolation::new(CloseCode::MESSAGE_TOO_BIG, "message too big");
-pub(super) const CORRUPT: WireViolation = WireViolation::new(
+pub(super) const TOO_BIG: Violation = Violation::new(CloseCode::MESSAGE_TOO_BIG, "message too big");
+pub(super) const CORRUPT: Violation = Violation::new(
     CloseCode::INVALID_PAYLOAD,
     "compressed message is not valid deflate data",
 );
-pub(super) const RSV1_CONTINUATION: WireViolation = WireViolation::new(
+pub(super) const RSV1_CONTINUATION: Violation = Violation::new(
     CloseCode::PROTOCOL_ERROR,
     "RSV1 set on a continuation frame",
 );
-pub(super) const RSV1_CONTROL: WireViolation =
-    WireViolation::new(CloseCode::PROTOCOL_ERROR, "RSV1 set on a control frame");
-pub(super) const FRAME_TOO_BIG: WireViolation =
-    WireViolation::new(CloseCode::MESSAGE_TOO_BIG, "frame too big");
-pub(super) const NEW_MESSAGE_INSIDE: WireViolation = WireViolation::new(
+pub(super) const RSV1_CONTROL: Violation =
+    Violation::new(CloseCode::PROTOCOL_ERROR, "RSV1 set on a control frame");
+pub(super) const FRAME_TOO_BIG: Violation =
+    Violation::new(CloseCode::MESSAGE_TOO_BIG, "frame too big");
+pub(super) const NEW_MESSAGE_INSIDE: Violation = Violation::new(
     CloseCode::PROTOCOL_ERROR,
     "new message started inside a fragmented message",
 );
@@ -195,7 +194,7 @@ impl Inflation {
     /// Feeds `input` (unmasked deflate data) to the inflater, framing what comes out.
     /// Returns how much of `input` was consumed: all of it, unless a full frame was made
     /// first (then it is ready, and the rest waits until it has been taken).
-    fn feed(&mut self, input: &[u8]) -> Result<usize, WireViolation> {
+    fn feed(&mut self, input: &[u8]) -> Result<usize, Violation> {
         let Some(Current { total, .. }) = &mut self.current else {
             return Ok(input.len());
         };
@@ -384,7 +383,7 @@ impl<R> InflateRead<R> {
     }
 
     /// Decides what to do with the frame of a complete `header`.
-    fn classify(&self, header: &Header) -> Result<Kind, WireViolation> {
+    fn classify(&self, header: &Header) -> Result<Kind, Violation> {
         let (rsv1, opcode) = (header.rsv1, header.opcode);
         let in_message = self.inflation.current.is_some();
         if header.rsv23 {
@@ -445,7 +444,7 @@ impl<R> InflateRead<R> {
     }
 
     /// Handles stashed bytes: one step.
-    fn step_stash(&mut self, buf: &mut ReadBuf<'_>) -> Result<(), WireViolation> {
+    fn step_stash(&mut self, buf: &mut ReadBuf<'_>) -> Result<(), Violation> {
         match &mut self.wire {
             Wire::Header { bytes, len } => {
                 let data = self.stash.bytes();
@@ -612,7 +611,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for InflateRead<R> {
             };
             this.stash.settle(this.inflation.current.is_some());
             if let Err(violation) = result {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, violation)));
+                return Poll::Ready(Err(violation.into()));
             }
         }
     }

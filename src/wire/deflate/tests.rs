@@ -11,7 +11,7 @@ use super::negotiation::*;
 use super::*;
 use crate::socket::close::CloseCode;
 use crate::wire::frame::header_len;
-use crate::wire::guard::WireViolation;
+use crate::wire::violation::Violation;
 
 use tokio::io::AsyncReadExt;
 
@@ -514,7 +514,7 @@ async fn inflate_all(
     max: usize,
     piece: usize,
     ask: usize,
-) -> Result<Vec<u8>, WireViolation> {
+) -> Result<Vec<u8>, Violation> {
     let inner = Trickle {
         data: input,
         piece,
@@ -536,7 +536,7 @@ async fn inflate_all(
             Err(e) => {
                 let violation = e
                     .get_ref()
-                    .and_then(|e| e.downcast_ref::<WireViolation>())
+                    .and_then(|e| e.downcast_ref::<Violation>())
                     .copied()
                     .unwrap_or_else(|| panic!("{e}"));
                 return Err(violation);
@@ -867,11 +867,7 @@ async fn rsv1_on_a_control_frame_fails_with_1002_after_what_came_before() {
         let n = reader.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], &frame(true, 0, 0x1, b"before")[..]);
         let e = reader.read(&mut buf).await.unwrap_err();
-        let violation = e
-            .get_ref()
-            .unwrap()
-            .downcast_ref::<WireViolation>()
-            .unwrap();
+        let violation = e.get_ref().unwrap().downcast_ref::<Violation>().unwrap();
         assert_eq!(*violation, RSV1_CONTROL);
         assert_eq!(violation.code, CloseCode::PROTOCOL_ERROR);
     }
@@ -940,11 +936,7 @@ async fn max_frame_size_bounds_compressed_and_inflated_frames() {
     let mut reader =
         InflateRead::new(&wire[..], &DEFAULT_AGREED, 1 << 20).max_frame_size(compressed_len - 1);
     let e = reader.read_to_end(&mut Vec::new()).await.unwrap_err();
-    let violation = e
-        .get_ref()
-        .unwrap()
-        .downcast_ref::<WireViolation>()
-        .unwrap();
+    let violation = e.get_ref().unwrap().downcast_ref::<Violation>().unwrap();
     assert_eq!(*violation, FRAME_TOO_BIG);
 }
 
