@@ -132,6 +132,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::handshake::{header_has_token, list};
 use crate::socket::close::{CloseCode, CloseFrame};
 use crate::socket::message::{Message, Utf8Bytes};
 
@@ -1118,12 +1119,8 @@ impl Offer {
         let headers = request.headers();
         Offer {
             key: headers.get(header::SEC_WEBSOCKET_KEY).cloned(),
-            protocols: headers
-                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(|p| p.trim().to_owned())
+            protocols: list::str_elements(headers, header::SEC_WEBSOCKET_PROTOCOL)
+                .map(str::to_owned)
                 .collect(),
             extensions: headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS),
         }
@@ -1145,9 +1142,7 @@ impl Offer {
         );
         let connection = value(&header::CONNECTION);
         assert!(
-            connection.as_deref().is_some_and(|c| c
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))),
+            header_has_token(headers, &header::CONNECTION, "upgrade"),
             "the service answered 101, but with Connection {connection:?}, which lacks \"upgrade\""
         );
         if let Some(key) = &self.key {

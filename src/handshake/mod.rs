@@ -58,6 +58,7 @@
 //! # }
 //! ```
 
+pub(crate) mod list;
 pub mod origin;
 pub mod protocol;
 
@@ -306,14 +307,9 @@ pub(crate) fn is_websocket_attempt(headers: &HeaderMap) -> bool {
         || headers.contains_key("sec-websocket-key1")
 }
 
-/// Whether `name`'s values, split on commas, contain `token` (ASCII case-insensitive).
+/// Whether `name`'s list holds `token` (ASCII case-insensitive).
 pub(crate) fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    list::elements(headers, name).any(|element| element.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Whether a request is an HTTP/2 WebSocket attempt (RFC 8441): an extended `CONNECT` with

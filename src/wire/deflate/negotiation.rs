@@ -3,6 +3,8 @@
 
 use http::{HeaderMap, HeaderValue};
 
+use crate::handshake::list::split_unquoted_str;
+
 use super::*;
 
 /// The parameters in force on one connection, both ways.
@@ -55,7 +57,7 @@ pub(crate) fn negotiate(
     for line in headers.get_all(http::header::SEC_WEBSOCKET_EXTENSIONS) {
         // A line that is not visible ASCII cannot hold a valid offer.
         let Ok(line) = line.to_str() else { continue };
-        for offer in split_unquoted(line, b',') {
+        for offer in split_unquoted_str(line, b',') {
             let Some((name, params)) = parse_offer(offer) else {
                 continue;
             };
@@ -137,34 +139,12 @@ pub(super) fn window_bits(value: &str) -> Option<u8> {
     (8..=15).contains(&bits).then_some(bits)
 }
 
-/// Splits `text` at every `separator` outside a quoted string.
-pub(super) fn split_unquoted(text: &str, separator: u8) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    let mut quoted = false;
-    let mut escaped = false;
-    for (i, byte) in text.bytes().enumerate() {
-        if escaped {
-            escaped = false;
-        } else if quoted && byte == b'\\' {
-            escaped = true;
-        } else if byte == b'"' {
-            quoted = !quoted;
-        } else if !quoted && byte == separator {
-            parts.push(&text[start..i]);
-            start = i + 1;
-        }
-    }
-    parts.push(&text[start..]);
-    parts
-}
-
 /// An offer's parameters: names, and values with quotes removed.
 pub(super) type Params<'a> = Vec<(&'a str, Option<String>)>;
 
 /// One offer: its extension name and its parameters. `None` when it is malformed or empty.
 pub(super) fn parse_offer(offer: &str) -> Option<(&str, Params<'_>)> {
-    let mut parts = split_unquoted(offer, b';').into_iter();
+    let mut parts = split_unquoted_str(offer, b';');
     let name = trim_ows(parts.next()?);
     if !is_token(name) {
         return None;
