@@ -14,8 +14,23 @@
 //! It enforces what fastwebsockets leaves out (control frames over 125 bytes, close codes and
 //! reasons, fragment order, UTF-8 across fragments, the whole-message size limit), runs the
 //! closing handshake, shuts TCP down cleanly, and logs the connection when it ends.
+//!
+//! Its parts: [`settings`] (what the layer gives it), [`read`] (the read stack and the one
+//! read future), [`arms`] (which futures need polling, and the one scheduling rule),
+//! [`write`] (the frame batch and the timed writes), [`close_log`] (the event it ends with);
+//! this file holds the start and the teardown (`run`), the loop (`Conn::drive` and its named
+//! steps) and the protocol state (frames, closing, keepalive, idle).
 
+mod arms;
+mod close_log;
+mod read;
 mod settings;
+mod write;
+
+use arms::Arms;
+use close_log::Record;
+use read::{frame_reader, next_frame, RawFrame};
+use write::{lost_io, queue_close, TimedWrite, Writer};
 
 pub(crate) use settings::Settings;
 
@@ -24,14 +39,12 @@ use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
-use futures_util::task::AtomicWaker;
+use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use futures_util::FutureExt;
 use http::request::Parts;
 use http::HeaderValue;
@@ -45,9 +58,8 @@ use crate::socket::close::{CloseCode, CloseFrame};
 use crate::socket::handler::{BoxHandler, HandlerError};
 use crate::socket::message::Message;
 use crate::socket::queue::{self, PushError};
-use crate::socket::{self, ControlBlock, Environ, Inbound, Outbound, WebSocket};
+use crate::socket::{ControlBlock, Environ, Inbound, Outbound, WebSocket};
 use crate::wire::frame::parse_close_payload;
-use crate::wire::guard::FrameGuard;
 use crate::wire::reassembly::Reassembly;
 use crate::wire::violation::Violation;
 use crate::wire::writer::{FrameWriter, FLUSH_AT};
@@ -275,36 +287,6 @@ where
     }
 }
 
-/// fastwebsockets' reader over the frame guard (and the inflater, when permessage-deflate was
-/// agreed). Frames are written by our own coalescing `Writer`.
-fn frame_reader<R: AsyncRead + Unpin>(
-    read_io: R,
-    extensions: Extensions,
-    settings: &Settings,
-) -> WebSocketRead<ReadStack<FrameGuard<R>>> {
-    let guarded = FrameGuard::new(read_io);
-    #[cfg(feature = "deflate")]
-    let stack = match &extensions {
-        Some(agreed) => ReadStack::Inflate(Box::new(
-            crate::wire::deflate::InflateRead::new(guarded, agreed, settings.max_message_size)
-                .max_frame_size(settings.max_frame_size),
-        )),
-        None => ReadStack::Plain(guarded),
-    };
-    #[cfg(not(feature = "deflate"))]
-    let stack = {
-        let () = extensions;
-        ReadStack::Plain(guarded)
-    };
-    let (mut reader, _) =
-        fastwebsockets::after_handshake_split(stack, tokio::io::sink(), Role::Server);
-    reader.set_auto_close(false);
-    reader.set_auto_pong(false);
-    // fastwebsockets refuses frames of `max` bytes or more; ours is inclusive.
-    reader.set_max_message_size(settings.max_frame_size.saturating_add(1));
-    reader
-}
-
 pub(crate) type HandlerOutcome = Result<Result<(), HandlerError>, Box<dyn Any + Send>>;
 
 pub(crate) fn flatten(outcome: HandlerOutcome) -> Result<(), HandlerError> {
@@ -316,190 +298,6 @@ pub(crate) fn flatten(outcome: HandlerOutcome) -> Result<(), HandlerError> {
             .unwrap_or_else(|| "a panic".to_string());
         Err(HandlerError::panicked(&message))
     })
-}
-
-/// A frame as the task needs it: owned, unmasked.
-struct RawFrame {
-    fin: bool,
-    opcode: OpCode,
-    payload: Bytes,
-}
-
-/// Reads one frame and gives the reader back: the one read future the task keeps alive.
-async fn next_frame<S>(
-    mut reader: WebSocketRead<S>,
-) -> (WebSocketRead<S>, Result<RawFrame, WebSocketError>)
-where
-    S: AsyncRead + Unpin,
-{
-    // Automatic pongs and close replies are off: the task answers them itself.
-    let result = reader
-        .read_frame(&mut |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) })
-        .await
-        .map(|frame| RawFrame {
-            fin: frame.fin,
-            opcode: frame.opcode,
-            payload: match frame.payload {
-                Payload::Bytes(bytes) => bytes.freeze(),
-                other => Bytes::from(Vec::from(other)),
-            },
-        });
-    (reader, result)
-}
-
-/// Which of the connection loop's futures need polling.
-///
-/// Each future the loop waits on is polled with a waker of its own ("arm"); waking it sets
-/// the arm's bit and wakes the task. A pass polls only the arms whose bit is set, so a message
-/// costs one poll of the read side and of the handler, not one per pass of the loop. The
-/// bits start set; the loop also sets one itself when it knows a future has work (a new read
-/// future, a reset timer).
-///
-/// # The one scheduling rule
-///
-/// The handler runs inline in this task and shares one arm, [`Arms::SOCKET`], with the
-/// socket's two queues; a push into a queue whose receiver waits with the pusher's own waker
-/// skips the wake (`socket::queue`). So nothing wakes the task for a send the handler makes,
-/// nor the handler for a message the task delivers. This type makes up for both, and is the
-/// only code that polls the handler or the outbound queue or delivers to the handler:
-/// - [`poll_socket`](Self::poll_socket) polls the outbound queue after the handler, in the
-///   same pass and on every pass, so a send the handler just made is seen at once;
-/// - [`deliver`](Self::deliver) pushes and marks the socket arm in one call, so the handler
-///   is polled on the next pass.
-///
-/// The test `a_send_the_handler_makes_is_written_without_another_wake` fails if the order
-/// changes.
-struct Arms {
-    wakeups: Arc<Wakeups>,
-    socket: Waker,
-    read: Waker,
-    timer: Waker,
-    signal: Waker,
-}
-
-#[derive(Default)]
-struct Wakeups {
-    task: AtomicWaker,
-    woken: AtomicU8,
-}
-
-struct ArmWaker {
-    wakeups: Arc<Wakeups>,
-    arm: u8,
-}
-
-impl Wake for ArmWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.wakeups.woken.fetch_or(self.arm, Ordering::AcqRel);
-        self.wakeups.task.wake();
-    }
-}
-
-impl Arms {
-    const SOCKET: u8 = 1;
-    const READ: u8 = 2;
-    const TIMER: u8 = 4;
-    const SIGNAL: u8 = 8;
-
-    fn new() -> Self {
-        let wakeups = Arc::new(Wakeups {
-            task: AtomicWaker::new(),
-            woken: AtomicU8::new(Self::SOCKET | Self::READ | Self::TIMER | Self::SIGNAL),
-        });
-        let waker = |arm| {
-            Waker::from(Arc::new(ArmWaker {
-                wakeups: Arc::clone(&wakeups),
-                arm,
-            }))
-        };
-        Arms {
-            socket: waker(Self::SOCKET),
-            read: waker(Self::READ),
-            timer: waker(Self::TIMER),
-            signal: waker(Self::SIGNAL),
-            wakeups,
-        }
-    }
-
-    /// Wakes go to the task polling with `cx` from now on.
-    fn register(&self, cx: &Context<'_>) {
-        self.wakeups.task.register(cx.waker());
-    }
-
-    /// Marks an arm for polling on the next pass, without waking the task.
-    fn force(&self, arm: u8) {
-        self.wakeups.woken.fetch_or(arm, Ordering::AcqRel);
-    }
-
-    /// The context of the handler's and the queues' arm.
-    fn socket_cx(&self) -> Context<'_> {
-        Context::from_waker(&self.socket)
-    }
-
-    /// The socket's part of one pass: the handler (unless it returned), then the outbound
-    /// queue (unless closing), in this order: see [the rule](Self#the-one-scheduling-rule).
-    fn poll_socket<H>(
-        &self,
-        handler: Option<&mut H>,
-        outbound: Option<&mut queue::Receiver<Outbound>>,
-    ) -> Poll<Step>
-    where
-        H: Future<Output = HandlerOutcome> + Unpin,
-    {
-        if let Some(handler) = handler {
-            if let Poll::Ready(outcome) =
-                self.poll_arm(Self::SOCKET, |cx| Pin::new(handler).poll(cx))
-            {
-                return Poll::Ready(Step::HandlerReturned(outcome));
-            }
-        }
-        if let Some(outbound) = outbound {
-            if let Poll::Ready(item) = outbound.poll_recv_same_waker(&mut self.socket_cx()) {
-                return Poll::Ready(Step::Queued(item));
-            }
-        }
-        Poll::Pending
-    }
-
-    /// Hands `item` to the handler's queue from this task, and marks the handler for polling
-    /// on the next pass: see [the rule](Self#the-one-scheduling-rule).
-    fn deliver(
-        &self,
-        in_tx: &queue::Sender<Inbound>,
-        item: Inbound,
-    ) -> Result<(), PushError<Inbound>> {
-        let pushed = in_tx.try_push_from(item, Some(&self.socket_cx()));
-        self.force(Self::SOCKET);
-        pushed
-    }
-
-    fn waker(&self, arm: u8) -> &Waker {
-        match arm {
-            Self::SOCKET => &self.socket,
-            Self::READ => &self.read,
-            Self::TIMER => &self.timer,
-            _ => &self.signal,
-        }
-    }
-
-    /// Polls with the arm's waker if the arm was woken, else stays pending (its waker,
-    /// registered when it was last polled, sets the bit and wakes the task).
-    fn poll_arm<T>(&self, arm: u8, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-        if self.wakeups.woken.fetch_and(!arm, Ordering::AcqRel) & arm == 0 {
-            return Poll::Pending;
-        }
-        let mut cx = Context::from_waker(self.waker(arm));
-        let output = poll(&mut cx);
-        if output.is_ready() {
-            // Whoever polls it again must not need a wake first.
-            self.force(arm);
-        }
-        output
-    }
 }
 
 /// The futures one connection's loop polls, apart from the handler's and the queues: they
@@ -1145,237 +943,6 @@ impl Conn {
             // The handler no longer receives: nobody wants the message.
             Err(_) => {}
         }
-    }
-}
-
-/// Queues a close frame with its code and reason.
-fn queue_close<W: AsyncWrite + Unpin>(writer: &mut Writer<'_, W>, frame: &CloseFrame) {
-    let mut payload = Vec::with_capacity(2 + frame.reason.len());
-    payload.extend_from_slice(&u16::from(frame.code).to_be_bytes());
-    payload.extend_from_slice(frame.reason.as_bytes());
-    writer.queue(OpCode::Close, &Bytes::from(payload));
-}
-
-/// The write side: frames are batched in a [`FrameWriter`] and written through the IO under
-/// its progress timeout.
-struct Writer<'s, W> {
-    io: TimedWrite<'s, W>,
-    out: FrameWriter,
-    /// permessage-deflate's compressor, when the extension was agreed. Boxed: only
-    /// connections that agreed on compression pay for it.
-    #[cfg(feature = "deflate")]
-    compressor: Option<Box<crate::wire::deflate::Compressor>>,
-}
-
-impl<W: AsyncWrite + Unpin> Writer<'_, W> {
-    /// Queues a control frame (never compressed).
-    fn queue(&mut self, opcode: OpCode, payload: &Bytes) {
-        self.out.push(opcode, payload);
-    }
-
-    /// Queues a data message: compressed (RSV1) when the extension is agreed and the message
-    /// is over the threshold, as it is otherwise.
-    fn queue_message(&mut self, opcode: OpCode, payload: &Bytes) {
-        #[cfg(feature = "deflate")]
-        if let Some(compressed) = self.compressor.as_mut().and_then(|c| c.compress(payload)) {
-            self.out.push_compressed(opcode, &compressed);
-            return;
-        }
-        self.out.push(opcode, payload);
-    }
-
-    async fn flush(&mut self) -> Result<(), Ending> {
-        self.out.flush(&mut self.io).await.map_err(lost_io)
-    }
-}
-
-fn lost_io(error: io::Error) -> Ending {
-    Ending::Lost {
-        reason: error.to_string(),
-    }
-}
-
-/// The read side under fastwebsockets: the frame guard, and permessage-deflate's inflater
-/// on top of it when the extension was agreed.
-enum ReadStack<R> {
-    Plain(R),
-    /// Boxed: only connections that agreed on compression pay for its state.
-    #[cfg(feature = "deflate")]
-    Inflate(Box<crate::wire::deflate::InflateRead<R>>),
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for ReadStack<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadStack::Plain(inner) => Pin::new(inner).poll_read(cx, buf),
-            #[cfg(feature = "deflate")]
-            ReadStack::Inflate(inner) => Pin::new(&mut **inner).poll_read(cx, buf),
-        }
-    }
-}
-
-/// The write half with a progress timeout: a write that makes no progress for `timeout`
-/// (the peer stopped reading and its buffers are full) fails with `TimedOut`. The timer is
-/// touched only when a write would block, never on the ordinary path.
-///
-/// Once the closing handshake has begun, a blocked write also fails at `close_by`, the end of
-/// the handshake's budget: writing the close frame is part of the handshake. And a blocked
-/// write gives up at once when a send overflowed the queue under `QueuePolicy::Close`: the
-/// slow peer is being dropped anyway.
-struct TimedWrite<'s, W> {
-    inner: W,
-    timeout: Option<Duration>,
-    sleep: Pin<&'s mut Sleep>,
-    armed: bool,
-    /// When the closing handshake, TCP's end included, must be over: set once, when it
-    /// begins. The connection loop's close timer and the teardown read it too.
-    close_by: Option<Instant>,
-    shared: Arc<ControlBlock>,
-}
-
-impl<W> TimedWrite<'_, W> {
-    /// The closing handshake begins: it has `budget` from now, unless it began already.
-    fn start_closing(&mut self, budget: Duration) {
-        if self.close_by.is_none() {
-            self.close_by = Some(Instant::now() + budget);
-            // A write blocked now is bounded by the new deadline from its next poll on.
-            self.armed = false;
-        }
-    }
-
-    fn bound<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if poll.is_ready() {
-            self.armed = false;
-            return poll;
-        }
-        self.shared.waker.register(cx.waker());
-        if self.shared.overflow().is_some() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "send queue full and the peer is not reading: connection dropped",
-            )));
-        }
-        if !self.armed {
-            let stalled = self.timeout.map(|timeout| Instant::now() + timeout);
-            let at = match (stalled, self.close_by) {
-                (Some(stalled), Some(close_by)) => stalled.min(close_by),
-                (Some(at), None) | (None, Some(at)) => at,
-                (None, None) => return Poll::Pending,
-            };
-            self.sleep.as_mut().reset(at);
-            self.armed = true;
-        }
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(self.timed_out())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn timed_out(&self) -> io::Error {
-        let message = match (self.timeout, self.close_by) {
-            (Some(timeout), close_by)
-                if close_by.is_none_or(|close_by| self.sleep.deadline() < close_by) =>
-            {
-                format!("write timed out: the peer read nothing for {timeout:?}")
-            }
-            _ => "close timed out: the peer read nothing until the close timeout".to_string(),
-        };
-        io::Error::new(io::ErrorKind::TimedOut, message)
-    }
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<'_, W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.bound(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.bound(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.bound(cx, poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.bound(cx, poll)
-    }
-}
-
-/// What the close log reports about one connection.
-#[derive(Debug)]
-struct Record {
-    /// The request, shared with the socket.
-    environ: Arc<Environ>,
-    started: std::time::Instant,
-    messages_in: u64,
-    bytes_in: u64,
-    messages_out: u64,
-    bytes_out: u64,
-}
-
-impl Record {
-    fn new(environ: Arc<Environ>) -> Self {
-        Record {
-            environ,
-            started: std::time::Instant::now(),
-            messages_in: 0,
-            bytes_in: 0,
-            messages_out: 0,
-            bytes_out: 0,
-        }
-    }
-
-    /// The one INFO event per connection, emitted in the request's span when it ends.
-    fn log(&self, ending: &Ending) {
-        let (closed_by, close_code, close_reason) = ending.summary();
-        let Environ {
-            parts, protocol, ..
-        } = &*self.environ;
-        let peer = socket::peer_addr(parts).map(|p| p.to_string());
-        let protocol = protocol.as_ref().and_then(|p| p.to_str().ok());
-        // HTTP/2 (RFC 8441) answers `200`, not `101`.
-        let status = if parts.version == http::Version::HTTP_2 {
-            200u16
-        } else {
-            101
-        };
-        tracing::info!(
-            method = %parts.method,
-            path = %socket::original_path(parts),
-            peer = peer.as_deref().unwrap_or("-"),
-            status,
-            protocol = protocol.unwrap_or("-"),
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            messages_in = self.messages_in,
-            bytes_in = self.bytes_in,
-            messages_out = self.messages_out,
-            bytes_out = self.bytes_out,
-            close_code,
-            close_reason,
-            closed_by,
-            "WebSocket connection closed"
-        );
     }
 }
 
