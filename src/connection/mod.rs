@@ -17,7 +17,7 @@
 //!
 //! Its parts: [`settings`] (what the layer gives it), [`read`] (the read stack and the one
 //! read future), [`arms`] (which futures need polling, and the one scheduling rule),
-//! [`write`] (the frame batch and the timed writes), [`close_log`] (the event it ends with);
+//! [`write`](mod@write) (the frame batch and the timed writes), [`close_log`] (the event it ends with);
 //! this file holds the start and the teardown (`run`), the loop (`Conn::drive` and its named
 //! steps) and the protocol state (frames, closing, keepalive, idle).
 
