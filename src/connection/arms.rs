@@ -55,10 +55,12 @@ pub(super) struct ArmWaker {
 }
 
 impl Wake for ArmWaker {
+    #[inline]
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
+    #[inline]
     fn wake_by_ref(self: &Arc<Self>) {
         self.wakeups.woken.fetch_or(self.arm, Ordering::AcqRel);
         self.wakeups.task.wake();
@@ -92,22 +94,26 @@ impl Arms {
     }
 
     /// Wakes go to the task polling with `cx` from now on.
+    #[inline]
     pub(super) fn register(&self, cx: &Context<'_>) {
         self.wakeups.task.register(cx.waker());
     }
 
     /// Marks an arm for polling on the next pass, without waking the task.
+    #[inline]
     pub(super) fn force(&self, arm: u8) {
         self.wakeups.woken.fetch_or(arm, Ordering::AcqRel);
     }
 
     /// The context of the handler's and the queues' arm.
+    #[inline]
     pub(super) fn socket_cx(&self) -> Context<'_> {
         Context::from_waker(&self.socket)
     }
 
     /// The socket's part of one pass: the handler (unless it returned), then the outbound
     /// queue (unless closing), in this order: see [the rule](Self#the-one-scheduling-rule).
+    #[inline]
     pub(super) fn poll_socket<H>(
         &self,
         handler: Option<&mut H>,
@@ -133,6 +139,7 @@ impl Arms {
 
     /// Hands `item` to the handler's queue from this task, and marks the handler for polling
     /// on the next pass: see [the rule](Self#the-one-scheduling-rule).
+    #[inline]
     pub(super) fn deliver(
         &self,
         in_tx: &queue::Sender<Inbound>,
@@ -143,6 +150,7 @@ impl Arms {
         pushed
     }
 
+    #[inline]
     pub(super) fn waker(&self, arm: u8) -> &Waker {
         match arm {
             Self::SOCKET => &self.socket,
@@ -154,6 +162,7 @@ impl Arms {
 
     /// Polls with the arm's waker if the arm was woken, else stays pending (its waker,
     /// registered when it was last polled, sets the bit and wakes the task).
+    #[inline]
     pub(super) fn poll_arm<T>(
         &self,
         arm: u8,

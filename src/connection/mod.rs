@@ -19,7 +19,9 @@
 //! read future), [`arms`] (which futures need polling, and the one scheduling rule),
 //! [`write`](mod@write) (the frame batch and the timed writes), [`close_log`] (the event it ends with);
 //! this file holds the start and the teardown (`run`), the loop (`Conn::drive` and its named
-//! steps) and the protocol state (frames, closing, keepalive, idle).
+//! steps) and the protocol state (frames, closing, keepalive, idle). The parts' small
+//! functions that the loop calls for every message are `#[inline]`: in modules of their own,
+//! they land in other codegen units, where the optimizer would not otherwise inline them.
 
 mod arms;
 mod close_log;

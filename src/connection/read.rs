@@ -82,6 +82,7 @@ pub(super) enum ReadStack<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for ReadStack<R> {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -40,12 +40,14 @@ pub(super) struct Writer<'s, W> {
 
 impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     /// Queues a control frame (never compressed).
+    #[inline]
     pub(super) fn queue(&mut self, opcode: OpCode, payload: &Bytes) {
         self.out.push(opcode, payload);
     }
 
     /// Queues a data message: compressed (RSV1) when the extension is agreed and the message
     /// is over the threshold, as it is otherwise.
+    #[inline]
     pub(super) fn queue_message(&mut self, opcode: OpCode, payload: &Bytes) {
         #[cfg(feature = "deflate")]
         if let Some(compressed) = self.compressor.as_mut().and_then(|c| c.compress(payload)) {
@@ -55,6 +57,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         self.out.push(opcode, payload);
     }
 
+    #[inline]
     pub(super) async fn flush(&mut self) -> Result<(), Ending> {
         self.out.flush(&mut self.io).await.map_err(lost_io)
     }
@@ -87,6 +90,7 @@ pub(super) struct TimedWrite<'s, W> {
 
 impl<W> TimedWrite<'_, W> {
     /// The closing handshake begins: it has `budget` from now, unless it began already.
+    #[inline]
     pub(super) fn start_closing(&mut self, budget: Duration) {
         if self.close_by.is_none() {
             self.close_by = Some(Instant::now() + budget);
@@ -95,6 +99,7 @@ impl<W> TimedWrite<'_, W> {
         }
     }
 
+    #[inline]
     pub(super) fn bound<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -141,6 +146,7 @@ impl<W> TimedWrite<'_, W> {
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<'_, W> {
+    #[inline]
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -150,6 +156,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<'_, W> {
         self.bound(cx, poll)
     }
 
+    #[inline]
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -159,10 +166,12 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<'_, W> {
         self.bound(cx, poll)
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
+    #[inline]
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
         self.bound(cx, poll)
