@@ -21,11 +21,12 @@ use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_service::Service;
 
-use crate::close::{parse_close_payload, CloseCode};
+use crate::close::CloseCode;
 use crate::hub::{Delivery, Hub, Subscription};
 use crate::message::Message;
-use crate::queue;
-use crate::socket::{Environ, Inbound, Outbound, Shared, WebSocket};
+use crate::socket::queue;
+use crate::socket::{ControlBlock, Environ, Inbound, Outbound, WebSocket};
+use crate::wire::frame::parse_close_payload;
 use crate::{QueuePolicy, WebSocketLayer};
 
 /// The message size limit of the connection target: small, so that inputs of a few KiB reach
@@ -229,7 +230,7 @@ fn check_server_frames(mut out: &[u8]) {
                 assert!(b0 & 0x80 != 0 && len <= 125, "a malformed close frame");
                 match parse_close_payload(Bytes::copy_from_slice(payload)) {
                     Ok(_) => {}
-                    Err(e) => panic!("the server's close frame is invalid: {}", e.reason()),
+                    Err(e) => panic!("the server's close frame is invalid: {e}"),
                 }
                 closed = true;
             }
@@ -431,7 +432,7 @@ pub fn close_payload(data: &[u8]) {
             assert_eq!(frame.reason.as_str().as_bytes(), &data[2..]);
         }
         Err(e) => {
-            let code = e.close_code();
+            let code = e.code;
             assert!(
                 code == CloseCode::PROTOCOL_ERROR || code == CloseCode::INVALID_PAYLOAD,
                 "a refused close answered with {code}"
@@ -439,7 +440,7 @@ pub fn close_payload(data: &[u8]) {
             if code == CloseCode::INVALID_PAYLOAD {
                 assert!(std::str::from_utf8(&data[2..]).is_err());
             }
-            assert!(!e.reason().is_empty());
+            assert!(!e.reason.is_empty());
         }
     }
 }
@@ -567,7 +568,7 @@ fn hub_socket() -> HubSocket {
         environ,
         in_rx,
         out_tx,
-        Arc::new(Shared::default()),
+        Arc::new(ControlBlock::default()),
         QueuePolicy::Fail,
     );
     HubSocket {

@@ -39,10 +39,13 @@
 //! }
 //! ```
 
+#[cfg(feature = "metrics")]
+mod metrics;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -51,85 +54,42 @@ use http::StatusCode;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 
-use crate::socket::Shared;
+use slab::Slab;
+
+use crate::socket::{CloseStage, ControlBlock};
 
 /// What every connection of a layer (and of its clones) reports to, and what the handle reads.
+/// It alone changes its counters.
 #[derive(Default)]
 pub(crate) struct Registry {
-    pub(crate) live: AtomicUsize,
+    live: AtomicUsize,
     accepted: AtomicU64,
     rejected: [AtomicU64; 5],
-    pub(crate) messages_in: AtomicU64,
-    pub(crate) bytes_in: AtomicU64,
-    pub(crate) messages_out: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
+    messages_in: AtomicU64,
+    bytes_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_out: AtomicU64,
     shutting_down: AtomicBool,
-    connections: Mutex<Connections>,
+    /// The live connections: a slab, so that registering and unregistering are an index, not
+    /// a hash (both happen once per upgrade).
+    connections: Mutex<Slab<Entry>>,
     /// Notified when the last live connection ends.
     idle: Notify,
 }
 
 struct Entry {
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     abort: AbortHandle,
-}
-
-/// The live connections: a slab, so that registering and unregistering are an index, not a
-/// hash (both happen once per upgrade).
-struct Connections<T = Entry> {
-    entries: Vec<Option<T>>,
-    /// Indices of empty entries, reused first.
-    free: Vec<usize>,
-    len: usize,
-}
-
-impl<T> Default for Connections<T> {
-    fn default() -> Self {
-        Connections {
-            entries: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-        }
-    }
-}
-
-impl<T> Connections<T> {
-    fn insert(&mut self, entry: T) -> usize {
-        self.len += 1;
-        match self.free.pop() {
-            Some(index) => {
-                self.entries[index] = Some(entry);
-                index
-            }
-            None => {
-                self.entries.push(Some(entry));
-                self.entries.len() - 1
-            }
-        }
-    }
-
-    fn remove(&mut self, index: usize) {
-        if let Some(slot) = self.entries.get_mut(index) {
-            if slot.take().is_some() {
-                self.len -= 1;
-                self.free.push(index);
-            }
-        }
-    }
-
-    fn values(&self) -> impl Iterator<Item = &T> {
-        self.entries.iter().flatten()
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.len
-    }
 }
 
 impl Registry {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Sockets live now.
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
     }
 
     pub(crate) fn count_rejection(&self, status: StatusCode) {
@@ -143,79 +103,86 @@ impl Registry {
         self.rejected[slot].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Registers a connection task, spawned by `spawn` while the registry is locked so that
-    /// the task cannot end (and unregister) before it is registered. `spawn` is given the
-    /// connection's index in the registry.
-    pub(crate) fn spawn(&self, shared: Arc<Shared>, spawn: impl FnOnce(usize) -> AbortHandle) {
+    /// A message of `bytes` bytes was read from a peer.
+    pub(crate) fn message_in(&self, bytes: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A message of `bytes` bytes was queued for a peer.
+    pub(crate) fn message_out(&self, bytes: usize) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Takes one place among the live sockets, unless `limit` are live already.
+    pub(crate) fn take_slot(self: &Arc<Self>, limit: Option<usize>) -> Option<ConnectionSlot> {
+        match limit {
+            None => {
+                self.live.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(limit) => {
+                self.live
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < limit).then_some(n + 1)
+                    })
+                    .ok()?;
+            }
+        }
+        Some(ConnectionSlot {
+            registry: Arc::clone(self),
+            id: None,
+        })
+    }
+
+    /// Registers a connection task, spawned by `spawn` with its slot while the registry is
+    /// locked, so that the task cannot end (and unregister) before it is registered.
+    pub(crate) fn spawn(
+        &self,
+        shared: Arc<ControlBlock>,
+        mut slot: ConnectionSlot,
+        spawn: impl FnOnce(ConnectionSlot) -> AbortHandle,
+    ) {
         let mut connections = self
             .connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let index = connections
-            .free
-            .last()
-            .copied()
-            .unwrap_or(connections.entries.len());
-        let abort = spawn(index);
+        let entry = connections.vacant_entry();
+        slot.id = Some(entry.key());
+        let abort = spawn(slot);
         self.accepted.fetch_add(1, Ordering::Relaxed);
         if self.is_shutting_down() {
             // Accepted as the shutdown began: tell it too.
             shared.request_shutdown();
         }
-        let inserted = connections.insert(Entry { shared, abort });
-        debug_assert_eq!(inserted, index);
+        entry.insert(Entry { shared, abort });
     }
 
     /// A connection ended (called when its slot is released).
-    pub(crate) fn unregister(&self, index: usize) {
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(index);
+    fn unregister(&self, id: Option<usize>) {
+        if let Some(id) = id {
+            self.connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_remove(id);
+        }
         if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
     }
 }
 
-/// How far one connection's closing handshake got: what the shutdown report counts. It only
-/// moves forward (open, lost, close sent, handshake done), so that a connection lost after
-/// its close frame went out still counts as a close sent and not answered.
-#[derive(Debug, Default)]
-pub(crate) struct CloseProgress {
-    state: AtomicU8,
-    handler_done: AtomicBool,
+/// One place under [`WebSocketLayer::max_connections`](crate::WebSocketLayer::max_connections),
+/// held from the `101` until the connection and its handler have both ended.
+pub(crate) struct ConnectionSlot {
+    registry: Arc<Registry>,
+    /// The connection's index in the registry, once registered.
+    id: Option<usize>,
 }
 
-impl CloseProgress {
-    const OPEN: u8 = 0;
-    pub(crate) const LOST: u8 = 1;
-    const SENT: u8 = 2;
-    const DONE: u8 = 3;
-
-    /// The connection ended before a close frame of ours was written.
-    pub(crate) fn lost(&self) {
-        self.state.fetch_max(Self::LOST, Ordering::AcqRel);
-    }
-
-    /// Our close frame was written (flushed to the transport).
-    pub(crate) fn close_sent(&self) {
-        self.state.fetch_max(Self::SENT, Ordering::AcqRel);
-    }
-
-    /// Close frames went both ways: the closing handshake is complete.
-    pub(crate) fn handshake_done(&self) {
-        self.state.fetch_max(Self::DONE, Ordering::AcqRel);
-    }
-
-    #[cfg(test)]
-    pub(crate) fn state(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
-    }
-
-    /// The handler's future completed (returned or panicked).
-    pub(crate) fn handler_done(&self) {
-        self.handler_done.store(true, Ordering::Release);
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.registry.unregister(self.id);
     }
 }
 
@@ -254,7 +221,7 @@ impl WebSocketHandle {
 
     /// How many sockets are live now.
     pub fn live(&self) -> usize {
-        self.registry.live.load(Ordering::Relaxed)
+        self.registry.live()
     }
 
     /// Whether [`shutdown`](Self::shutdown) has begun.
@@ -278,14 +245,14 @@ impl WebSocketHandle {
         let registry = &self.registry;
         registry.shutting_down.store(true, Ordering::Release);
         // The sockets live now, kept to read how each one ended once the wait is over.
-        let at_start: Vec<Arc<Shared>> = {
+        let at_start: Vec<Arc<ControlBlock>> = {
             let connections = registry
                 .connections
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             connections
-                .values()
-                .map(|entry| {
+                .iter()
+                .map(|(_, entry)| {
                     entry.shared.request_shutdown();
                     Arc::clone(&entry.shared)
                 })
@@ -317,21 +284,20 @@ impl WebSocketHandle {
                 .connections
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            for entry in connections.values() {
+            for (_, entry) in connections.iter() {
                 entry.abort.abort();
-                if !entry.shared.progress.handler_done.load(Ordering::Acquire) {
+                if !entry.shared.progress.is_handler_done() {
                     report.handlers_dropped += 1;
                 }
             }
         }
         for shared in &at_start {
-            match shared.progress.state.load(Ordering::Acquire) {
-                CloseProgress::DONE => report.closed += 1,
-                CloseProgress::SENT => report.unanswered += 1,
-                CloseProgress::LOST => report.lost += 1,
+            match shared.progress.stage() {
+                CloseStage::Done => report.closed += 1,
+                CloseStage::Sent => report.unanswered += 1,
+                CloseStage::Lost => report.lost += 1,
                 // Still open when the grace ran out: dropped with no close frame sent.
-                state => {
-                    debug_assert_eq!(state, CloseProgress::OPEN);
+                CloseStage::Open => {
                     report.aborted += 1;
                 }
             }
@@ -517,26 +483,68 @@ pub struct ShutdownReport {
 
 #[cfg(test)]
 mod tests {
-    use super::Connections;
+    use std::sync::Arc;
 
-    #[test]
-    fn connections_reuse_freed_indices_and_count_what_is_live() {
-        let mut slab = Connections::<&str>::default();
-        assert_eq!(slab.insert("a"), 0);
-        assert_eq!(slab.insert("b"), 1);
-        assert_eq!(slab.insert("c"), 2);
-        slab.remove(1);
-        // Removing twice, or an index never handed out, changes nothing.
-        slab.remove(1);
-        slab.remove(17);
-        assert_eq!(slab.len(), 2);
-        assert_eq!(slab.values().copied().collect::<Vec<_>>(), ["a", "c"]);
-        assert_eq!(slab.insert("d"), 1, "the freed index is reused first");
-        assert_eq!(slab.insert("e"), 3);
-        assert_eq!(slab.len(), 4);
-        assert_eq!(
-            slab.values().copied().collect::<Vec<_>>(),
-            ["a", "d", "c", "e"]
-        );
+    use super::Registry;
+    use crate::socket::ControlBlock;
+
+    #[tokio::test]
+    async fn slots_stop_at_the_limit_and_are_registered_under_slab_keys() {
+        let registry = Arc::new(Registry::default());
+        let first = registry
+            .take_slot(Some(2))
+            .expect("a place under the limit");
+        let second = registry
+            .take_slot(Some(2))
+            .expect("a place under the limit");
+        assert!(registry.take_slot(Some(2)).is_none(), "the limit is 2");
+        assert_eq!(registry.live(), 2);
+
+        let mut held = Vec::new();
+        for slot in [first, second] {
+            assert_eq!(slot.id, None, "not registered yet");
+            registry.spawn(Arc::new(ControlBlock::default()), slot, |slot| {
+                held.push(slot);
+                tokio::spawn(async {}).abort_handle()
+            });
+        }
+        let ids: Vec<_> = held.iter().map(|slot| slot.id).collect();
+        assert_eq!(ids, [Some(0), Some(1)]);
+        assert_eq!(registry.connections.lock().expect("not poisoned").len(), 2);
+        drop(held);
+        assert_eq!(registry.live(), 0);
+        assert!(registry.take_slot(Some(2)).is_some(), "places freed");
+    }
+
+    #[tokio::test]
+    async fn a_released_slot_unregisters_and_its_index_is_reused() {
+        let registry = Arc::new(Registry::default());
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let slot = registry.take_slot(None).expect("no limit");
+            registry.spawn(Arc::new(ControlBlock::default()), slot, |slot| {
+                held.push(slot);
+                tokio::spawn(async {}).abort_handle()
+            });
+        }
+        assert_eq!(registry.live(), 3);
+        let middle = held.remove(1);
+        assert_eq!(middle.id, Some(1));
+        drop(middle);
+        assert_eq!(registry.live(), 2);
+        assert_eq!(registry.connections.lock().expect("not poisoned").len(), 2);
+        let slot = registry.take_slot(None).expect("no limit");
+        registry.spawn(Arc::new(ControlBlock::default()), slot, |slot| {
+            assert_eq!(slot.id, Some(1), "the freed index is reused");
+            held.push(slot);
+            tokio::spawn(async {}).abort_handle()
+        });
+        drop(held);
+        assert_eq!(registry.live(), 0);
+        assert!(registry
+            .connections
+            .lock()
+            .expect("not poisoned")
+            .is_empty());
     }
 }

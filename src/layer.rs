@@ -23,9 +23,7 @@
 //!     );
 //! ```
 
-use std::fmt;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,12 +31,14 @@ use http::request::Parts;
 use http::HeaderMap;
 use tower_layer::Layer;
 
+use crate::config::{Config, RequiredExtension};
+use crate::connection;
 use crate::handle::{Registry, WebSocketHandle};
-use crate::handler::{self, BoxHandler, HandlerResult};
+use crate::handshake::origin::OriginPolicy;
+use crate::handshake::protocol::Subprotocols;
 use crate::handshake::Refusal;
-use crate::origin::OriginPolicy;
-use crate::protocol::Subprotocols;
 use crate::service::{UpgradeRequired, WebSocketService};
+use crate::socket::handler::{self, BoxHandler, HandlerResult};
 use crate::socket::QueuePolicy;
 use crate::socket::WebSocket;
 
@@ -57,79 +57,8 @@ pub const DEFAULT_SEND_QUEUE_CAPACITY: usize = 64;
 /// Default for [`WebSocketLayer::write_timeout`]: 30 seconds without the peer reading.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A hook run before the `101`: it may refuse, add response headers, or change the request
-/// the handler will see.
-pub(crate) type BeforeUpgrade =
-    Arc<dyn Fn(&mut Parts, &mut HeaderMap) -> Result<(), Refusal> + Send + Sync>;
-
-/// An extension the upgrade request must carry; see [`WebSocketLayer::require_extension`].
-#[derive(Clone, Copy)]
-pub(crate) struct RequiredExtension {
-    pub(crate) type_name: &'static str,
-    pub(crate) present: fn(&http::Extensions) -> bool,
-}
-
 fn has_extension<T: Send + Sync + 'static>(extensions: &http::Extensions) -> bool {
     extensions.get::<T>().is_some()
-}
-
-/// The settings shared by every connection of one layer, behind one `Arc`.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) handler: BoxHandler,
-    /// A handler's extractors, run before the `101` (see [`WebSocketLayer::with_state`]).
-    #[cfg(feature = "axum")]
-    pub(crate) prepare: Option<handler::BoxPrepare>,
-    pub(crate) subprotocols: Subprotocols,
-    pub(crate) origin: OriginPolicy,
-    pub(crate) before_upgrade: Option<BeforeUpgrade>,
-    pub(crate) required_extensions: Vec<RequiredExtension>,
-    pub(crate) max_connections: Option<usize>,
-    /// Live connections and counters, shared by every clone of the layer.
-    pub(crate) registry: Arc<Registry>,
-    pub(crate) max_message_size: usize,
-    pub(crate) max_frame_size: usize,
-    pub(crate) close_timeout: Duration,
-    pub(crate) ping_interval: Option<Duration>,
-    pub(crate) ping_timeout: Duration,
-    pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) write_timeout: Option<Duration>,
-    pub(crate) send_queue_capacity: usize,
-    pub(crate) send_queue_policy: QueuePolicy,
-    #[cfg(feature = "deflate")]
-    pub(crate) deflate: Option<crate::deflate::DeflateConfig>,
-    #[cfg(feature = "hixie76")]
-    pub(crate) legacy_drafts: bool,
-    #[cfg(feature = "hixie76")]
-    pub(crate) legacy_tls: bool,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("subprotocols", &self.subprotocols)
-            .field("origin", &self.origin)
-            .field("before_upgrade", &self.before_upgrade.is_some())
-            .field(
-                "required_extensions",
-                &self
-                    .required_extensions
-                    .iter()
-                    .map(|r| r.type_name)
-                    .collect::<Vec<_>>(),
-            )
-            .field("max_connections", &self.max_connections)
-            .field("max_message_size", &self.max_message_size)
-            .field("max_frame_size", &self.max_frame_size)
-            .field("close_timeout", &self.close_timeout)
-            .field("ping_interval", &self.ping_interval)
-            .field("ping_timeout", &self.ping_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("write_timeout", &self.write_timeout)
-            .field("send_queue_capacity", &self.send_queue_capacity)
-            .field("send_queue_policy", &self.send_queue_policy)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A tower [`Layer`] that serves WebSockets with a handler and lets every other request
@@ -145,7 +74,7 @@ pub struct WebSocketLayer {
 impl WebSocketLayer {
     /// A layer that runs `handler` for every accepted WebSocket.
     ///
-    /// The handler is boxed once, here. See [the `handler` module](crate::handler) for what it
+    /// The handler is boxed once, here. See [the `handler` module](crate::socket::handler) for what it
     /// may return.
     pub fn new<H, Fut>(handler: H) -> Self
     where
@@ -165,7 +94,7 @@ impl WebSocketLayer {
     /// other checks: one that refuses answers the handshake with its rejection (a `Path` that
     /// does not parse gets `400`), and no socket is opened. `state` is stored once, behind an
     /// `Arc`; a `State<T>` extractor clones its `T` once per connection, never per message.
-    /// See [`ExtractHandler`](crate::handler::ExtractHandler).
+    /// See [`ExtractHandler`](crate::socket::handler::ExtractHandler).
     ///
     /// ```
     /// use axum::extract::{FromRef, Path, State};
@@ -215,6 +144,7 @@ impl WebSocketLayer {
     }
 
     fn with_handler(handler: BoxHandler) -> Self {
+        let registry = Arc::new(Registry::default());
         WebSocketLayer {
             config: Arc::new(Config {
                 handler,
@@ -225,18 +155,21 @@ impl WebSocketLayer {
                 before_upgrade: None,
                 required_extensions: Vec::new(),
                 max_connections: None,
-                registry: Arc::new(Registry::default()),
-                max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-                max_frame_size: DEFAULT_MAX_FRAME_SIZE,
-                close_timeout: DEFAULT_CLOSE_TIMEOUT,
-                ping_interval: Some(DEFAULT_PING_INTERVAL),
-                ping_timeout: DEFAULT_PING_TIMEOUT,
-                idle_timeout: None,
-                write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
-                send_queue_capacity: DEFAULT_SEND_QUEUE_CAPACITY,
-                send_queue_policy: QueuePolicy::Wait,
-                #[cfg(feature = "deflate")]
-                deflate: None,
+                registry: Arc::clone(&registry),
+                connection: Arc::new(connection::Settings {
+                    max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+                    max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+                    close_timeout: DEFAULT_CLOSE_TIMEOUT,
+                    ping_interval: Some(DEFAULT_PING_INTERVAL),
+                    ping_timeout: DEFAULT_PING_TIMEOUT,
+                    idle_timeout: None,
+                    write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+                    send_queue_capacity: DEFAULT_SEND_QUEUE_CAPACITY,
+                    send_queue_policy: QueuePolicy::Wait,
+                    #[cfg(feature = "deflate")]
+                    deflate: None,
+                    registry,
+                }),
                 #[cfg(feature = "hixie76")]
                 legacy_drafts: false,
                 #[cfg(feature = "hixie76")]
@@ -247,6 +180,10 @@ impl WebSocketLayer {
 
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
+    }
+
+    fn connection_mut(&mut self) -> &mut connection::Settings {
+        Arc::make_mut(&mut self.config_mut().connection)
     }
 
     /// The subprotocols this server speaks, in its order of preference. The first one the
@@ -384,7 +321,7 @@ impl WebSocketLayer {
 
     /// How many WebSocket connections of this layer (and its clones) are live now.
     pub fn live_connections(&self) -> usize {
-        self.config.registry.live.load(Ordering::Relaxed)
+        self.config.registry.live()
     }
 
     /// A handle on this layer's sockets (and those of its clones): live
@@ -399,7 +336,7 @@ impl WebSocketLayer {
     ///
     /// Default: [`DEFAULT_MAX_MESSAGE_SIZE`] (16 MiB).
     pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.config_mut().max_message_size = bytes;
+        self.connection_mut().max_message_size = bytes;
         self
     }
 
@@ -408,7 +345,7 @@ impl WebSocketLayer {
     ///
     /// Default: [`DEFAULT_MAX_FRAME_SIZE`] (16 MiB).
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.config_mut().max_frame_size = bytes;
+        self.connection_mut().max_frame_size = bytes;
         self
     }
 
@@ -421,7 +358,7 @@ impl WebSocketLayer {
     ///
     /// Default: [`DEFAULT_CLOSE_TIMEOUT`] (5 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.config_mut().close_timeout = timeout;
+        self.connection_mut().close_timeout = timeout;
         self
     }
 
@@ -432,7 +369,7 @@ impl WebSocketLayer {
     ///
     /// Default: [`DEFAULT_PING_INTERVAL`] (30 s).
     pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
-        self.config_mut().ping_interval = interval;
+        self.connection_mut().ping_interval = interval;
         self
     }
 
@@ -440,7 +377,7 @@ impl WebSocketLayer {
     ///
     /// Default: [`DEFAULT_PING_TIMEOUT`] (30 s).
     pub fn ping_timeout(mut self, timeout: Duration) -> Self {
-        self.config_mut().ping_timeout = timeout;
+        self.connection_mut().ping_timeout = timeout;
         self
     }
 
@@ -449,7 +386,7 @@ impl WebSocketLayer {
     ///
     /// Default: `None` (no idle timeout: keepalive pings already find dead peers).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config_mut().idle_timeout = timeout;
+        self.connection_mut().idle_timeout = timeout;
         self
     }
 
@@ -459,7 +396,7 @@ impl WebSocketLayer {
     ///
     /// Default: [`DEFAULT_WRITE_TIMEOUT`] (30 s).
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config_mut().write_timeout = timeout;
+        self.connection_mut().write_timeout = timeout;
         self
     }
 
@@ -480,22 +417,22 @@ impl WebSocketLayer {
             capacity > 0,
             "the send queue needs room for at least one message"
         );
-        let config = self.config_mut();
-        config.send_queue_capacity = capacity;
-        config.send_queue_policy = policy;
+        let settings = self.connection_mut();
+        settings.send_queue_capacity = capacity;
+        settings.send_queue_policy = policy;
         self
     }
 
     /// Compress messages with permessage-deflate (RFC 7692) when the client offers it (every
     /// browser does). The inflated size of a message is held to
     /// [`max_message_size`](Self::max_message_size): a decompression bomb closes with 1009
-    /// without being inflated. See [`DeflateConfig`](crate::deflate::DeflateConfig) for the
+    /// without being inflated. See [`DeflateConfig`](crate::wire::deflate::DeflateConfig) for the
     /// level, the threshold, the windows and context takeover, and the memory each costs.
     ///
     /// Default: off (no extension is accepted).
     #[cfg(feature = "deflate")]
-    pub fn deflate(mut self, config: crate::deflate::DeflateConfig) -> Self {
-        self.config_mut().deflate = Some(config);
+    pub fn deflate(mut self, config: crate::wire::deflate::DeflateConfig) -> Self {
+        self.connection_mut().deflate = Some(config);
         self
     }
 

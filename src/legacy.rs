@@ -93,13 +93,13 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::body::ResponseBody;
+use crate::config::Config;
 use crate::connection::{flatten, INBOUND_CAPACITY};
+use crate::handle::ConnectionSlot;
 use crate::handshake::{header_has_token, HandshakeRejection, Refusal};
-use crate::layer::Config;
-use crate::message::{Message, Utf8Bytes};
-use crate::queue;
-use crate::service::{detach_from_read_buffer, ConnectionSlot};
-use crate::socket::{Environ, Inbound, Outbound, Shared, WebSocket};
+use crate::socket::message::{Message, Utf8Bytes};
+use crate::socket::queue;
+use crate::socket::{ControlBlock, Environ, Inbound, Outbound, WebSocket};
 
 const KEY1: &str = "Sec-WebSocket-Key1";
 const KEY2: &str = "Sec-WebSocket-Key2";
@@ -162,13 +162,12 @@ where
     if config.registry.is_shutting_down() {
         return Err(HandshakeRejection::ShuttingDown.into());
     }
-    let mut slot = ConnectionSlot::take(config)?;
+    let slot = config.take_slot()?;
     let origin = parts.headers.get(header::ORIGIN).cloned();
-    detach_from_read_buffer(&mut parts);
+    crate::handshake::detach_from_read_buffer(&mut parts);
     let response = answer(draft, headers, origin, location, protocol.as_ref());
-    let shared = Arc::new(Shared::legacy());
-    config.registry.spawn(Arc::clone(&shared), |id| {
-        slot.id = id;
+    let shared = Arc::new(ControlBlock::legacy());
+    config.registry.spawn(Arc::clone(&shared), slot, |slot| {
         let task = run(
             on_upgrade,
             body,
@@ -365,7 +364,7 @@ async fn run<ReqBody>(
     body: ReqBody,
     agreed: Agreed,
     config: Arc<Config>,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     slot: ConnectionSlot,
 ) where
     ReqBody: http_body::Body + Send + 'static,
@@ -380,7 +379,8 @@ async fn run<ReqBody>(
     if let Draft::Hixie76 { .. } = draft {
         // Some clients announce the 8 key bytes with `Content-Length: 8`: hyper then
         // reads them as the body, and they never reach the upgraded connection.
-        let _ = tokio::time::timeout(config.close_timeout, read_body(body, &mut buf)).await;
+        let _ =
+            tokio::time::timeout(config.connection.close_timeout, read_body(body, &mut buf)).await;
     } else {
         drop(body);
     }
@@ -400,20 +400,20 @@ async fn run<ReqBody>(
     let mut io = TokioIo::new(upgraded);
     if let Draft::Hixie76 { key1, key2 } = draft {
         if let Err(ending) = finish_handshake(&mut io, &mut buf, key1, key2, &config).await {
-            let _ = tokio::time::timeout(config.close_timeout, io.shutdown()).await;
+            let _ = tokio::time::timeout(config.connection.close_timeout, io.shutdown()).await;
             log.write(&ending);
             drop(slot);
             return;
         }
     }
     let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
-    let (out_tx, out_rx) = queue::bounded(config.send_queue_capacity);
+    let (out_tx, out_rx) = queue::bounded(config.connection.send_queue_capacity);
     let socket = WebSocket::new(
         environ,
         in_rx,
         out_tx,
         Arc::clone(&shared),
-        config.send_queue_policy,
+        config.connection.send_queue_policy,
     );
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let handler = AssertUnwindSafe((config.handler)(socket)).catch_unwind();
@@ -430,7 +430,7 @@ async fn run<ReqBody>(
     let driver = Driver {
         io,
         buf,
-        decoder: Decoder::new(config.max_message_size),
+        decoder: Decoder::new(config.connection.max_message_size),
         in_tx,
         out_rx,
         shared,
@@ -485,7 +485,7 @@ async fn finish_handshake<T: AsyncRead + AsyncWrite + Unpin>(
     key2: u32,
     config: &Config,
 ) -> Result<(), Ending> {
-    let read = tokio::time::timeout(config.close_timeout, async {
+    let read = tokio::time::timeout(config.connection.close_timeout, async {
         while buf.len() < 8 {
             if io.read_buf(buf).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -506,7 +506,7 @@ async fn finish_handshake<T: AsyncRead + AsyncWrite + Unpin>(
     key3.copy_from_slice(&buf[..8]);
     buf.advance(8);
     let answer = challenge_answer(key1, key2, &key3);
-    write_bounded(io, &answer, config.write_timeout).await
+    write_bounded(io, &answer, config.connection.write_timeout).await
 }
 
 /// Writes and flushes `bytes`, failing when the peer does not read for the write timeout.
@@ -692,7 +692,7 @@ struct Driver<T> {
     decoder: Decoder,
     in_tx: queue::Sender<Inbound>,
     out_rx: queue::Receiver<Outbound>,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     config: Arc<Config>,
     log: CloseLog,
     /// This side's closing frame is written.
@@ -702,7 +702,7 @@ struct Driver<T> {
 impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     async fn run(
         mut self,
-        mut done: tokio::sync::oneshot::Receiver<Result<(), crate::handler::HandlerError>>,
+        mut done: tokio::sync::oneshot::Receiver<Result<(), crate::socket::handler::HandlerError>>,
     ) {
         let mut handler_done = false;
         // When this side sent its closing frame: the peer has the close timeout to answer.
@@ -733,7 +733,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                         break ending;
                     }
                     if self.close_sent {
-                        close_deadline = Some(Instant::now() + self.config.close_timeout);
+                        close_deadline = Some(Instant::now() + self.config.connection.close_timeout);
                     }
                 },
                 outcome = &mut done, if !handler_done => {
@@ -754,14 +754,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                         if let Err(ending) = result.and(self.send_closing_frame().await) {
                             break ending;
                         }
-                        close_deadline = Some(Instant::now() + self.config.close_timeout);
+                        close_deadline = Some(Instant::now() + self.config.connection.close_timeout);
                     }
                 },
                 () = poll_fn(|cx| self.shared.poll_signal(cx)), if !closing => {
                     if let Err(ending) = self.send_closing_frame().await {
                         break ending;
                     }
-                    close_deadline = Some(Instant::now() + self.config.close_timeout);
+                    close_deadline = Some(Instant::now() + self.config.connection.close_timeout);
                 },
                 () = tokio::time::sleep_until(deadline), if closing => {
                     break Ending::lost("the peer did not answer the closing frame within the close timeout");
@@ -775,7 +775,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         // was delivered.
         self.out_rx.close();
         drop(self.in_tx);
-        let _ = tokio::time::timeout(self.config.close_timeout, self.io.shutdown()).await;
+        let _ =
+            tokio::time::timeout(self.config.connection.close_timeout, self.io.shutdown()).await;
         self.log.write(&ending);
         if !handler_done {
             let _ = done.await;
@@ -792,13 +793,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     let len = text.len() as u64;
                     self.log.messages_in += 1;
                     self.log.bytes_in += len;
-                    let registry = &self.config.registry;
-                    registry
-                        .messages_in
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    registry
-                        .bytes_in
-                        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                    self.config.registry.message_in(text.len());
                     // Waits while the handler's queue is full: TCP pushes back on the peer.
                     let _ = self
                         .in_tx
@@ -840,17 +835,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         frame.push(0x00);
         frame.extend_from_slice(text.as_bytes());
         frame.push(0xFF);
-        write_bounded(&mut self.io, &frame, self.config.write_timeout).await?;
+        write_bounded(&mut self.io, &frame, self.config.connection.write_timeout).await?;
         let len = text.len() as u64;
         self.log.messages_out += 1;
         self.log.bytes_out += len;
-        let registry = &self.config.registry;
-        registry
-            .messages_out
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        registry
-            .bytes_out
-            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        self.config.registry.message_out(text.len());
         Ok(())
     }
 
@@ -861,7 +850,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
         self.close_sent = true;
         self.out_rx.close();
-        write_bounded(&mut self.io, CLOSING_FRAME, self.config.write_timeout).await?;
+        write_bounded(
+            &mut self.io,
+            CLOSING_FRAME,
+            self.config.connection.write_timeout,
+        )
+        .await?;
         self.shared.progress.close_sent();
         Ok(())
     }

@@ -50,35 +50,40 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The HTTP edge: the layer, its service, the handshake and the response body.
 pub mod body;
-pub mod close;
+mod config;
+pub mod handshake;
+pub mod layer;
+pub mod service;
+
+// The socket API a handler holds.
+pub mod socket;
+
+// The engine: one task per connection.
 mod connection;
-#[cfg(feature = "deflate")]
-pub mod deflate;
-pub mod error;
+
+// The wire format: what fastwebsockets leaves out, added once.
+mod wire;
+
+// Extras: the handle on a layer's sockets, topics, legacy drafts, the test client.
+pub mod handle;
+pub mod hub;
+#[cfg(feature = "hixie76")]
+pub mod legacy;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+// The entry points of the fuzz targets in fuzz/ and their corpus replay (tests/fuzz_corpus.rs).
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod guard;
-pub mod handle;
-pub mod handler;
-pub mod handshake;
-pub mod hub;
-pub mod layer;
-#[cfg(feature = "hixie76")]
-pub mod legacy;
-pub mod message;
-#[cfg(feature = "metrics")]
-mod metrics_export;
-pub mod origin;
-pub mod protocol;
-mod queue;
-mod reassembly;
-pub mod service;
-pub mod socket;
-#[cfg(feature = "testing")]
-pub mod testing;
-mod writer;
+
+// The public paths of the modules that live in a folder.
+pub use handshake::{origin, protocol};
+pub use socket::{close, error, handler, message};
+#[cfg(feature = "deflate")]
+pub use wire::deflate;
 
 pub use close::{CloseCode, CloseFrame};
 #[cfg(feature = "deflate")]

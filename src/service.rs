@@ -26,7 +26,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -39,11 +38,11 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::body::ResponseBody;
+use crate::config::Config;
 use crate::connection;
 use crate::handle::Registry;
 use crate::handshake::{self, HandshakeRejection, Refusal};
-use crate::layer::Config;
-use crate::socket::Shared;
+use crate::socket::ControlBlock;
 
 /// A service that answers WebSocket upgrades and forwards everything else to `S`.
 ///
@@ -207,7 +206,7 @@ struct Checked {
 /// accepted as any other, or refused with the extractor's rejection.
 #[cfg(feature = "axum")]
 fn prepare_then_finish(
-    preparing: crate::handler::Prepare,
+    preparing: crate::socket::handler::Prepare,
     checked: Checked,
     config: Arc<Config>,
 ) -> PreparingFuture {
@@ -217,7 +216,7 @@ fn prepare_then_finish(
             Ok(start) => {
                 parts
                     .extensions
-                    .insert(crate::handler::Prepared::new(start));
+                    .insert(crate::socket::handler::Prepared::new(start));
                 finish::<()>(parts, checked, &config)
             }
             Err(rejection) => {
@@ -280,8 +279,8 @@ fn finish<B: Default>(
     let mut headers = headers;
     // After the hook, so that its headers cannot speak for the extension.
     #[cfg(feature = "deflate")]
-    let extensions = config.deflate.as_ref().and_then(|deflate| {
-        let (agreed, answer) = crate::deflate::negotiate(&parts.headers, deflate)?;
+    let extensions = config.connection.deflate.as_ref().and_then(|deflate| {
+        let (agreed, answer) = crate::wire::deflate::negotiate(&parts.headers, deflate)?;
         headers.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, answer);
         Some(agreed)
     });
@@ -296,20 +295,23 @@ fn finish<B: Default>(
     if config.registry.is_shutting_down() {
         return Err(HandshakeRejection::ShuttingDown.into());
     }
-    let mut slot = ConnectionSlot::take(config)?;
-    detach_from_read_buffer(&mut parts);
+    let slot = config.take_slot()?;
+    handshake::detach_from_read_buffer(&mut parts);
     let response = handshake::accepted(accept_key, protocol.as_ref(), headers);
-    let shared = Arc::new(Shared::default());
-    config.registry.spawn(Arc::clone(&shared), |id| {
-        slot.id = id;
+    let shared = Arc::new(ControlBlock::default());
+    config.registry.spawn(Arc::clone(&shared), slot, |slot| {
         // The connection runs in the span of the request (a `TraceLayer` span, say), so its
         // close log is attributed to the request that opened it.
-        let task = connection::run(
-            on_upgrade,
+        let accepted = connection::Accepted {
             parts,
             protocol,
             extensions,
-            Arc::clone(config),
+        };
+        let task = connection::run(
+            on_upgrade,
+            accepted,
+            &config.handler,
+            Arc::clone(&config.connection),
             shared,
             slot,
         );
@@ -318,103 +320,6 @@ fn finish<B: Default>(
         tokio::spawn(Box::pin(task).instrument(tracing::Span::current())).abort_handle()
     });
     Ok(response)
-}
-
-/// Copies the request's header values and URI, which hyper hands out as slices of its
-/// connection read buffer (8 to 16 KiB), into one allocation of their own size, so that the
-/// `Parts` a socket keeps for its whole life do not keep that buffer alive; an extensions map
-/// left empty is replaced by one that holds no allocation.
-pub(crate) fn detach_from_read_buffer(parts: &mut Parts) {
-    let path = parts.uri.path_and_query().map(|pq| pq.as_str());
-    let authority = parts.uri.authority().map(|a| a.as_str());
-    let values: usize = parts.headers.values().map(|v| v.len()).sum();
-    let mut buf =
-        Vec::with_capacity(values + path.map_or(0, str::len) + authority.map_or(0, str::len));
-    for value in parts.headers.values() {
-        buf.extend_from_slice(value.as_bytes());
-    }
-    let path_at = buf.len();
-    buf.extend_from_slice(path.unwrap_or("").as_bytes());
-    let authority_at = buf.len();
-    buf.extend_from_slice(authority.unwrap_or("").as_bytes());
-    let buf = bytes::Bytes::from(buf);
-
-    let mut at = 0;
-    for value in parts.headers.values_mut() {
-        let end = at + value.len();
-        // The bytes were a valid header value a moment ago; on the impossible failure the
-        // original value is kept.
-        if let Ok(mut copy) = http::HeaderValue::from_maybe_shared(buf.slice(at..end)) {
-            copy.set_sensitive(value.is_sensitive());
-            *value = copy;
-        }
-        at = end;
-    }
-    let (has_path, has_authority) = (path.is_some(), authority.is_some());
-    let original = parts.uri.clone();
-    let mut uri = original.clone().into_parts();
-    if has_path {
-        if let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(buf.slice(path_at..authority_at))
-        {
-            uri.path_and_query = Some(pq);
-        }
-    }
-    if has_authority {
-        if let Ok(a) = http::uri::Authority::from_maybe_shared(buf.slice(authority_at..)) {
-            uri.authority = Some(a);
-        }
-    }
-    parts.uri = http::Uri::from_parts(uri).unwrap_or(original);
-    // axum's copy of the URI before any nesting: the same bytes, shared, unless a nested
-    // router stripped a prefix, then a copy of its own.
-    #[cfg(feature = "axum")]
-    if let Some(axum::extract::OriginalUri(original)) = parts.extensions.get_mut() {
-        if *original == parts.uri {
-            *original = parts.uri.clone();
-        } else if let Ok(copy) = http::Uri::try_from(original.to_string()) {
-            *original = copy;
-        }
-    }
-    // Hyper's upgrade handle, taken out already, is often the only extension: an empty map
-    // still holds its table (about 280 bytes), a new one holds nothing.
-    if parts.extensions.is_empty() {
-        parts.extensions = http::Extensions::new();
-    }
-}
-
-/// One place under [`WebSocketLayer::max_connections`](crate::WebSocketLayer::max_connections),
-/// held from the `101` until the connection and its handler have both ended.
-pub(crate) struct ConnectionSlot {
-    registry: Arc<Registry>,
-    /// The connection's index in the registry, once registered.
-    pub(crate) id: usize,
-}
-
-impl ConnectionSlot {
-    pub(crate) fn take(config: &Config) -> Result<Self, HandshakeRejection> {
-        let live = &config.registry.live;
-        match config.max_connections {
-            None => {
-                live.fetch_add(1, Ordering::AcqRel);
-            }
-            Some(limit) => {
-                live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < limit).then_some(n + 1)
-                })
-                .map_err(|_| HandshakeRejection::TooManyConnections { limit })?;
-            }
-        }
-        Ok(ConnectionSlot {
-            registry: Arc::clone(&config.registry),
-            id: usize::MAX,
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.registry.unregister(self.id);
-    }
 }
 
 pin_project! {
@@ -522,65 +427,5 @@ impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    #[cfg(feature = "axum")]
-    fn the_original_uri_of_a_nested_router_is_detached_too() {
-        let read_buffer = bytes::Bytes::from_static(b"/api/rooms/1 /rooms/1");
-        let original = http::Uri::from_maybe_shared(read_buffer.slice(0..12)).unwrap();
-        let nested = http::Uri::from_maybe_shared(read_buffer.slice(13..)).unwrap();
-        let (mut parts, ()) = Request::builder()
-            .uri(nested)
-            .extension(axum::extract::OriginalUri(original))
-            .body(())
-            .unwrap()
-            .into_parts();
-
-        detach_from_read_buffer(&mut parts);
-
-        let axum::extract::OriginalUri(original) = parts.extensions.get().unwrap();
-        assert_eq!(original, "/api/rooms/1");
-        let range = read_buffer.as_ptr_range();
-        assert!(!range.contains(&original.path().as_ptr()));
-        assert!(!range.contains(&parts.uri.path().as_ptr()));
-    }
-
-    #[test]
-    fn detached_parts_keep_every_value_and_share_no_byte_of_the_read_buffer() {
-        // A read buffer, as hyper hands header values out: slices of one `Bytes`.
-        let read_buffer = bytes::Bytes::from_static(b"/chat?room=1 example.com secret-token");
-        let mut request = Request::builder()
-            .uri(http::Uri::from_maybe_shared(read_buffer.slice(0..12)).unwrap())
-            .header(
-                "host",
-                http::HeaderValue::from_maybe_shared(read_buffer.slice(13..24)).unwrap(),
-            )
-            .body(())
-            .unwrap();
-        let mut token = http::HeaderValue::from_maybe_shared(read_buffer.slice(25..)).unwrap();
-        token.set_sensitive(true);
-        request.headers_mut().insert("authorization", token);
-        let (mut parts, ()) = request.into_parts();
-
-        detach_from_read_buffer(&mut parts);
-
-        assert_eq!(parts.uri, "/chat?room=1");
-        assert_eq!(parts.uri.query(), Some("room=1"));
-        assert_eq!(parts.headers["host"], "example.com");
-        assert_eq!(parts.headers["authorization"], "secret-token");
-        assert!(parts.headers["authorization"].is_sensitive());
-        let outside = |p: *const u8| {
-            let range = read_buffer.as_ptr_range();
-            !range.contains(&p)
-        };
-        assert!(outside(parts.headers["host"].as_bytes().as_ptr()));
-        assert!(outside(parts.headers["authorization"].as_bytes().as_ptr()));
-        assert!(outside(parts.uri.path().as_ptr()));
     }
 }

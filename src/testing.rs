@@ -132,8 +132,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::close::{CloseCode, CloseFrame};
-use crate::message::{Message, Utf8Bytes};
+use crate::handshake::{header_has_token, list};
+use crate::socket::close::{CloseCode, CloseFrame};
+use crate::socket::message::{Message, Utf8Bytes};
 
 /// How long each wait of a [`TestClient`] lasts before it fails the test, unless set otherwise:
 /// 5 seconds.
@@ -483,6 +484,16 @@ struct Outgoing {
     written: Option<oneshot::Sender<()>>,
 }
 
+/// What a wait does with one event (see `TestClient::wait_for`).
+enum Seen<T> {
+    /// The wait is over, with this.
+    Done(T),
+    /// Skip it and go on waiting.
+    Wait,
+    /// Leave it to the default.
+    Default(Event),
+}
+
 /// What the client makes of what it reads.
 enum Event {
     Message(Message),
@@ -636,21 +647,13 @@ impl TestClient {
                 describe(frame)
             );
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.next_event(deadline).await {
-                Event::Message(message) => return message,
-                Event::Ping(_) | Event::Pong(_) => continue,
-                Event::Close(frame) => panic!(
-                    "expected a message, but the server closed the connection ({})",
-                    describe(&frame)
-                ),
-                Event::End(reason) => panic!("expected a message, but {reason}"),
-                Event::TimedOut => {
-                    panic!("expected a message from the server within {timeout:?}, but none came")
-                }
-            }
-        }
+        let timed_out =
+            || format!("expected a message from the server within {timeout:?}, but none came");
+        self.wait_for("a message", timeout, timed_out, |event| match event {
+            Event::Message(message) => Seen::Done(message),
+            other => Seen::Default(other),
+        })
+        .await
     }
 
     /// The next message, which must be text. See [`recv`](Self::recv).
@@ -694,16 +697,14 @@ impl TestClient {
         if self.server_close.is_some() || self.ended.is_some() {
             return;
         }
-        let deadline = Instant::now() + duration;
-        loop {
-            match self.next_event(deadline).await {
-                Event::Message(message) => {
-                    panic!("expected no message for {duration:?}, but the server sent {message:?}")
-                }
-                Event::Ping(_) | Event::Pong(_) => continue,
-                Event::Close(_) | Event::End(_) | Event::TimedOut => return,
+        self.wait_for("no message", duration, String::new, |event| match event {
+            Event::Message(message) => {
+                panic!("expected no message for {duration:?}, but the server sent {message:?}")
             }
-        }
+            Event::Close(_) | Event::End(_) | Event::TimedOut => Seen::Done(()),
+            other => Seen::Default(other),
+        })
+        .await
     }
 
     /// Sends a ping and waits for the server's pong with the same payload.
@@ -719,23 +720,14 @@ impl TestClient {
         let payload = payload.into();
         self.check_can_send("ping");
         self.write(OpCode::Ping, payload.to_vec(), "a ping").await;
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match self.next_event(deadline).await {
-                Event::Message(message) => self.pending.push_back(message),
-                Event::Pong(pong) if pong == payload => return,
-                Event::Ping(_) | Event::Pong(_) => continue,
-                Event::Close(frame) => panic!(
-                    "expected a pong, but the server closed the connection ({})",
-                    describe(&frame)
-                ),
-                Event::End(reason) => panic!("expected a pong, but {reason}"),
-                Event::TimedOut => panic!(
-                    "expected a pong for {payload:?} within {:?}, but none came",
-                    self.timeout
-                ),
-            }
-        }
+        let timeout = self.timeout;
+        let timed_out =
+            || format!("expected a pong for {payload:?} within {timeout:?}, but none came");
+        self.wait_for("a pong", timeout, timed_out, |event| match event {
+            Event::Pong(pong) if pong == payload => Seen::Done(()),
+            other => Seen::Default(other),
+        })
+        .await
     }
 
     /// Waits for the server's next ping and returns its payload (a keepalive ping, say).
@@ -748,23 +740,14 @@ impl TestClient {
     /// When the server closes or the connection ends first, and when no ping comes within the
     /// timeout.
     pub async fn expect_ping(&mut self) -> Bytes {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match self.next_event(deadline).await {
-                Event::Message(message) => self.pending.push_back(message),
-                Event::Ping(payload) => return payload,
-                Event::Pong(_) => continue,
-                Event::Close(frame) => panic!(
-                    "expected a ping, but the server closed the connection ({})",
-                    describe(&frame)
-                ),
-                Event::End(reason) => panic!("expected a ping, but {reason}"),
-                Event::TimedOut => panic!(
-                    "expected a ping from the server within {:?}, but none came",
-                    self.timeout
-                ),
-            }
-        }
+        let timeout = self.timeout;
+        let timed_out =
+            || format!("expected a ping from the server within {timeout:?}, but none came");
+        self.wait_for("a ping", timeout, timed_out, |event| match event {
+            Event::Ping(payload) => Seen::Done(payload),
+            other => Seen::Default(other),
+        })
+        .await
     }
 
     /// Starts the closing handshake with `code` and `reason`, and returns the server's answer.
@@ -799,21 +782,18 @@ impl TestClient {
         if let Some(frame) = &self.server_close {
             return frame.clone();
         }
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match self.next_event(deadline).await {
-                Event::Message(message) => self.pending.push_back(message),
-                Event::Ping(_) | Event::Pong(_) => continue,
-                Event::Close(frame) => return frame,
-                Event::End(reason) => {
-                    panic!("expected the server to answer the close frame, but {reason}")
-                }
-                Event::TimedOut => panic!(
-                    "expected the server to answer the close frame within {:?}, but it did not",
-                    self.timeout
-                ),
-            }
-        }
+        let timeout = self.timeout;
+        let timed_out = || {
+            format!(
+                "expected the server to answer the close frame within {timeout:?}, but it did not"
+            )
+        };
+        let want = "the server to answer the close frame";
+        self.wait_for(want, timeout, timed_out, |event| match event {
+            Event::Close(frame) => Seen::Done(frame),
+            other => Seen::Default(other),
+        })
+        .await
     }
 
     /// Reads until the server's close frame, checks its code, and returns it (an empty close
@@ -831,20 +811,20 @@ impl TestClient {
         let frame = match self.server_close.clone() {
             Some(frame) => frame,
             None => {
-                let deadline = Instant::now() + self.timeout;
-                loop {
-                    match self.next_event(deadline).await {
-                        Event::Message(_) | Event::Ping(_) | Event::Pong(_) => continue,
-                        Event::Close(frame) => break frame,
-                        Event::End(reason) => {
-                            panic!("expected a close frame with code {code}, but {reason}")
-                        }
-                        Event::TimedOut => panic!(
-                            "expected a close frame with code {code} within {:?}, but none came",
-                            self.timeout
-                        ),
-                    }
-                }
+                let timeout = self.timeout;
+                let timed_out = || {
+                    format!(
+                        "expected a close frame with code {code} within {timeout:?}, but none came"
+                    )
+                };
+                let want = format!("a close frame with code {code}");
+                self.wait_for(&want, timeout, timed_out, |event| match event {
+                    // Skipped, not kept: what came before the close frame is dropped.
+                    Event::Message(_) => Seen::Wait,
+                    Event::Close(frame) => Seen::Done(frame),
+                    other => Seen::Default(other),
+                })
+                .await
             }
         };
         assert!(
@@ -867,17 +847,17 @@ impl TestClient {
     /// When the connection is still there after the timeout.
     pub async fn expect_disconnect(&mut self) -> String {
         self.pending.clear();
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match self.next_event(deadline).await {
-                Event::End(reason) => return reason,
-                Event::TimedOut => panic!(
-                    "expected the server to end the connection within {:?}, but it did not",
-                    self.timeout
-                ),
-                _ => continue,
-            }
-        }
+        let timeout = self.timeout;
+        let timed_out = || {
+            format!("expected the server to end the connection within {timeout:?}, but it did not")
+        };
+        let want = "the server to end the connection";
+        self.wait_for(want, timeout, timed_out, |event| match event {
+            Event::End(reason) => Seen::Done(reason),
+            Event::TimedOut => Seen::Default(Event::TimedOut),
+            _ => Seen::Wait,
+        })
+        .await
     }
 
     fn check_can_send(&self, what: &str) {
@@ -914,6 +894,35 @@ impl TestClient {
 
     /// Reads until something a test can see happens, or the deadline passes. Reassembles
     /// fragmented messages, and notes the server's close frame.
+    /// Waits up to `timeout` for the event `on` is done with. What `on` leaves to the default
+    /// (`Seen::Default`): a message is kept for [`recv`](Self::recv), pings and pongs are
+    /// skipped, and the server's close, the connection's end and the timeout fail the test
+    /// with "expected {want}, but ..." (the timeout with `timed_out`'s message).
+    async fn wait_for<T>(
+        &mut self,
+        want: &str,
+        timeout: Duration,
+        timed_out: impl Fn() -> String,
+        mut on: impl FnMut(Event) -> Seen<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let event = self.next_event(deadline).await;
+            match on(event) {
+                Seen::Done(value) => return value,
+                Seen::Wait => {}
+                Seen::Default(Event::Message(message)) => self.pending.push_back(message),
+                Seen::Default(Event::Ping(_) | Event::Pong(_)) => {}
+                Seen::Default(Event::Close(frame)) => panic!(
+                    "expected {want}, but the server closed the connection ({})",
+                    describe(&frame)
+                ),
+                Seen::Default(Event::End(reason)) => panic!("expected {want}, but {reason}"),
+                Seen::Default(Event::TimedOut) => panic!("{}", timed_out()),
+            }
+        }
+    }
+
     async fn next_event(&mut self, deadline: Instant) -> Event {
         loop {
             if let Some(reason) = &self.ended {
@@ -1110,12 +1119,8 @@ impl Offer {
         let headers = request.headers();
         Offer {
             key: headers.get(header::SEC_WEBSOCKET_KEY).cloned(),
-            protocols: headers
-                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(|p| p.trim().to_owned())
+            protocols: list::str_elements(headers, header::SEC_WEBSOCKET_PROTOCOL)
+                .map(str::to_owned)
                 .collect(),
             extensions: headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS),
         }
@@ -1137,9 +1142,7 @@ impl Offer {
         );
         let connection = value(&header::CONNECTION);
         assert!(
-            connection.as_deref().is_some_and(|c| c
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))),
+            header_has_token(headers, &header::CONNECTION, "upgrade"),
             "the service answered 101, but with Connection {connection:?}, which lacks \"upgrade\""
         );
         if let Some(key) = &self.key {

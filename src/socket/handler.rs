@@ -121,8 +121,7 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: HandlerResult,
 {
-    // `map`, not an `async` block: a future moved into an async block and awaited there is
-    // stored twice in the block's state, which doubled every connection's handler box.
+    // `map`, not an `async` block, for the reason in `connection::run`'s docs.
     Arc::new(move |ws| Box::pin(handler(ws).map(into_handler_result)))
 }
 

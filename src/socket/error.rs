@@ -22,7 +22,7 @@
 
 use std::fmt;
 
-use crate::message::Message;
+use crate::socket::message::Message;
 
 /// What went wrong with a socket operation.
 ///

@@ -15,8 +15,8 @@
 //! | `Upgrade: websocket`, `Connection` lists `upgrade` | 400 |
 //! | `Sec-WebSocket-Version: 13` | 400 when missing, 426 (with `Sec-WebSocket-Version: 13`) when another or for hixie-76 |
 //! | `Sec-WebSocket-Key`: base64 of 16 bytes, once | 400 |
-//! | the [origin policy](crate::origin) allows the page | 403 |
-//! | a subprotocol is agreed, when one is [required](crate::protocol::Subprotocols::required) | 400 |
+//! | the [origin policy](crate::handshake::origin) allows the page | 403 |
+//! | a subprotocol is agreed, when one is [required](crate::handshake::protocol::Subprotocols::required) | 400 |
 //! | the [`before_upgrade`](crate::WebSocketLayer::before_upgrade) hook accepts | the hook's [`Refusal`] |
 //! | every [required extension](crate::WebSocketLayer::require_extension) is in the request | 500 (logged at ERROR with the type) |
 //! | the extractors of a [`with_state`](crate::WebSocketLayer::with_state) handler accept | the extractor's rejection |
@@ -57,6 +57,10 @@
 //! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 //! # }
 //! ```
+
+pub(crate) mod list;
+pub mod origin;
+pub mod protocol;
 
 use std::fmt;
 
@@ -108,10 +112,10 @@ pub enum HandshakeRejection {
     /// A plain HTTP request reached a WebSocket-only service (426, with `Upgrade: websocket`).
     UpgradeRequired,
     /// The origin policy refused the browser page that asked (403). See
-    /// [`OriginPolicy`](crate::origin::OriginPolicy).
+    /// [`OriginPolicy`](crate::handshake::origin::OriginPolicy).
     OriginNotAllowed(String),
     /// A subprotocol is required and none of the client's is spoken here (400). See
-    /// [`Subprotocols::required`](crate::protocol::Subprotocols::required).
+    /// [`Subprotocols::required`](crate::handshake::protocol::Subprotocols::required).
     NoCommonProtocol {
         /// What the client offered, comma-separated.
         offered: String,
@@ -303,14 +307,9 @@ pub(crate) fn is_websocket_attempt(headers: &HeaderMap) -> bool {
         || headers.contains_key("sec-websocket-key1")
 }
 
-/// Whether `name`'s values, split on commas, contain `token` (ASCII case-insensitive).
+/// Whether `name`'s list holds `token` (ASCII case-insensitive).
 pub(crate) fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    list::elements(headers, name).any(|element| element.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Whether a request is an HTTP/2 WebSocket attempt (RFC 8441): an extended `CONNECT` with
@@ -535,6 +534,68 @@ pub(crate) fn accepted<B: Default>(
     res
 }
 
+/// Copies the request's header values and URI, which hyper hands out as slices of its
+/// connection read buffer, into one allocation of their own size, so that the
+/// `Parts` a socket keeps for its whole life do not keep that buffer alive; an extensions map
+/// left empty is replaced by one that holds no allocation.
+pub(crate) fn detach_from_read_buffer(parts: &mut Parts) {
+    let path = parts.uri.path_and_query().map(|pq| pq.as_str());
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let values: usize = parts.headers.values().map(|v| v.len()).sum();
+    let mut buf =
+        Vec::with_capacity(values + path.map_or(0, str::len) + authority.map_or(0, str::len));
+    for value in parts.headers.values() {
+        buf.extend_from_slice(value.as_bytes());
+    }
+    let path_at = buf.len();
+    buf.extend_from_slice(path.unwrap_or("").as_bytes());
+    let authority_at = buf.len();
+    buf.extend_from_slice(authority.unwrap_or("").as_bytes());
+    let buf = bytes::Bytes::from(buf);
+
+    let mut at = 0;
+    for value in parts.headers.values_mut() {
+        let end = at + value.len();
+        // The bytes were a valid header value a moment ago; on the impossible failure the
+        // original value is kept.
+        if let Ok(mut copy) = http::HeaderValue::from_maybe_shared(buf.slice(at..end)) {
+            copy.set_sensitive(value.is_sensitive());
+            *value = copy;
+        }
+        at = end;
+    }
+    let (has_path, has_authority) = (path.is_some(), authority.is_some());
+    let original = parts.uri.clone();
+    let mut uri = original.clone().into_parts();
+    if has_path {
+        if let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(buf.slice(path_at..authority_at))
+        {
+            uri.path_and_query = Some(pq);
+        }
+    }
+    if has_authority {
+        if let Ok(a) = http::uri::Authority::from_maybe_shared(buf.slice(authority_at..)) {
+            uri.authority = Some(a);
+        }
+    }
+    parts.uri = http::Uri::from_parts(uri).unwrap_or(original);
+    // axum's copy of the URI before any nesting: the same bytes, shared, unless a nested
+    // router stripped a prefix, then a copy of its own.
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(original)) = parts.extensions.get_mut() {
+        if *original == parts.uri {
+            *original = parts.uri.clone();
+        } else if let Ok(copy) = http::Uri::try_from(original.to_string()) {
+            *original = copy;
+        }
+    }
+    // Hyper's upgrade handle, taken out already, is often the only extension: an empty map
+    // still holds its table, a new one holds nothing.
+    if parts.extensions.is_empty() {
+        parts.extensions = http::Extensions::new();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,5 +759,60 @@ mod tests {
         let res: Response<()> = accepted(Some(HeaderValue::from_static("real")), None, extra);
         assert_eq!(res.headers()["set-cookie"], "a=1");
         assert_eq!(res.headers()["sec-websocket-accept"], "real");
+    }
+
+    #[test]
+    #[cfg(feature = "axum")]
+    fn the_original_uri_of_a_nested_router_is_detached_too() {
+        let read_buffer = bytes::Bytes::from_static(b"/api/rooms/1 /rooms/1");
+        let original = http::Uri::from_maybe_shared(read_buffer.slice(0..12)).unwrap();
+        let nested = http::Uri::from_maybe_shared(read_buffer.slice(13..)).unwrap();
+        let (mut parts, ()) = http::Request::builder()
+            .uri(nested)
+            .extension(axum::extract::OriginalUri(original))
+            .body(())
+            .unwrap()
+            .into_parts();
+
+        detach_from_read_buffer(&mut parts);
+
+        let axum::extract::OriginalUri(original) = parts.extensions.get().unwrap();
+        assert_eq!(original, "/api/rooms/1");
+        let range = read_buffer.as_ptr_range();
+        assert!(!range.contains(&original.path().as_ptr()));
+        assert!(!range.contains(&parts.uri.path().as_ptr()));
+    }
+
+    #[test]
+    fn detached_parts_keep_every_value_and_share_no_byte_of_the_read_buffer() {
+        // A read buffer, as hyper hands header values out: slices of one `Bytes`.
+        let read_buffer = bytes::Bytes::from_static(b"/chat?room=1 example.com secret-token");
+        let mut request = http::Request::builder()
+            .uri(http::Uri::from_maybe_shared(read_buffer.slice(0..12)).unwrap())
+            .header(
+                "host",
+                http::HeaderValue::from_maybe_shared(read_buffer.slice(13..24)).unwrap(),
+            )
+            .body(())
+            .unwrap();
+        let mut token = http::HeaderValue::from_maybe_shared(read_buffer.slice(25..)).unwrap();
+        token.set_sensitive(true);
+        request.headers_mut().insert("authorization", token);
+        let (mut parts, ()) = request.into_parts();
+
+        detach_from_read_buffer(&mut parts);
+
+        assert_eq!(parts.uri, "/chat?room=1");
+        assert_eq!(parts.uri.query(), Some("room=1"));
+        assert_eq!(parts.headers["host"], "example.com");
+        assert_eq!(parts.headers["authorization"], "secret-token");
+        assert!(parts.headers["authorization"].is_sensitive());
+        let outside = |p: *const u8| {
+            let range = read_buffer.as_ptr_range();
+            !range.contains(&p)
+        };
+        assert!(outside(parts.headers["host"].as_bytes().as_ptr()));
+        assert!(outside(parts.headers["authorization"].as_bytes().as_ptr()));
+        assert!(outside(parts.uri.path().as_ptr()));
     }
 }

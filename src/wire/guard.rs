@@ -7,59 +7,38 @@
 //!   invalid, even when the frame's payload is still on its way (Autobahn 6.4.3, 6.4.4).
 //!
 //! Bytes pass through untouched; a violation becomes an `io::Error` carrying a
-//! [`WireViolation`], which the connection answers with its close code.
+//! [`Violation`], which the connection answers with its close code.
 //!
 //! Cost: headers are parsed once more (a few bytes per frame). Text payload is unmasked into a
 //! stack buffer and checked only when it cannot be checked whole later: when a text frame's
 //! payload does not arrive in one read, or the message is fragmented. A text message that
 //! arrives whole in one read is left to the later check, so the common case costs nothing.
 
-use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::close::CloseCode;
+use crate::socket::close::CloseCode;
+use crate::wire::frame::{header_len, unmask, Header, MAX_HEADER_LEN};
+use crate::wire::violation::Violation;
 
-/// A rule broken on the wire, with the close code that answers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct WireViolation {
-    pub(crate) code: CloseCode,
-    pub(crate) reason: &'static str,
-}
-
-impl fmt::Display for WireViolation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.reason, self.code)
-    }
-}
-
-impl std::error::Error for WireViolation {}
-
-impl WireViolation {
-    pub(crate) const fn new(code: CloseCode, reason: &'static str) -> Self {
-        WireViolation { code, reason }
-    }
-}
-
-const UNMASKED: WireViolation =
-    WireViolation::new(CloseCode::PROTOCOL_ERROR, "client frame is not masked");
-const LONG_CONTROL: WireViolation = WireViolation::new(
+const UNMASKED: Violation = Violation::new(CloseCode::PROTOCOL_ERROR, "client frame is not masked");
+const LONG_CONTROL: Violation = Violation::new(
     CloseCode::PROTOCOL_ERROR,
     "control frame longer than 125 bytes",
 );
-const BAD_UTF8: WireViolation = WireViolation::new(
-    CloseCode::INVALID_PAYLOAD,
-    "text message is not valid UTF-8",
-);
+const BAD_UTF8: Violation = Violation::INVALID_UTF8;
 
 /// Where the scanner is in the byte stream.
 #[derive(Debug)]
 enum Position {
     /// Gathering a frame header: the bytes seen so far.
-    Header { bytes: [u8; 14], len: usize },
+    Header {
+        bytes: [u8; MAX_HEADER_LEN],
+        len: usize,
+    },
     /// Inside a payload.
     Payload {
         remaining: u64,
@@ -96,7 +75,7 @@ impl<R> FrameGuard<R> {
         FrameGuard {
             inner,
             position: Position::Header {
-                bytes: [0; 14],
+                bytes: [0; MAX_HEADER_LEN],
                 len: 0,
             },
             message: MessageState::default(),
@@ -104,7 +83,7 @@ impl<R> FrameGuard<R> {
     }
 
     /// Scans bytes just read.
-    fn scan(&mut self, mut data: &[u8]) -> Result<(), WireViolation> {
+    fn scan(&mut self, mut data: &[u8]) -> Result<(), Violation> {
         while !data.is_empty() {
             match &mut self.position {
                 Position::Header { bytes, len } => {
@@ -114,9 +93,8 @@ impl<R> FrameGuard<R> {
                     bytes[*len..*len + take].copy_from_slice(&data[..take]);
                     *len += take;
                     data = &data[take..];
-                    if header_len(&bytes[..*len]) == Some(*len) {
-                        let header = *bytes;
-                        self.start_payload(&header, data.len() as u64)?;
+                    if let Some(header) = Header::parse(&bytes[..*len]) {
+                        self.start_payload(header, data.len() as u64)?;
                     }
                 }
                 Position::Payload {
@@ -148,31 +126,25 @@ impl<R> FrameGuard<R> {
     }
 
     /// A header is complete; `available` bytes of payload follow in this read.
-    fn start_payload(&mut self, header: &[u8; 14], available: u64) -> Result<(), WireViolation> {
-        let fin = header[0] & 0x80 != 0;
-        let opcode = header[0] & 0x0f;
-        let masked = header[1] & 0x80 != 0;
-        let (len, at) = match header[1] & 0x7f {
-            126 => (u16::from_be_bytes([header[2], header[3]]) as u64, 4),
-            127 => (
-                u64::from_be_bytes(header[2..10].try_into().unwrap_or([0; 8])),
-                10,
-            ),
-            n => (n as u64, 2),
-        };
-        if !masked {
+    fn start_payload(&mut self, header: Header, available: u64) -> Result<(), Violation> {
+        let Header {
+            fin,
+            rsv1: compressed,
+            opcode,
+            mask,
+            payload_len: len,
+            ..
+        } = header;
+        let Some(mask) = mask else {
             return Err(UNMASKED);
-        }
-        let mask = [header[at], header[at + 1], header[at + 2], header[at + 3]];
-        let control = opcode & 0x08 != 0;
-        if control && len > 125 {
+        };
+        if header.is_control() && len > 125 {
             return Err(LONG_CONTROL);
         }
         // Everything else about the header (RSV bits, opcodes, fragmentation, sizes) is
         // fastwebsockets' and the reassembly's to judge; here only what decides the text check.
         // A compressed message (RSV1, permessage-deflate) is not text on the wire: its UTF-8
         // is checked after inflating, by fastwebsockets and the reassembly.
-        let compressed = header[0] & 0x40 != 0;
         let check = match opcode {
             0x1 if compressed => {
                 self.message = MessageState::default();
@@ -201,12 +173,12 @@ impl<R> FrameGuard<R> {
         Ok(())
     }
 
-    fn end_payload(&mut self) -> Result<(), WireViolation> {
+    fn end_payload(&mut self) -> Result<(), Violation> {
         let Position::Payload { check, fin, .. } = self.position else {
             return Ok(());
         };
         self.position = Position::Header {
-            bytes: [0; 14],
+            bytes: [0; MAX_HEADER_LEN],
             len: 0,
         };
         if check && fin {
@@ -220,35 +192,21 @@ impl<R> FrameGuard<R> {
     }
 }
 
-/// Length of a frame header from its first bytes, once they tell (also used by the inflater).
-pub(crate) fn header_len(bytes: &[u8]) -> Option<usize> {
-    if bytes.len() < 2 {
-        return None;
-    }
-    let ext = match bytes[1] & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    let mask = if bytes[1] & 0x80 != 0 { 4 } else { 0 };
-    Some(2 + ext + mask)
-}
-
 /// Unmasks `data` (payload bytes from `phase` on) into a stack buffer and checks it.
 fn check_masked_text(
     utf8: &mut Utf8Stream,
     data: &[u8],
     mask: [u8; 4],
     phase: u64,
-) -> Result<(), WireViolation> {
+) -> Result<(), Violation> {
     let mut scratch = [0u8; 512];
-    let mut phase = (phase % 4) as usize;
+    let mut offset = phase;
     for chunk in data.chunks(scratch.len()) {
-        for (out, byte) in scratch.iter_mut().zip(chunk) {
-            *out = byte ^ mask[phase];
-            phase = (phase + 1) & 3;
-        }
-        utf8.feed(&scratch[..chunk.len()]).map_err(|()| BAD_UTF8)?;
+        let scratch = &mut scratch[..chunk.len()];
+        scratch.copy_from_slice(chunk);
+        unmask(scratch, mask, offset);
+        offset += chunk.len() as u64;
+        utf8.feed(scratch).map_err(|()| BAD_UTF8)?;
     }
     Ok(())
 }
@@ -309,9 +267,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameGuard<R> {
         let this = &mut *self;
         match this.scan(&buf.filled()[before..]) {
             Ok(()) => Poll::Ready(Ok(())),
-            Err(violation) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, violation)))
-            }
+            Err(violation) => Poll::Ready(Err(violation.into())),
         }
     }
 }
@@ -337,7 +293,7 @@ mod tests {
     }
 
     /// Feeds `bytes` in pieces of `piece` bytes; returns the first violation.
-    fn feed(bytes: &[u8], piece: usize) -> Result<(), WireViolation> {
+    fn feed(bytes: &[u8], piece: usize) -> Result<(), Violation> {
         let mut guard = FrameGuard::new(());
         bytes.chunks(piece).try_for_each(|chunk| guard.scan(chunk))
     }

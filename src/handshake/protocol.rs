@@ -169,14 +169,7 @@ impl fmt::Debug for Subprotocols {
 
 /// The subprotocols the client offered, in its order, across every header line.
 fn offered(request: &Parts) -> impl Iterator<Item = &str> {
-    request
-        .headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
+    crate::handshake::list::str_elements(&request.headers, header::SEC_WEBSOCKET_PROTOCOL)
 }
 
 #[cfg(test)]

@@ -8,37 +8,8 @@
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::OpCode;
 
-use crate::close::CloseCode;
-use crate::message::{Message, Utf8Bytes};
-
-/// A rule a data frame broke, and the close code it is answered with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Violation {
-    /// Fragments out of order: 1002.
-    Protocol(&'static str),
-    /// Text that is not UTF-8: 1007.
-    InvalidUtf8,
-    /// A message over the size limit: 1009.
-    TooBig,
-}
-
-impl Violation {
-    pub(crate) fn close_code(self) -> CloseCode {
-        match self {
-            Violation::Protocol(_) => CloseCode::PROTOCOL_ERROR,
-            Violation::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
-            Violation::TooBig => CloseCode::MESSAGE_TOO_BIG,
-        }
-    }
-
-    pub(crate) fn reason(self) -> &'static str {
-        match self {
-            Violation::Protocol(reason) => reason,
-            Violation::InvalidUtf8 => "text message is not valid UTF-8",
-            Violation::TooBig => "message too big",
-        }
-    }
-}
+use crate::socket::message::{Message, Utf8Bytes};
+use crate::wire::violation::Violation;
 
 /// The message being gathered from fragments, if any.
 #[derive(Debug)]
@@ -71,12 +42,12 @@ impl Reassembly {
         match opcode {
             OpCode::Text | OpCode::Binary => {
                 if self.text.is_some() {
-                    return Err(Violation::Protocol(
+                    return Err(Violation::protocol(
                         "new message started inside a fragmented message",
                     ));
                 }
                 if payload.len() > self.max_message_size {
-                    return Err(Violation::TooBig);
+                    return Err(Violation::TOO_BIG);
                 }
                 let text = opcode == OpCode::Text;
                 if fin {
@@ -89,12 +60,12 @@ impl Reassembly {
             }
             OpCode::Continuation => {
                 if self.text.is_none() {
-                    return Err(Violation::Protocol(
+                    return Err(Violation::protocol(
                         "continuation frame without a message to continue",
                     ));
                 }
                 if self.buffer.len() + payload.len() > self.max_message_size {
-                    return Err(Violation::TooBig);
+                    return Err(Violation::TOO_BIG);
                 }
                 self.buffer.extend_from_slice(&payload);
                 self.check_utf8(fin)?;
@@ -105,7 +76,7 @@ impl Reassembly {
                 self.validated = 0;
                 whole(text, self.buffer.split().freeze()).map(Some)
             }
-            _ => Err(Violation::Protocol("control frame given as data")),
+            _ => Err(Violation::protocol("control frame given as data")),
         }
     }
 
@@ -116,12 +87,12 @@ impl Reassembly {
         }
         match std::str::from_utf8(&self.buffer[self.validated..]) {
             Ok(_) => self.validated = self.buffer.len(),
-            Err(e) if e.error_len().is_some() => return Err(Violation::InvalidUtf8),
+            Err(e) if e.error_len().is_some() => return Err(Violation::INVALID_UTF8),
             Err(e) => {
                 // The fragment ends inside a character: fine, unless it is the last one.
                 self.validated += e.valid_up_to();
                 if fin {
-                    return Err(Violation::InvalidUtf8);
+                    return Err(Violation::INVALID_UTF8);
                 }
             }
         }
@@ -133,7 +104,7 @@ fn whole(text: bool, payload: Bytes) -> Result<Message, Violation> {
     if text {
         Utf8Bytes::try_from(payload)
             .map(Message::Text)
-            .map_err(|_| Violation::InvalidUtf8)
+            .map_err(|_| Violation::INVALID_UTF8)
     } else {
         Ok(Message::Binary(payload))
     }
@@ -142,6 +113,7 @@ fn whole(text: bool, payload: Bytes) -> Result<Message, Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::socket::close::CloseCode;
 
     fn b(data: &[u8]) -> Bytes {
         Bytes::copy_from_slice(data)
@@ -191,7 +163,7 @@ mod tests {
         // 0xF4 0x90 can never start a valid character: fail now, not at the end.
         assert_eq!(
             r.push(false, OpCode::Continuation, b(&[0xf4, 0x90])),
-            Err(Violation::InvalidUtf8)
+            Err(Violation::INVALID_UTF8)
         );
     }
 
@@ -201,7 +173,7 @@ mod tests {
         assert_eq!(r.push(false, OpCode::Text, b(&[0xe2, 0x82])), Ok(None));
         assert_eq!(
             r.push(true, OpCode::Continuation, b(b"")),
-            Err(Violation::InvalidUtf8)
+            Err(Violation::INVALID_UTF8)
         );
     }
 
@@ -211,13 +183,13 @@ mod tests {
         assert_eq!(r.push(false, OpCode::Binary, b(&[0; 6])), Ok(None));
         assert_eq!(
             r.push(true, OpCode::Continuation, b(&[0; 5])),
-            Err(Violation::TooBig)
+            Err(Violation::TOO_BIG)
         );
         let mut r = Reassembly::new(10);
         assert!(r.push(true, OpCode::Binary, b(&[0; 10])).is_ok());
         assert_eq!(
             r.push(true, OpCode::Binary, b(&[0; 11])),
-            Err(Violation::TooBig)
+            Err(Violation::TOO_BIG)
         );
     }
 
@@ -225,7 +197,7 @@ mod tests {
     fn continuation_without_start_is_a_protocol_error() {
         let mut r = Reassembly::new(10);
         let err = r.push(true, OpCode::Continuation, b(b"x")).unwrap_err();
-        assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
+        assert_eq!(err.code, CloseCode::PROTOCOL_ERROR);
     }
 
     #[test]
@@ -233,7 +205,7 @@ mod tests {
         let mut r = Reassembly::new(10);
         r.push(false, OpCode::Text, b(b"a")).unwrap();
         let err = r.push(true, OpCode::Text, b(b"b")).unwrap_err();
-        assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
+        assert_eq!(err.code, CloseCode::PROTOCOL_ERROR);
     }
 
     #[test]

@@ -8,10 +8,8 @@
 //! - one lock per push or pop, no semaphore;
 //! - a waker is cloned only when a side starts waiting, and a push wakes the receiver only
 //!   when it is waiting, and not when the pusher runs in the receiver's own task (the
-//!   connection task polls the handler inline, so the handler's sends and the task's
-//!   deliveries would otherwise wake the task that is already running them). That task must
-//!   then poll the receiver again before it returns `Pending`; [`Receiver::poll_recv`] says
-//!   when a push skipped the wake.
+//!   connection task polls the handler inline). What that asks of the connection task is
+//!   stated once, where it is kept: the connection's `Arms`.
 //!
 //! Every waiting sender is woken when room appears or the queue closes; each re-checks.
 
@@ -117,6 +115,10 @@ impl<T> Drop for Sender<T> {
     }
 }
 
+/// The queue is closed: nothing more can be pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed;
+
 impl<T> Sender<T> {
     /// Pushes `item` if there is room. `cx`, when given, is the context of the task running
     /// this push: a receiver waiting in that same task is not woken.
@@ -180,9 +182,7 @@ impl<T> Sender<T> {
     }
 
     /// Pushes `item`, waiting for room. Fails with the item when the queue closes. A receiver
-    /// waiting in the task that runs this push is not woken: use it only where that task
-    /// polls the receiver after this push, as the connection task does with the handler's
-    /// sends.
+    /// waiting in the task that runs this push is not woken (see the module docs).
     ///
     /// Cancel safe in that a dropped future has pushed nothing.
     pub(crate) fn push(&self, item: T) -> impl Future<Output = Result<(), T>> + '_ {
@@ -195,7 +195,7 @@ impl<T> Sender<T> {
         self.push_inner(item, false)
     }
 
-    /// A plain `poll_fn`, not an `async fn`, so that the item is stored once in the future.
+    /// A plain `poll_fn`, not an `async fn`, for the reason in `connection::run`'s docs.
     fn push_inner(
         &self,
         item: T,
@@ -226,10 +226,10 @@ impl<T> Sender<T> {
     }
 
     /// Ready when the queue has room (`Ok`) or is closed (`Err`); registers to be woken.
-    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
         let mut state = self.queue.lock();
         if state.closed {
-            return Poll::Ready(Err(()));
+            return Poll::Ready(Err(Closed));
         }
         if state.items.len() < state.capacity {
             return Poll::Ready(Ok(()));
@@ -498,7 +498,7 @@ mod tests {
         assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
         drop(rx);
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
-        assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Err(())));
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Err(Closed)));
     }
 
     #[tokio::test]

@@ -14,20 +14,39 @@
 //! It enforces what fastwebsockets leaves out (control frames over 125 bytes, close codes and
 //! reasons, fragment order, UTF-8 across fragments, the whole-message size limit), runs the
 //! closing handshake, shuts TCP down cleanly, and logs the connection when it ends.
+//!
+//! Its parts: [`settings`] (what the layer gives it), [`read`] (the read stack and the one
+//! read future), [`arms`] (which futures need polling, and the one scheduling rule),
+//! [`write`](mod@write) (the frame batch and the timed writes), [`close_log`] (the event it ends with);
+//! this file holds the start and the teardown (`run`), the loop (`Conn::drive` and its named
+//! steps) and the protocol state (frames, closing, keepalive, idle). The parts' small
+//! functions that the loop calls for every message are `#[inline]`: in modules of their own,
+//! they land in other codegen units, where the optimizer would not otherwise inline them.
+
+mod arms;
+mod close_log;
+mod read;
+mod settings;
+mod write;
+
+use arms::Arms;
+use close_log::Record;
+use read::{frame_reader, next_frame, RawFrame};
+use write::{lost_io, queue_close, TimedWrite, Writer};
+
+pub(crate) use settings::Settings;
 
 use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
-use futures_util::task::AtomicWaker;
+use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use futures_util::FutureExt;
 use http::request::Parts;
 use http::HeaderValue;
@@ -36,16 +55,16 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
-use crate::close::{parse_close_payload, CloseCode, CloseFrame};
-use crate::guard::{FrameGuard, WireViolation};
-use crate::handler::HandlerError;
-use crate::layer::Config;
-use crate::message::{Message, Utf8Bytes};
-use crate::queue::{self, PushError};
-use crate::reassembly::Reassembly;
-use crate::service::ConnectionSlot;
-use crate::socket::{self, Environ, Inbound, Outbound, Shared, WebSocket};
-use crate::writer::{FrameWriter, FLUSH_AT};
+use crate::handle::ConnectionSlot;
+use crate::socket::close::{CloseCode, CloseFrame};
+use crate::socket::handler::{BoxHandler, HandlerError};
+use crate::socket::message::Message;
+use crate::socket::queue::{self, PushError};
+use crate::socket::{ControlBlock, Environ, Inbound, Outbound, WebSocket};
+use crate::wire::frame::parse_close_payload;
+use crate::wire::reassembly::Reassembly;
+use crate::wire::violation::Violation;
+use crate::wire::writer::{FrameWriter, FLUSH_AT};
 
 /// Messages read but not yet taken by the handler. When full, the task stops reading (TCP
 /// pushes back on the peer) but keeps writing.
@@ -55,24 +74,36 @@ const WRITE_BATCH: usize = 64;
 
 /// The extensions agreed in the handshake: permessage-deflate's parameters, or none.
 #[cfg(feature = "deflate")]
-pub(crate) type Extensions = Option<crate::deflate::Agreed>;
+pub(crate) type Extensions = Option<crate::wire::deflate::Agreed>;
 /// The extensions agreed in the handshake: none without the `deflate` feature.
 #[cfg(not(feature = "deflate"))]
 pub(crate) type Extensions = ();
+
+/// What the handshake agreed: the request the handler sees as its environ, the subprotocol,
+/// and the extensions.
+pub(crate) struct Accepted {
+    pub(crate) parts: Parts,
+    pub(crate) protocol: Option<HeaderValue>,
+    pub(crate) extensions: Extensions,
+}
 
 /// Waits for hyper to hand over the upgraded connection, then serves it.
 ///
 /// Everything that does not need the IO (the socket, the handler's future, the queues, the
 /// connection's state) is made here, before the future is: the future then holds each of
-/// them once, where an `async fn` keeps its arguments and the locals made from them apart
-/// for the whole connection.
+/// them once.
+///
+/// This is the crate's one rule for long-lived futures: the state of an `async fn` or block
+/// keeps its arguments, and a value moved into a local or awaited inside it, in slots of
+/// their own for as long as it lives, so a value built inside is stored twice. The futures
+/// that live as long as a connection are built by plain functions, `poll_fn` and
+/// combinators instead.
 pub(crate) fn run(
     on_upgrade: OnUpgrade,
-    parts: Parts,
-    protocol: Option<HeaderValue>,
-    extensions: Extensions,
-    config: Arc<Config>,
-    shared: Arc<Shared>,
+    accepted: Accepted,
+    handler: &BoxHandler,
+    settings: Arc<Settings>,
+    shared: Arc<ControlBlock>,
     slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send + 'static {
     let io = async move {
@@ -84,42 +115,48 @@ pub(crate) fn run(
             }
         }
     };
-    serve_when(io, parts, protocol, extensions, config, shared, slot)
+    serve_when(io, accepted, handler, settings, shared, slot)
 }
 
 /// Serves one WebSocket over an IO whose handshake is done.
 #[cfg(test)]
 pub(crate) fn serve<T>(
     io: T,
-    parts: Parts,
-    protocol: Option<HeaderValue>,
-    extensions: Extensions,
-    config: Arc<Config>,
-    shared: Arc<Shared>,
+    accepted: Accepted,
+    handler: &BoxHandler,
+    settings: Arc<Settings>,
+    shared: Arc<ControlBlock>,
 ) -> impl Future<Output = ()> + Send
 where
     T: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let io = std::future::ready(Some(io));
-    serve_when(io, parts, protocol, extensions, config, shared, ())
+    let slot = settings
+        .registry
+        .take_slot(None)
+        .expect("no connection limit");
+    serve_when(io, accepted, handler, settings, shared, slot)
 }
 
 /// Serves one WebSocket over the IO that `io` resolves to (none: the upgrade failed, and the
 /// handler is dropped unpolled). `slot` is released when the future ends.
-fn serve_when<T, F, S>(
+fn serve_when<T, F>(
     io: F,
-    parts: Parts,
-    protocol: Option<HeaderValue>,
-    extensions: Extensions,
-    config: Arc<Config>,
-    shared: Arc<Shared>,
-    slot: S,
+    accepted: Accepted,
+    handler: &BoxHandler,
+    settings: Arc<Settings>,
+    shared: Arc<ControlBlock>,
+    slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send
 where
     T: AsyncRead + AsyncWrite + Send + Unpin,
     F: Future<Output = Option<T>> + Send,
-    S: Send,
 {
+    let Accepted {
+        parts,
+        protocol,
+        extensions,
+    } = accepted;
     let environ = Arc::new(Environ {
         parts,
         protocol,
@@ -127,20 +164,20 @@ where
     });
     let record = Record::new(Arc::clone(&environ));
     let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
-    let (out_tx, out_rx) = queue::bounded(config.send_queue_capacity);
+    let (out_tx, out_rx) = queue::bounded(settings.send_queue_capacity);
     let socket = WebSocket::new(
         environ,
         in_rx,
         out_tx,
         Arc::clone(&shared),
-        config.send_queue_policy,
+        settings.send_queue_policy,
     );
-    let mut handler = AssertUnwindSafe((config.handler)(socket)).catch_unwind();
+    let mut handler = AssertUnwindSafe(handler(socket)).catch_unwind();
     let mut conn = Conn {
         in_tx,
         out_rx,
         parked: None,
-        reassembly: Reassembly::new(config.max_message_size),
+        reassembly: Reassembly::new(settings.max_message_size),
         closing: None,
         handler_done: false,
         record,
@@ -148,9 +185,9 @@ where
         keepalive: None,
         last_activity: Instant::now(),
         idle_deadline: None,
-        config,
+        settings,
     };
-    // Captured and used in place: rebinding them inside would store them twice.
+    // Captured and used in place, for the reason in `run`'s docs.
     async move {
         let Some(io) = io.await else {
             conn.shared.progress.lost();
@@ -160,12 +197,12 @@ where
         conn.start_timers();
         let (mut read_io, mut write_io) = tokio::io::split(io);
         let ending = {
-            let config = &*conn.config;
+            let settings = &*conn.settings;
             let write_sleep = pin!(tokio::time::sleep(Duration::ZERO));
             let mut writer = Writer {
                 io: TimedWrite {
                     inner: &mut write_io,
-                    timeout: config.write_timeout,
+                    timeout: settings.write_timeout,
                     sleep: write_sleep,
                     armed: false,
                     close_by: None,
@@ -174,11 +211,11 @@ where
                 out: FrameWriter::default(),
                 #[cfg(feature = "deflate")]
                 compressor: extensions.as_ref().map(|agreed| {
-                    let deflate = config.deflate.clone().unwrap_or_default();
-                    Box::new(crate::deflate::Compressor::new(agreed, &deflate))
+                    let deflate = settings.deflate.clone().unwrap_or_default();
+                    Box::new(crate::wire::deflate::Compressor::new(agreed, &deflate))
                 }),
             };
-            let read = pin!(next_frame(frame_reader(&mut read_io, extensions, config)));
+            let read = pin!(next_frame(frame_reader(&mut read_io, extensions, settings)));
             let ending = conn
                 .drive(read, next_frame, &mut writer, &mut handler)
                 .await;
@@ -252,36 +289,6 @@ where
     }
 }
 
-/// fastwebsockets' reader over the frame guard (and the inflater, when permessage-deflate was
-/// agreed). Frames are written by our own coalescing `Writer`.
-fn frame_reader<R: AsyncRead + Unpin>(
-    read_io: R,
-    extensions: Extensions,
-    config: &Config,
-) -> WebSocketRead<ReadStack<FrameGuard<R>>> {
-    let guarded = FrameGuard::new(read_io);
-    #[cfg(feature = "deflate")]
-    let stack = match &extensions {
-        Some(agreed) => ReadStack::Inflate(Box::new(
-            crate::deflate::InflateRead::new(guarded, agreed, config.max_message_size)
-                .max_frame_size(config.max_frame_size),
-        )),
-        None => ReadStack::Plain(guarded),
-    };
-    #[cfg(not(feature = "deflate"))]
-    let stack = {
-        let () = extensions;
-        ReadStack::Plain(guarded)
-    };
-    let (mut reader, _) =
-        fastwebsockets::after_handshake_split(stack, tokio::io::sink(), Role::Server);
-    reader.set_auto_close(false);
-    reader.set_auto_pong(false);
-    // fastwebsockets refuses frames of `max` bytes or more; ours is inclusive.
-    reader.set_max_message_size(config.max_frame_size.saturating_add(1));
-    reader
-}
-
 pub(crate) type HandlerOutcome = Result<Result<(), HandlerError>, Box<dyn Any + Send>>;
 
 pub(crate) fn flatten(outcome: HandlerOutcome) -> Result<(), HandlerError> {
@@ -295,140 +302,31 @@ pub(crate) fn flatten(outcome: HandlerOutcome) -> Result<(), HandlerError> {
     })
 }
 
-/// A frame as the task needs it: owned, unmasked.
-struct RawFrame {
-    fin: bool,
-    opcode: OpCode,
-    payload: Bytes,
+/// The futures one connection's loop polls, apart from the handler's and the queues: they
+/// live as long as the loop, in its state.
+struct Pass<'p, F, R> {
+    /// The handler's queue, for the room of a parked message.
+    in_tx: queue::Sender<Inbound>,
+    /// Which of the loop's futures were woken.
+    arms: Arms,
+    /// The one read future, kept across turns: fastwebsockets' `read_frame` is not cancel
+    /// safe.
+    read: Pin<&'p mut F>,
+    /// Makes the next read future from the reader the last one gave back.
+    next: fn(WebSocketRead<R>) -> F,
+    /// One timer for every deadline: keepalive, idle, and the close timeout once closing.
+    timer: Pin<&'p mut Sleep>,
+    /// The deadline the timer is set to, if any.
+    armed: Option<Instant>,
 }
 
-/// Reads one frame and gives the reader back: the one read future the task keeps alive.
-async fn next_frame<S>(
-    mut reader: WebSocketRead<S>,
-) -> (WebSocketRead<S>, Result<RawFrame, WebSocketError>)
-where
-    S: AsyncRead + Unpin,
-{
-    // Automatic pongs and close replies are off: the task answers them itself.
-    let result = reader
-        .read_frame(&mut |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) })
-        .await
-        .map(|frame| RawFrame {
-            fin: frame.fin,
-            opcode: frame.opcode,
-            payload: match frame.payload {
-                Payload::Bytes(bytes) => bytes.freeze(),
-                other => Bytes::from(Vec::from(other)),
-            },
-        });
-    (reader, result)
-}
-
-/// Which of the connection loop's futures need polling.
-///
-/// Each future the loop waits on is polled with a waker of its own ("arm"); waking it sets
-/// the arm's bit and wakes the task. A pass polls only the arms whose bit is set, so a message
-/// costs one poll of the read side and of the handler, not one per pass of the loop. The
-/// bits start set; the loop also sets one itself when it knows a future has work (a new read
-/// future, a reset timer, a message delivered to the handler).
-///
-/// The handler and the socket's queues share one arm, [`Arms::SOCKET`]: a push into a queue
-/// whose receiver waits with the same waker skips the wake (see `queue.rs`), and the loop
-/// polls the outbound queue on every pass and the handler when told to.
-struct Arms {
-    wakeups: Arc<Wakeups>,
-    socket: Waker,
-    read: Waker,
-    timer: Waker,
-    signal: Waker,
-}
-
-#[derive(Default)]
-struct Wakeups {
-    task: AtomicWaker,
-    woken: AtomicU8,
-}
-
-struct ArmWaker {
-    wakeups: Arc<Wakeups>,
-    arm: u8,
-}
-
-impl Wake for ArmWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.wakeups.woken.fetch_or(self.arm, Ordering::AcqRel);
-        self.wakeups.task.wake();
-    }
-}
-
-impl Arms {
-    const SOCKET: u8 = 1;
-    const READ: u8 = 2;
-    const TIMER: u8 = 4;
-    const SIGNAL: u8 = 8;
-
-    fn new() -> Self {
-        let wakeups = Arc::new(Wakeups {
-            task: AtomicWaker::new(),
-            woken: AtomicU8::new(Self::SOCKET | Self::READ | Self::TIMER | Self::SIGNAL),
-        });
-        let waker = |arm| {
-            Waker::from(Arc::new(ArmWaker {
-                wakeups: Arc::clone(&wakeups),
-                arm,
-            }))
-        };
-        Arms {
-            socket: waker(Self::SOCKET),
-            read: waker(Self::READ),
-            timer: waker(Self::TIMER),
-            signal: waker(Self::SIGNAL),
-            wakeups,
-        }
-    }
-
-    /// Wakes go to the task polling with `cx` from now on.
-    fn register(&self, cx: &Context<'_>) {
-        self.wakeups.task.register(cx.waker());
-    }
-
-    /// Marks an arm for polling on the next pass, without waking the task.
-    fn force(&self, arm: u8) {
-        self.wakeups.woken.fetch_or(arm, Ordering::AcqRel);
-    }
-
-    /// The context of the handler's and the queues' arm.
-    fn socket_cx(&self) -> Context<'_> {
-        Context::from_waker(&self.socket)
-    }
-
-    fn waker(&self, arm: u8) -> &Waker {
-        match arm {
-            Self::SOCKET => &self.socket,
-            Self::READ => &self.read,
-            Self::TIMER => &self.timer,
-            _ => &self.signal,
-        }
-    }
-
-    /// Polls with the arm's waker if the arm was woken, else stays pending (its waker,
-    /// registered when it was last polled, sets the bit and wakes the task).
-    fn poll_arm<T>(&self, arm: u8, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-        if self.wakeups.woken.fetch_and(!arm, Ordering::AcqRel) & arm == 0 {
-            return Poll::Pending;
-        }
-        let mut cx = Context::from_waker(self.waker(arm));
-        let output = poll(&mut cx);
-        if output.is_ready() {
-            // Whoever polls it again must not need a wake first.
-            self.force(arm);
-        }
-        output
-    }
+/// What an overflow or a shutdown request did to the loop's turn.
+enum Signal {
+    None,
+    /// The closing handshake began: the next turn writes what is queued.
+    Closing,
+    /// The connection was failed.
+    Failed(Ending),
 }
 
 /// What one pass of the connection loop found to act on.
@@ -436,7 +334,7 @@ enum Step {
     HandlerReturned(HandlerOutcome),
     Queued(Option<Outbound>),
     /// The handler's queue has room (or is closed) for the parked message.
-    Room(Result<(), ()>),
+    Room(Result<(), queue::Closed>),
     Frame(Result<RawFrame, WebSocketError>),
     /// An overflow or a shutdown request: acted on at the top of the loop.
     Signal,
@@ -496,46 +394,9 @@ impl Ending {
     }
 }
 
-/// What fastwebsockets' read error means for the connection.
-fn read_error(error: WebSocketError) -> Result<CloseFrame, String> {
-    let (code, reason) = match error {
-        WebSocketError::UnexpectedEOF => {
-            return Err("the peer closed TCP without a close frame".to_string())
-        }
-        WebSocketError::IoError(e) => {
-            return match e.get_ref().and_then(|e| e.downcast_ref::<WireViolation>()) {
-                Some(violation) => Ok(CloseFrame::new(
-                    violation.code,
-                    Utf8Bytes::from_static(violation.reason),
-                )),
-                None => Err(e.to_string()),
-            }
-        }
-        WebSocketError::FrameTooLarge => (CloseCode::MESSAGE_TOO_BIG, "frame too big"),
-        WebSocketError::InvalidUTF8 => (
-            CloseCode::INVALID_PAYLOAD,
-            "text message is not valid UTF-8",
-        ),
-        WebSocketError::ReservedBitsNotZero => (
-            CloseCode::PROTOCOL_ERROR,
-            "reserved bits set without a negotiated extension",
-        ),
-        WebSocketError::InvalidValue => (CloseCode::PROTOCOL_ERROR, "reserved opcode"),
-        WebSocketError::ControlFrameFragmented => {
-            (CloseCode::PROTOCOL_ERROR, "fragmented control frame")
-        }
-        WebSocketError::PingFrameTooLarge => (
-            CloseCode::PROTOCOL_ERROR,
-            "control frame longer than 125 bytes",
-        ),
-        _ => (CloseCode::PROTOCOL_ERROR, "protocol error"),
-    };
-    Ok(CloseFrame::new(code, Utf8Bytes::from_static(reason)))
-}
-
 /// The state of one connection, apart from the futures the loop polls.
 struct Conn {
-    config: Arc<Config>,
+    settings: Arc<Settings>,
     in_tx: queue::Sender<Inbound>,
     out_rx: queue::Receiver<Outbound>,
     /// A message read while the handler's queue was full; reading waits until it is taken.
@@ -545,7 +406,7 @@ struct Conn {
     closing: Option<CloseFrame>,
     handler_done: bool,
     record: Record,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     keepalive: Option<Keepalive>,
     /// When the last message went either way (kept only when an idle timeout is set).
     last_activity: Instant,
@@ -558,15 +419,25 @@ struct Conn {
 struct Keepalive {
     interval: Duration,
     next_ping: Instant,
-    /// The ping in flight: its payload, when it left, when its pong is due.
-    awaiting: Option<(u64, Instant, Instant)>,
+    /// The ping whose pong has not come yet.
+    awaiting: Option<PingInFlight>,
     sent: u64,
+}
+
+/// A keepalive ping sent and not answered yet.
+#[derive(Debug, Clone, Copy)]
+struct PingInFlight {
+    /// The ping's payload, which its pong echoes: the count of pings sent.
+    payload: u64,
+    sent_at: Instant,
+    /// When the connection is failed without its pong.
+    due: Instant,
 }
 
 impl Keepalive {
     fn deadline(&self) -> Instant {
         match self.awaiting {
-            Some((_, _, due)) => due,
+            Some(ping) => ping.due,
             None => self.next_ping,
         }
     }
@@ -576,26 +447,28 @@ impl Conn {
     /// The keepalive and idle timers start when the IO is handed over.
     fn start_timers(&mut self) {
         let now = Instant::now();
-        self.keepalive = self.config.ping_interval.map(|interval| Keepalive {
+        self.keepalive = self.settings.ping_interval.map(|interval| Keepalive {
             interval,
             next_ping: now + interval,
             awaiting: None,
             sent: 0,
         });
         self.last_activity = now;
-        self.idle_deadline = self.config.idle_timeout.map(|idle| now + idle);
+        self.idle_deadline = self.settings.idle_timeout.map(|idle| now + idle);
     }
 
     /// The connection's loop, until it ends. `read` is the read future the loop keeps alive,
     /// `next` makes the next one from the reader it returns.
     ///
-    /// Branches do not wait: what they write is queued in the writer, which is flushed when
-    /// the task would go idle, when the batch grows past [`FLUSH_AT`], once this side's close
-    /// frame is in it, and when the loop ends. So the loop's state holds no branch's future,
-    /// only the one pass over the arms.
+    /// Each turn: write a batch that must go out now, set the timer, act on a signal, then
+    /// one pass over the arms ([`poll_pass`](Self::poll_pass)) and act on what it found
+    /// ([`act`](Self::act)). Branches do not wait: what they write is queued in the writer,
+    /// which is flushed when the task would go idle, when the batch grows past [`FLUSH_AT`],
+    /// once this side's close frame is in it, and when the loop ends. So the loop's state
+    /// holds no branch's future, only the one pass over the arms.
     async fn drive<R, F, W, H>(
         &mut self,
-        mut read: Pin<&mut F>,
+        read: Pin<&mut F>,
         next: fn(WebSocketRead<R>) -> F,
         writer: &mut Writer<'_, W>,
         handler: &mut H,
@@ -606,18 +479,18 @@ impl Conn {
         W: AsyncWrite + Unpin,
         H: Future<Output = HandlerOutcome> + Unpin,
     {
-        // A second handle on the handler's queue, so that a reserved slot borrows this local
-        // rather than `self`.
-        let in_tx = self.in_tx.clone();
-        // Which of the loop's futures were woken; made here, where they are polled.
-        let arms = Arms::new();
-        // One timer for every deadline: keepalive, idle, and the close timeout once closing.
-        // It is reset only when the earliest deadline changes, never per message.
-        let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
-        let mut armed: Option<Instant> = None;
+        let mut pass = Pass {
+            // A second handle on the handler's queue, so that a reserved slot borrows this
+            // local rather than `self`.
+            in_tx: self.in_tx.clone(),
+            arms: Arms::new(),
+            read,
+            next,
+            timer: pin!(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        };
         let ending = loop {
-            let pending = writer.out.pending();
-            if pending >= FLUSH_AT || (pending > 0 && self.closing.is_some()) {
+            if self.must_flush(writer) {
                 // A large batch goes out before anything more is queued or read, and so does
                 // this side's close frame (the peer answers it; nothing is queued after it).
                 if let Err(ending) = writer.flush().await {
@@ -627,135 +500,22 @@ impl Conn {
                     self.shared.progress.close_sent();
                 }
             }
-            let next_deadline = match writer.io.close_by {
-                Some(deadline) => Some(deadline),
-                None => self.next_deadline(),
-            };
-            if next_deadline != armed {
-                if let Some(at) = next_deadline {
-                    timer.as_mut().reset(at);
-                    // A reset timer must be polled to be registered.
-                    arms.force(Arms::TIMER);
-                }
-                armed = next_deadline;
-            }
+            self.set_timer(&mut pass, writer.io.close_by);
             let open = self.closing.is_none();
-            if open {
-                if let Some(code) = self.shared.overflow() {
-                    // A send found the queue full under `QueuePolicy::Close`.
-                    let frame = CloseFrame::new(code, "send queue full: the peer reads too slowly");
-                    break self.fail(frame, writer);
-                }
-                if self.shared.shutdown_requested() {
-                    // The layer's handle is shutting down: write what was accepted, then 1001.
-                    let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
-                    self.close_after_queue(frame, writer);
-                    writer.io.start_closing(self.config.close_timeout);
-                    continue;
-                }
+            match self.on_signal(open, writer) {
+                Signal::None => {}
+                Signal::Closing => continue,
+                Signal::Failed(ending) => break ending,
             }
-            // One pass over the arms, in order; the first with something to act on wins. A
-            // plain `poll_fn`, not `select!`: no future is built per branch and per turn.
-            let step = std::future::poll_fn(|cx| {
-                // Wakes of every arm go to this task. A wake hands the task's waker over, so
-                // it is given again on every poll.
-                arms.register(cx);
-                if !self.handler_done {
-                    if let Poll::Ready(outcome) =
-                        arms.poll_arm(Arms::SOCKET, |cx| Pin::new(&mut *handler).poll(cx))
-                    {
-                        return Poll::Ready(Step::HandlerReturned(outcome));
-                    }
-                }
-                // Polled on every pass: the handler's sends do not wake the task.
-                if open {
-                    if let Poll::Ready(item) =
-                        self.out_rx.poll_recv_same_waker(&mut arms.socket_cx())
-                    {
-                        return Poll::Ready(Step::Queued(item));
-                    }
-                }
-                if self.parked.is_some() {
-                    if let Poll::Ready(room) = in_tx.poll_ready(&mut arms.socket_cx()) {
-                        return Poll::Ready(Step::Room(room));
-                    }
-                } else if let Poll::Ready((reader, result)) =
-                    arms.poll_arm(Arms::READ, |cx| read.as_mut().poll(cx))
-                {
-                    read.set(next(reader));
-                    arms.force(Arms::READ);
-                    return Poll::Ready(Step::Frame(result));
-                }
-                if open {
-                    if let Poll::Ready(()) =
-                        arms.poll_arm(Arms::SIGNAL, |cx| self.shared.poll_signal(cx))
-                    {
-                        // Acted on at the top of the loop; until the next signal, polled
-                        // again only when it wakes.
-                        return Poll::Ready(Step::Signal);
-                    }
-                }
-                if armed.is_some() {
-                    if let Poll::Ready(()) =
-                        arms.poll_arm(Arms::TIMER, |cx| timer.as_mut().poll(cx))
-                    {
-                        return Poll::Ready(Step::Timer);
-                    }
-                }
-                // Last, so that it runs only when nothing else is ready: the read side would
-                // block and nothing more is queued. Everything batched so far goes out in one
-                // write. Cancel safe: a flush left pending may lose to an arm on the next pass.
-                if writer.out.pending() > 0 {
-                    if let Poll::Ready(Err(error)) = writer.out.poll_flush(cx, &mut writer.io) {
-                        return Poll::Ready(Step::FlushFailed(error));
-                    }
-                }
-                // Every arm above was polled in this pass and registered its wake-up (and a
-                // finished flush has nothing left): sleep until one comes.
-                Poll::Pending
-            })
-            .await;
-            let step = match step {
-                Step::HandlerReturned(outcome) => {
-                    self.handler_done = true;
-                    self.shared.progress.handler_done();
-                    self.handler_returned(flatten(outcome), writer);
-                    Ok(())
-                }
-                Step::Queued(item) => {
-                    self.write_queued(item, writer);
-                    Ok(())
-                }
-                Step::Room(room) => {
-                    if let (Ok(()), Some(message)) = (room, self.parked.take()) {
-                        // The task is the only sender: the room is still there.
-                        let _ = in_tx.try_push(Inbound::Message(message));
-                    }
-                    self.parked = None;
-                    Ok(())
-                }
-                Step::Frame(Ok(frame)) => self.on_frame(frame, writer, &arms),
-                Step::Frame(Err(error)) => match read_error(error) {
-                    Ok(frame) => Err(self.fail(frame, writer)),
-                    Err(reason) => Err(Ending::Lost { reason }),
-                },
-                Step::Signal => Ok(()),
-                Step::Timer => {
-                    armed = None;
-                    match self.closing.take() {
-                        Some(sent) => Err(Ending::CloseTimeout { sent }),
-                        None => self.on_timer(writer),
-                    }
-                }
-                Step::FlushFailed(error) => Err(lost_io(error)),
-            };
-            match step {
-                Ok(()) => {}
-                Err(ending) => break ending,
+            let step =
+                std::future::poll_fn(|cx| self.poll_pass(cx, &mut pass, open, writer, handler))
+                    .await;
+            if let Err(ending) = self.act(step, &mut pass, writer) {
+                break ending;
             }
             if open && self.closing.is_some() {
                 // This turn started the closing handshake: its budget starts now.
-                writer.io.start_closing(self.config.close_timeout);
+                writer.io.start_closing(self.settings.close_timeout);
             }
         };
         // What is batched (a close frame, say) goes out before the connection is torn down;
@@ -767,7 +527,7 @@ impl Conn {
         }
         // A closing handshake the peer began, or a failure, starts its budget here: the
         // last flush and the TCP teardown share it.
-        writer.io.start_closing(self.config.close_timeout);
+        writer.io.start_closing(self.settings.close_timeout);
         match writer.flush().await {
             Ok(()) => {
                 match ending {
@@ -782,6 +542,158 @@ impl Conn {
                 progress.lost();
                 lost
             }
+        }
+    }
+
+    /// Whether the batch goes out before this turn's pass: it is large, or holds this side's
+    /// close frame.
+    fn must_flush<W>(&self, writer: &Writer<'_, W>) -> bool {
+        let pending = writer.out.pending();
+        pending >= FLUSH_AT || (pending > 0 && self.closing.is_some())
+    }
+
+    /// Sets the one timer to the earliest deadline: the close deadline once closing, else
+    /// keepalive and idle. It is reset only when that deadline changes, never per message.
+    fn set_timer<F, R>(&self, pass: &mut Pass<'_, F, R>, close_by: Option<Instant>) {
+        let next_deadline = match close_by {
+            Some(deadline) => Some(deadline),
+            None => self.next_deadline(),
+        };
+        if next_deadline != pass.armed {
+            if let Some(at) = next_deadline {
+                pass.timer.as_mut().reset(at);
+                // A reset timer must be polled to be registered.
+                pass.arms.force(Arms::TIMER);
+            }
+            pass.armed = next_deadline;
+        }
+    }
+
+    /// Acts on an overflow or a shutdown request, while open.
+    fn on_signal<W: AsyncWrite + Unpin>(
+        &mut self,
+        open: bool,
+        writer: &mut Writer<'_, W>,
+    ) -> Signal {
+        if !open {
+            return Signal::None;
+        }
+        if let Some(code) = self.shared.overflow() {
+            // A send found the queue full under `QueuePolicy::Close`.
+            let frame = CloseFrame::new(code, "send queue full: the peer reads too slowly");
+            return Signal::Failed(self.fail(frame, writer));
+        }
+        if self.shared.shutdown_requested() {
+            // The layer's handle is shutting down: write what was accepted, then 1001.
+            let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
+            self.close_after_queue(frame, writer);
+            writer.io.start_closing(self.settings.close_timeout);
+            return Signal::Closing;
+        }
+        Signal::None
+    }
+
+    /// One pass over the arms, in order; the first with something to act on wins. A plain
+    /// `poll_fn`, not `select!`: no future is built per branch and per turn.
+    fn poll_pass<F, R, W, H>(
+        &mut self,
+        cx: &mut Context<'_>,
+        pass: &mut Pass<'_, F, R>,
+        open: bool,
+        writer: &mut Writer<'_, W>,
+        handler: &mut H,
+    ) -> Poll<Step>
+    where
+        R: AsyncRead + Unpin,
+        F: Future<Output = (WebSocketRead<R>, Result<RawFrame, WebSocketError>)>,
+        W: AsyncWrite + Unpin,
+        H: Future<Output = HandlerOutcome> + Unpin,
+    {
+        let arms = &pass.arms;
+        // Wakes of every arm go to this task. A wake hands the task's waker over, so it is
+        // given again on every poll.
+        arms.register(cx);
+        let handler = (!self.handler_done).then_some(handler);
+        let outbound = open.then_some(&mut self.out_rx);
+        if let Poll::Ready(step) = arms.poll_socket(handler, outbound) {
+            return Poll::Ready(step);
+        }
+        if self.parked.is_some() {
+            if let Poll::Ready(room) = pass.in_tx.poll_ready(&mut arms.socket_cx()) {
+                return Poll::Ready(Step::Room(room));
+            }
+        } else if let Poll::Ready((reader, result)) =
+            arms.poll_arm(Arms::READ, |cx| pass.read.as_mut().poll(cx))
+        {
+            pass.read.set((pass.next)(reader));
+            arms.force(Arms::READ);
+            return Poll::Ready(Step::Frame(result));
+        }
+        if open {
+            if let Poll::Ready(()) = arms.poll_arm(Arms::SIGNAL, |cx| self.shared.poll_signal(cx)) {
+                // Acted on at the top of the turn; until the next signal, polled again only
+                // when it wakes.
+                return Poll::Ready(Step::Signal);
+            }
+        }
+        if pass.armed.is_some() {
+            if let Poll::Ready(()) = arms.poll_arm(Arms::TIMER, |cx| pass.timer.as_mut().poll(cx)) {
+                return Poll::Ready(Step::Timer);
+            }
+        }
+        // Last, so that it runs only when nothing else is ready: the read side would block
+        // and nothing more is queued. Everything batched so far goes out in one write. Cancel
+        // safe: a flush left pending may lose to an arm on the next pass.
+        if writer.out.pending() > 0 {
+            if let Poll::Ready(Err(error)) = writer.out.poll_flush(cx, &mut writer.io) {
+                return Poll::Ready(Step::FlushFailed(error));
+            }
+        }
+        // Every arm above was polled in this pass and registered its wake-up (and a finished
+        // flush has nothing left): sleep until one comes.
+        Poll::Pending
+    }
+
+    /// Acts on what a pass found; `Err` ends the loop.
+    fn act<F, R, W: AsyncWrite + Unpin>(
+        &mut self,
+        step: Step,
+        pass: &mut Pass<'_, F, R>,
+        writer: &mut Writer<'_, W>,
+    ) -> Result<(), Ending> {
+        match step {
+            Step::HandlerReturned(outcome) => {
+                self.handler_done = true;
+                self.shared.progress.handler_done();
+                self.handler_returned(flatten(outcome), writer);
+                Ok(())
+            }
+            Step::Queued(item) => {
+                self.write_queued(item, writer);
+                Ok(())
+            }
+            Step::Room(room) => {
+                if let (Ok(()), Some(message)) = (room, self.parked.take()) {
+                    // The task is the only sender: the room is still there.
+                    let _ = pass.in_tx.try_push(Inbound::Message(message));
+                }
+                self.parked = None;
+                Ok(())
+            }
+            Step::Frame(Ok(frame)) => self.on_frame(frame, writer, &pass.arms),
+            Step::Frame(Err(error)) => match Violation::from_read_error(error) {
+                Ok(violation) => Err(self.fail(violation.close_frame(), writer)),
+                Err(reason) => Err(Ending::Lost { reason }),
+            },
+            Step::Signal => Ok(()),
+            Step::Timer => {
+                pass.armed = None;
+                match self.closing.take() {
+                    Some(sent) => Err(Ending::CloseTimeout { sent }),
+                    None => self.on_timer(writer),
+                }
+            }
+            Step::FlushFailed(error) => Err(lost_io(error)),
         }
     }
 
@@ -800,7 +712,7 @@ impl Conn {
         writer: &mut Writer<'_, W>,
     ) -> Result<(), Ending> {
         let now = Instant::now();
-        if let (Some(idle), Some(deadline)) = (self.config.idle_timeout, self.idle_deadline) {
+        if let (Some(idle), Some(deadline)) = (self.settings.idle_timeout, self.idle_deadline) {
             if now >= deadline {
                 let quiet_until = self.last_activity + idle;
                 if now >= quiet_until {
@@ -816,14 +728,18 @@ impl Conn {
             return Ok(());
         };
         match keepalive.awaiting {
-            Some((_, _, due)) if now >= due => {
+            Some(ping) if now >= ping.due => {
                 let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "keepalive ping timeout");
                 Err(self.fail(frame, writer))
             }
             None if now >= keepalive.next_ping => {
                 keepalive.sent += 1;
                 let payload = keepalive.sent.to_be_bytes();
-                keepalive.awaiting = Some((keepalive.sent, now, now + self.config.ping_timeout));
+                keepalive.awaiting = Some(PingInFlight {
+                    payload: keepalive.sent,
+                    sent_at: now,
+                    due: now + self.settings.ping_timeout,
+                });
                 keepalive.next_ping = now + keepalive.interval;
                 writer.queue(OpCode::Ping, &Bytes::copy_from_slice(&payload));
                 Ok(())
@@ -837,9 +753,9 @@ impl Conn {
         let Some(keepalive) = &mut self.keepalive else {
             return;
         };
-        if let Some((sent, at, _)) = keepalive.awaiting {
-            if payload == sent.to_be_bytes() {
-                self.shared.set_rtt(at.elapsed());
+        if let Some(ping) = keepalive.awaiting {
+            if payload == ping.payload.to_be_bytes() {
+                self.shared.set_rtt(ping.sent_at.elapsed());
                 keepalive.awaiting = None;
             }
         }
@@ -878,7 +794,7 @@ impl Conn {
         frame: CloseFrame,
         writer: &mut Writer<'_, W>,
     ) {
-        for _ in 0..=self.config.send_queue_capacity {
+        for _ in 0..=self.settings.send_queue_capacity {
             let Some(item) = self.out_rx.try_recv() else {
                 break;
             };
@@ -923,11 +839,7 @@ impl Conn {
                 writer.queue_message(opcode, payload);
                 self.record.messages_out += 1;
                 self.record.bytes_out += payload.len() as u64;
-                let registry = &self.config.registry;
-                registry.messages_out.fetch_add(1, Ordering::Relaxed);
-                registry
-                    .bytes_out
-                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                self.settings.registry.message_out(payload.len());
                 self.touch();
             }
             Outbound::Close(frame) => self.start_close(frame, writer),
@@ -972,13 +884,7 @@ impl Conn {
                         Ok(())
                     }
                     Ok(None) => Ok(()),
-                    Err(violation) => {
-                        let frame = CloseFrame::new(
-                            violation.close_code(),
-                            Utf8Bytes::from_static(violation.reason()),
-                        );
-                        Err(self.fail(frame, writer))
-                    }
+                    Err(violation) => Err(self.fail(violation.close_frame(), writer)),
                 }
             }
             OpCode::Ping => {
@@ -997,13 +903,7 @@ impl Conn {
             OpCode::Close => {
                 let received = match parse_close_payload(frame.payload) {
                     Ok(received) => received,
-                    Err(invalid) => {
-                        let frame = CloseFrame::new(
-                            invalid.close_code(),
-                            Utf8Bytes::from_static(invalid.reason()),
-                        );
-                        return Err(self.fail(frame, writer));
-                    }
+                    Err(violation) => return Err(self.fail(violation.close_frame(), writer)),
                 };
                 match self.closing.take() {
                     Some(sent) => Err(Ending::ClosedByServer {
@@ -1032,18 +932,8 @@ impl Conn {
         self.touch();
         self.record.messages_in += 1;
         self.record.bytes_in += message.len() as u64;
-        let registry = &self.config.registry;
-        registry.messages_in.fetch_add(1, Ordering::Relaxed);
-        registry
-            .bytes_in
-            .fetch_add(message.len() as u64, Ordering::Relaxed);
-        // A handler waiting in this task is not woken through its waker: the loop is told
-        // to poll it.
-        let pushed = self
-            .in_tx
-            .try_push_from(Inbound::Message(message), Some(&arms.socket_cx()));
-        arms.force(Arms::SOCKET);
-        match pushed {
+        self.settings.registry.message_in(message.len());
+        match arms.deliver(&self.in_tx, Inbound::Message(message)) {
             Ok(()) => {}
             Err(PushError::Full(Inbound::Message(message))) => {
                 // While closing, a handler that does not read must not stop us from reading
@@ -1058,237 +948,6 @@ impl Conn {
     }
 }
 
-/// Queues a close frame with its code and reason.
-fn queue_close<W: AsyncWrite + Unpin>(writer: &mut Writer<'_, W>, frame: &CloseFrame) {
-    let mut payload = Vec::with_capacity(2 + frame.reason.len());
-    payload.extend_from_slice(&u16::from(frame.code).to_be_bytes());
-    payload.extend_from_slice(frame.reason.as_bytes());
-    writer.queue(OpCode::Close, &Bytes::from(payload));
-}
-
-/// The write side: frames are batched in a [`FrameWriter`] and written through the IO under
-/// its progress timeout.
-struct Writer<'s, W> {
-    io: TimedWrite<'s, W>,
-    out: FrameWriter,
-    /// permessage-deflate's compressor, when the extension was agreed. Boxed: only
-    /// connections that agreed on compression pay for its 160 bytes.
-    #[cfg(feature = "deflate")]
-    compressor: Option<Box<crate::deflate::Compressor>>,
-}
-
-impl<W: AsyncWrite + Unpin> Writer<'_, W> {
-    /// Queues a control frame (never compressed).
-    fn queue(&mut self, opcode: OpCode, payload: &Bytes) {
-        self.out.push(opcode, payload);
-    }
-
-    /// Queues a data message: compressed (RSV1) when the extension is agreed and the message
-    /// is over the threshold, as it is otherwise.
-    fn queue_message(&mut self, opcode: OpCode, payload: &Bytes) {
-        #[cfg(feature = "deflate")]
-        if let Some(compressed) = self.compressor.as_mut().and_then(|c| c.compress(payload)) {
-            self.out.push_compressed(opcode, &compressed);
-            return;
-        }
-        self.out.push(opcode, payload);
-    }
-
-    async fn flush(&mut self) -> Result<(), Ending> {
-        self.out.flush(&mut self.io).await.map_err(lost_io)
-    }
-}
-
-fn lost_io(error: io::Error) -> Ending {
-    Ending::Lost {
-        reason: error.to_string(),
-    }
-}
-
-/// The read side under fastwebsockets: the frame guard, and permessage-deflate's inflater
-/// on top of it when the extension was agreed.
-enum ReadStack<R> {
-    Plain(R),
-    /// Boxed: only connections that agreed on compression pay for its state.
-    #[cfg(feature = "deflate")]
-    Inflate(Box<crate::deflate::InflateRead<R>>),
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for ReadStack<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadStack::Plain(inner) => Pin::new(inner).poll_read(cx, buf),
-            #[cfg(feature = "deflate")]
-            ReadStack::Inflate(inner) => Pin::new(&mut **inner).poll_read(cx, buf),
-        }
-    }
-}
-
-/// The write half with a progress timeout: a write that makes no progress for `timeout`
-/// (the peer stopped reading and its buffers are full) fails with `TimedOut`. The timer is
-/// touched only when a write would block, never on the ordinary path.
-///
-/// Once the closing handshake has begun, a blocked write also fails at `close_by`, the end of
-/// the handshake's budget: writing the close frame is part of the handshake. And a blocked
-/// write gives up at once when a send overflowed the queue under `QueuePolicy::Close`: the
-/// slow peer is being dropped anyway.
-struct TimedWrite<'s, W> {
-    inner: W,
-    timeout: Option<Duration>,
-    sleep: Pin<&'s mut Sleep>,
-    armed: bool,
-    /// When the closing handshake, TCP's end included, must be over: set once, when it
-    /// begins. The connection loop's close timer and the teardown read it too.
-    close_by: Option<Instant>,
-    shared: Arc<Shared>,
-}
-
-impl<W> TimedWrite<'_, W> {
-    /// The closing handshake begins: it has `budget` from now, unless it began already.
-    fn start_closing(&mut self, budget: Duration) {
-        if self.close_by.is_none() {
-            self.close_by = Some(Instant::now() + budget);
-            // A write blocked now is bounded by the new deadline from its next poll on.
-            self.armed = false;
-        }
-    }
-
-    fn bound<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if poll.is_ready() {
-            self.armed = false;
-            return poll;
-        }
-        self.shared.waker.register(cx.waker());
-        if self.shared.overflow().is_some() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "send queue full and the peer is not reading: connection dropped",
-            )));
-        }
-        if !self.armed {
-            let stalled = self.timeout.map(|timeout| Instant::now() + timeout);
-            let at = match (stalled, self.close_by) {
-                (Some(stalled), Some(close_by)) => stalled.min(close_by),
-                (Some(at), None) | (None, Some(at)) => at,
-                (None, None) => return Poll::Pending,
-            };
-            self.sleep.as_mut().reset(at);
-            self.armed = true;
-        }
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(self.timed_out())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn timed_out(&self) -> io::Error {
-        let message = match (self.timeout, self.close_by) {
-            (Some(timeout), close_by)
-                if close_by.is_none_or(|close_by| self.sleep.deadline() < close_by) =>
-            {
-                format!("write timed out: the peer read nothing for {timeout:?}")
-            }
-            _ => "close timed out: the peer read nothing until the close timeout".to_string(),
-        };
-        io::Error::new(io::ErrorKind::TimedOut, message)
-    }
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<'_, W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.bound(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.bound(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.bound(cx, poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.bound(cx, poll)
-    }
-}
-
-/// What the closure log reports about one connection.
-#[derive(Debug)]
-struct Record {
-    /// The request, shared with the socket.
-    environ: Arc<Environ>,
-    started: std::time::Instant,
-    messages_in: u64,
-    bytes_in: u64,
-    messages_out: u64,
-    bytes_out: u64,
-}
-
-impl Record {
-    fn new(environ: Arc<Environ>) -> Self {
-        Record {
-            environ,
-            started: std::time::Instant::now(),
-            messages_in: 0,
-            bytes_in: 0,
-            messages_out: 0,
-            bytes_out: 0,
-        }
-    }
-
-    /// The one INFO event per connection, emitted in the request's span when it ends.
-    fn log(&self, ending: &Ending) {
-        let (closed_by, close_code, close_reason) = ending.summary();
-        let Environ {
-            parts, protocol, ..
-        } = &*self.environ;
-        let peer = socket::peer_addr(parts).map(|p| p.to_string());
-        let protocol = protocol.as_ref().and_then(|p| p.to_str().ok());
-        // HTTP/2 (RFC 8441) answers `200`, not `101`.
-        let status = if parts.version == http::Version::HTTP_2 {
-            200u16
-        } else {
-            101
-        };
-        tracing::info!(
-            method = %parts.method,
-            path = %socket::original_path(parts),
-            peer = peer.as_deref().unwrap_or("-"),
-            status,
-            protocol = protocol.unwrap_or("-"),
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            messages_in = self.messages_in,
-            bytes_in = self.bytes_in,
-            messages_out = self.messages_out,
-            bytes_out = self.bytes_out,
-            close_code,
-            close_reason,
-            closed_by,
-            "WebSocket connection closed"
-        );
-    }
-}
-
 #[cfg(test)]
 // Without the `deflate` feature the agreed extensions are `()`, passed like any other argument.
 #[cfg_attr(not(feature = "deflate"), allow(clippy::unit_arg))]
@@ -1299,6 +958,15 @@ mod tests {
     use std::task::{Context, Poll};
 
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+    /// A handshake that agreed no subprotocol and no extension.
+    fn accepted(parts: http::request::Parts) -> super::Accepted {
+        super::Accepted {
+            parts,
+            protocol: None,
+            extensions: Default::default(),
+        }
+    }
 
     /// The server's end of a pipe, counting the writes that went through.
     struct CountingIo {
@@ -1361,6 +1029,41 @@ mod tests {
         frame
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_send_the_handler_makes_is_written_without_another_wake() {
+        // The handler sends once and then waits forever; the peer is silent and no timer is
+        // set. Only the order of `Arms::poll_socket` (handler, then outbound queue) gets the
+        // message out: the send skips the wake, and nothing else would poll the queue again.
+        let (io, mut client) = tokio::io::duplex(1024);
+        let mut config = crate::layer::tests_config_with(|ws: crate::WebSocket| async move {
+            let _ = ws.send("hello").await;
+            std::future::pending::<()>().await;
+        });
+        let settings = Arc::make_mut(&mut config.connection);
+        settings.ping_interval = None;
+        settings.idle_timeout = None;
+        let parts = http::Request::new(()).into_parts().0;
+        let shared = Arc::new(crate::socket::ControlBlock::default());
+        let server = tokio::spawn(super::serve(
+            io,
+            accepted(parts),
+            &config.handler,
+            config.connection,
+            shared,
+        ));
+        let mut frame = [0u8; 7];
+        // Virtual time: the timeout fires as soon as the runtime has nothing left to run.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_exact(&mut frame),
+        )
+        .await
+        .expect("the handler's message was written without another wake")
+        .unwrap();
+        assert_eq!(&frame, b"\x81\x05hello");
+        server.abort();
+    }
+
     #[tokio::test]
     async fn pipelined_replies_are_coalesced_into_few_writes() {
         const MESSAGES: usize = 200;
@@ -1378,14 +1081,13 @@ mod tests {
             }
         });
         let parts = http::Request::new(()).into_parts().0;
-        let shared = Arc::new(crate::socket::Shared::default());
+        let shared = Arc::new(crate::socket::ControlBlock::default());
         let server = tokio::spawn(async move {
             super::serve(
                 io,
-                parts,
-                None,
-                Default::default(),
-                Arc::new(config),
+                accepted(parts),
+                &config.handler,
+                config.connection,
                 shared,
             )
             .await
@@ -1420,17 +1122,17 @@ mod tests {
         let mut config = crate::layer::tests_config_with(|ws: crate::WebSocket| async move {
             let _ = ws.send(vec![0u8; 8 * 1024]).await;
         });
-        config.close_timeout = CLOSE_TIMEOUT;
-        config.ping_interval = None;
+        let settings = Arc::make_mut(&mut config.connection);
+        settings.close_timeout = CLOSE_TIMEOUT;
+        settings.ping_interval = None;
         let parts = http::Request::new(()).into_parts().0;
-        let shared = Arc::new(crate::socket::Shared::default());
+        let shared = Arc::new(crate::socket::ControlBlock::default());
         let started = tokio::time::Instant::now();
         super::serve(
             io,
-            parts,
-            None,
-            Default::default(),
-            Arc::new(config),
+            accepted(parts),
+            &config.handler,
+            config.connection,
             Arc::clone(&shared),
         )
         .await;
@@ -1443,23 +1145,27 @@ mod tests {
             "the connection ended after {took:?}"
         );
         assert_eq!(
-            shared.progress.state(),
-            crate::handle::CloseProgress::LOST,
+            shared.progress.stage(),
+            crate::socket::CloseStage::Lost,
             "the close frame never got out"
         );
     }
 
     #[test]
     fn connection_future_stays_small() {
-        // Every live connection holds one of these: keep it in check. 1 608 bytes when the
-        // bound was set (4 152 before the branches stopped awaiting, the state stopped being
-        // stored twice, the closure log shared the socket's environ, the loop's `select!`
-        // became one `poll_fn`, and the compressor was boxed).
+        // Every live connection holds one of these: keep it in check (its history is in
+        // docs/performance.md).
         let (io, _peer) = tokio::io::duplex(64);
         let parts = http::Request::new(()).into_parts().0;
-        let config = Arc::new(crate::layer::tests_config());
-        let shared = std::sync::Arc::new(crate::socket::Shared::default());
-        let fut = super::serve(io, parts, None, Default::default(), config, shared);
+        let config = crate::layer::tests_config();
+        let shared = std::sync::Arc::new(crate::socket::ControlBlock::default());
+        let fut = super::serve(
+            io,
+            accepted(parts),
+            &config.handler,
+            config.connection,
+            shared,
+        );
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1700, "the connection future grew to {size} bytes");
     }

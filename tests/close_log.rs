@@ -43,7 +43,7 @@ async fn echo(mut ws: WebSocket) {
 }
 
 #[tokio::test]
-async fn closure_is_logged_once_in_the_request_span() {
+async fn close_is_logged_once_in_the_request_span() {
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::fmt()
@@ -75,7 +75,7 @@ async fn closure_is_logged_once_in_the_request_span() {
     assert_eq!(raw.expect_close().await.close_code(), 4001);
     raw.expect_eof().await;
 
-    let lines = within("the closure log", async {
+    let lines = within("the close log", async {
         loop {
             let lines = captured.lines_with("WebSocket connection closed");
             if !lines.is_empty() {

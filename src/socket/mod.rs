@@ -28,11 +28,17 @@
 //! # let _ = WebSocketLayer::new(handler);
 //! ```
 
+pub mod close;
+pub mod error;
+pub mod handler;
+pub mod message;
+pub(crate) mod queue;
+
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -43,10 +49,10 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::HeaderValue;
 
-use crate::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
-use crate::error::{Error, SendError};
-use crate::message::Message;
-use crate::queue::{self, PushError};
+use crate::socket::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
+use crate::socket::error::{Error, SendError};
+use crate::socket::message::Message;
+use queue::PushError;
 
 /// What the connection task hands the socket.
 #[derive(Debug)]
@@ -73,9 +79,10 @@ impl Outbound {
     }
 }
 
-/// What the connection task and the socket's handles share.
+/// One connection's control block: the state its task, its socket's handles and the registry
+/// share.
 #[derive(Debug, Default)]
-pub(crate) struct Shared {
+pub(crate) struct ControlBlock {
     /// The last keepalive round trip in microseconds, 0 before the first.
     rtt_micros: AtomicU64,
     /// Some handle has sent a close frame: later sends fail.
@@ -88,19 +95,19 @@ pub(crate) struct Shared {
     /// Wakes the connection task when `overflow` or `shutdown` is set.
     pub(crate) waker: AtomicWaker,
     /// How far the closing handshake got, for the shutdown report.
-    pub(crate) progress: crate::handle::CloseProgress,
+    pub(crate) progress: CloseProgress,
     /// The peer speaks a legacy draft, which has no binary frames.
     #[cfg(feature = "hixie76")]
     legacy: bool,
 }
 
-impl Shared {
+impl ControlBlock {
     /// The shared state of a connection that speaks a legacy draft.
     #[cfg(feature = "hixie76")]
     pub(crate) fn legacy() -> Self {
-        Shared {
+        ControlBlock {
             legacy: true,
-            ..Shared::default()
+            ..ControlBlock::default()
         }
     }
 
@@ -303,7 +310,7 @@ impl WebSocket {
         environ: Arc<Environ>,
         inbound: queue::Receiver<Inbound>,
         outbound: queue::Sender<Outbound>,
-        shared: Arc<Shared>,
+        shared: Arc<ControlBlock>,
         policy: QueuePolicy,
     ) -> Self {
         WebSocket {
@@ -439,8 +446,8 @@ impl fmt::Debug for WebSocket {
 
 /// The receiving half of a [`WebSocket`], with its environ.
 pub struct WebSocketReceiver {
-    /// Behind a pointer: the socket is moved into (and often stored twice by) the handler's
-    /// future, and the request would be most of its size.
+    /// Behind a pointer: the request would be most of the socket's size, and the socket is
+    /// moved into the handler's future.
     environ: Arc<Environ>,
     inbound: queue::Receiver<Inbound>,
     peer_close: Option<CloseFrame>,
@@ -490,7 +497,7 @@ impl fmt::Debug for WebSocketReceiver {
 #[derive(Clone)]
 pub struct WebSocketSender {
     outbound: queue::Sender<Outbound>,
-    shared: Arc<Shared>,
+    shared: Arc<ControlBlock>,
     policy: QueuePolicy,
 }
 
@@ -703,7 +710,10 @@ impl Sink<Message> for WebSocketSender {
             return Poll::Ready(Err(Error::Closed));
         }
         match self.policy {
-            QueuePolicy::Wait => self.outbound.poll_ready(cx).map_err(|()| Error::Closed),
+            QueuePolicy::Wait => self
+                .outbound
+                .poll_ready(cx)
+                .map_err(|queue::Closed| Error::Closed),
             QueuePolicy::Fail | QueuePolicy::Close(_) => Poll::Ready(Ok(())),
         }
     }
@@ -761,15 +771,77 @@ pub(crate) fn peer_addr(parts: &Parts) -> Option<SocketAddr> {
     parts.extensions.get::<SocketAddr>().copied()
 }
 
+/// How far one connection's closing handshake got, in the only order it moves: what the
+/// shutdown report counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum CloseStage {
+    /// No close frame of ours written yet.
+    Open = 0,
+    /// The connection ended before a close frame of ours was written.
+    Lost = 1,
+    /// Our close frame was written; the peer's has not come.
+    Sent = 2,
+    /// Close frames went both ways.
+    Done = 3,
+}
+
+/// A connection's [`CloseStage`] and whether its handler finished, shared with the registry.
+/// The stage only moves forward, so that a connection lost after its close frame went out
+/// still counts as a close sent and not answered.
+#[derive(Debug, Default)]
+pub(crate) struct CloseProgress {
+    stage: AtomicU8,
+    handler_done: AtomicBool,
+}
+
+impl CloseProgress {
+    fn advance(&self, stage: CloseStage) {
+        self.stage.fetch_max(stage as u8, Ordering::AcqRel);
+    }
+
+    /// The connection ended before a close frame of ours was written.
+    pub(crate) fn lost(&self) {
+        self.advance(CloseStage::Lost);
+    }
+
+    /// Our close frame was written (flushed to the transport).
+    pub(crate) fn close_sent(&self) {
+        self.advance(CloseStage::Sent);
+    }
+
+    /// Close frames went both ways: the closing handshake is complete.
+    pub(crate) fn handshake_done(&self) {
+        self.advance(CloseStage::Done);
+    }
+
+    /// The stage reached so far.
+    pub(crate) fn stage(&self) -> CloseStage {
+        match self.stage.load(Ordering::Acquire) {
+            0 => CloseStage::Open,
+            1 => CloseStage::Lost,
+            2 => CloseStage::Sent,
+            _ => CloseStage::Done,
+        }
+    }
+
+    /// The handler's future completed (returned or panicked).
+    pub(crate) fn handler_done(&self) {
+        self.handler_done.store(true, Ordering::Release);
+    }
+
+    /// Whether [`handler_done`](Self::handler_done) was called.
+    pub(crate) fn is_handler_done(&self) -> bool {
+        self.handler_done.load(Ordering::Acquire)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{WebSocket, WebSocketReceiver, WebSocketSender};
 
     #[test]
     fn socket_handles_stay_small() {
-        // A handler's future holds the socket, often twice (rustc keeps an `async fn`'s
-        // argument apart from the local it is moved into): keep the handles a few words. 336
-        // bytes before the environ was boxed, 80 after.
+        // A handler's future holds the socket: keep the handles a few words.
         let socket = std::mem::size_of::<WebSocket>();
         let receiver = std::mem::size_of::<WebSocketReceiver>();
         let sender = std::mem::size_of::<WebSocketSender>();

@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use crate::message::Utf8Bytes;
+use crate::socket::message::Utf8Bytes;
 
 /// The status code of a close frame.
 ///
@@ -109,67 +109,9 @@ impl CloseFrame {
     }
 }
 
-/// Why a close frame received from the peer is invalid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InvalidClose {
-    /// One byte of payload, or more than 125: answered with 1002.
-    Length,
-    /// A code that may not be sent: answered with 1002.
-    Code(u16),
-    /// A reason that is not UTF-8: answered with 1007.
-    Reason,
-}
-
-impl InvalidClose {
-    pub(crate) fn close_code(self) -> CloseCode {
-        match self {
-            InvalidClose::Length | InvalidClose::Code(_) => CloseCode::PROTOCOL_ERROR,
-            InvalidClose::Reason => CloseCode::INVALID_PAYLOAD,
-        }
-    }
-
-    pub(crate) fn reason(self) -> &'static str {
-        match self {
-            InvalidClose::Length => "invalid close frame length",
-            InvalidClose::Code(_) => "invalid close code",
-            InvalidClose::Reason => "close reason is not valid UTF-8",
-        }
-    }
-}
-
-/// Parses the payload of a close frame from the peer. `Ok(None)` is an empty close (no code).
-pub(crate) fn parse_close_payload(
-    payload: bytes::Bytes,
-) -> Result<Option<CloseFrame>, InvalidClose> {
-    match payload.len() {
-        0 => Ok(None),
-        1 => Err(InvalidClose::Length),
-        n if n > 125 => Err(InvalidClose::Length),
-        _ => {
-            let code = u16::from_be_bytes([payload[0], payload[1]]);
-            if !CloseCode(code).is_sendable() {
-                return Err(InvalidClose::Code(code));
-            }
-            let reason =
-                Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| InvalidClose::Reason)?;
-            Ok(Some(CloseFrame {
-                code: CloseCode(code),
-                reason,
-            }))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    fn payload(code: u16, reason: &[u8]) -> Bytes {
-        let mut v = code.to_be_bytes().to_vec();
-        v.extend_from_slice(reason);
-        Bytes::from(v)
-    }
 
     #[test]
     fn sendable_codes_follow_rfc_and_iana() {
@@ -183,44 +125,5 @@ mod tests {
         ] {
             assert!(!CloseCode::from(bad).is_sendable(), "{bad}");
         }
-    }
-
-    #[test]
-    fn empty_close_has_no_code() {
-        assert_eq!(parse_close_payload(Bytes::new()), Ok(None));
-    }
-
-    #[test]
-    fn one_byte_close_is_a_protocol_error() {
-        let err = parse_close_payload(Bytes::from_static(&[3])).unwrap_err();
-        assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
-    }
-
-    #[test]
-    fn close_over_125_bytes_is_a_protocol_error() {
-        let err = parse_close_payload(payload(1000, &[b'a'; 124])).unwrap_err();
-        assert_eq!(err, InvalidClose::Length);
-        assert!(parse_close_payload(payload(1000, &[b'a'; 123])).is_ok());
-    }
-
-    #[test]
-    fn reserved_code_on_the_wire_is_a_protocol_error() {
-        let err = parse_close_payload(payload(1005, b"")).unwrap_err();
-        assert_eq!(err, InvalidClose::Code(1005));
-    }
-
-    #[test]
-    fn non_utf8_reason_is_invalid_payload() {
-        let err = parse_close_payload(payload(1000, &[0xff, 0xfe])).unwrap_err();
-        assert_eq!(err.close_code(), CloseCode::INVALID_PAYLOAD);
-    }
-
-    #[test]
-    fn valid_close_keeps_code_and_reason() {
-        let frame = parse_close_payload(payload(4001, "bye ✓".as_bytes()))
-            .unwrap()
-            .unwrap();
-        assert_eq!(frame.code, CloseCode::from(4001));
-        assert_eq!(frame.reason.as_str(), "bye ✓");
     }
 }

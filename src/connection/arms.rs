@@ -1,0 +1,182 @@
+//! [`Arms`]: which of the loop's futures need polling, and the one scheduling rule.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
+
+use crate::socket::queue::{self, PushError};
+use crate::socket::{Inbound, Outbound};
+
+use super::*;
+
+/// Which of the connection loop's futures need polling.
+///
+/// Each future the loop waits on is polled with a waker of its own ("arm"); waking it sets
+/// the arm's bit and wakes the task. A pass polls only the arms whose bit is set, so a message
+/// costs one poll of the read side and of the handler, not one per pass of the loop. The
+/// bits start set; the loop also sets one itself when it knows a future has work (a new read
+/// future, a reset timer).
+///
+/// # The one scheduling rule
+///
+/// The handler runs inline in this task and shares one arm, [`Arms::SOCKET`], with the
+/// socket's two queues; a push into a queue whose receiver waits with the pusher's own waker
+/// skips the wake (`socket::queue`). So nothing wakes the task for a send the handler makes,
+/// nor the handler for a message the task delivers. This type makes up for both, and is the
+/// only code that polls the handler or the outbound queue or delivers to the handler:
+/// - [`poll_socket`](Self::poll_socket) polls the outbound queue after the handler, in the
+///   same pass and on every pass, so a send the handler just made is seen at once;
+/// - [`deliver`](Self::deliver) pushes and marks the socket arm in one call, so the handler
+///   is polled on the next pass.
+///
+/// The test `a_send_the_handler_makes_is_written_without_another_wake` fails if the order
+/// changes.
+pub(super) struct Arms {
+    pub(super) wakeups: Arc<Wakeups>,
+    pub(super) socket: Waker,
+    pub(super) read: Waker,
+    pub(super) timer: Waker,
+    pub(super) signal: Waker,
+}
+
+#[derive(Default)]
+pub(super) struct Wakeups {
+    pub(super) task: AtomicWaker,
+    pub(super) woken: AtomicU8,
+}
+
+pub(super) struct ArmWaker {
+    pub(super) wakeups: Arc<Wakeups>,
+    pub(super) arm: u8,
+}
+
+impl Wake for ArmWaker {
+    #[inline]
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    #[inline]
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakeups.woken.fetch_or(self.arm, Ordering::AcqRel);
+        self.wakeups.task.wake();
+    }
+}
+
+impl Arms {
+    pub(super) const SOCKET: u8 = 1;
+    pub(super) const READ: u8 = 2;
+    pub(super) const TIMER: u8 = 4;
+    pub(super) const SIGNAL: u8 = 8;
+
+    pub(super) fn new() -> Self {
+        let wakeups = Arc::new(Wakeups {
+            task: AtomicWaker::new(),
+            woken: AtomicU8::new(Self::SOCKET | Self::READ | Self::TIMER | Self::SIGNAL),
+        });
+        let waker = |arm| {
+            Waker::from(Arc::new(ArmWaker {
+                wakeups: Arc::clone(&wakeups),
+                arm,
+            }))
+        };
+        Arms {
+            socket: waker(Self::SOCKET),
+            read: waker(Self::READ),
+            timer: waker(Self::TIMER),
+            signal: waker(Self::SIGNAL),
+            wakeups,
+        }
+    }
+
+    /// Wakes go to the task polling with `cx` from now on.
+    #[inline]
+    pub(super) fn register(&self, cx: &Context<'_>) {
+        self.wakeups.task.register(cx.waker());
+    }
+
+    /// Marks an arm for polling on the next pass, without waking the task.
+    #[inline]
+    pub(super) fn force(&self, arm: u8) {
+        self.wakeups.woken.fetch_or(arm, Ordering::AcqRel);
+    }
+
+    /// The context of the handler's and the queues' arm.
+    #[inline]
+    pub(super) fn socket_cx(&self) -> Context<'_> {
+        Context::from_waker(&self.socket)
+    }
+
+    /// The socket's part of one pass: the handler (unless it returned), then the outbound
+    /// queue (unless closing), in this order: see [the rule](Self#the-one-scheduling-rule).
+    #[inline]
+    pub(super) fn poll_socket<H>(
+        &self,
+        handler: Option<&mut H>,
+        outbound: Option<&mut queue::Receiver<Outbound>>,
+    ) -> Poll<Step>
+    where
+        H: Future<Output = HandlerOutcome> + Unpin,
+    {
+        if let Some(handler) = handler {
+            if let Poll::Ready(outcome) =
+                self.poll_arm(Self::SOCKET, |cx| Pin::new(handler).poll(cx))
+            {
+                return Poll::Ready(Step::HandlerReturned(outcome));
+            }
+        }
+        if let Some(outbound) = outbound {
+            if let Poll::Ready(item) = outbound.poll_recv_same_waker(&mut self.socket_cx()) {
+                return Poll::Ready(Step::Queued(item));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Hands `item` to the handler's queue from this task, and marks the handler for polling
+    /// on the next pass: see [the rule](Self#the-one-scheduling-rule).
+    #[inline]
+    pub(super) fn deliver(
+        &self,
+        in_tx: &queue::Sender<Inbound>,
+        item: Inbound,
+    ) -> Result<(), PushError<Inbound>> {
+        let pushed = in_tx.try_push_from(item, Some(&self.socket_cx()));
+        self.force(Self::SOCKET);
+        pushed
+    }
+
+    #[inline]
+    pub(super) fn waker(&self, arm: u8) -> &Waker {
+        match arm {
+            Self::SOCKET => &self.socket,
+            Self::READ => &self.read,
+            Self::TIMER => &self.timer,
+            _ => &self.signal,
+        }
+    }
+
+    /// Polls with the arm's waker if the arm was woken, else stays pending (its waker,
+    /// registered when it was last polled, sets the bit and wakes the task).
+    #[inline]
+    pub(super) fn poll_arm<T>(
+        &self,
+        arm: u8,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        if self.wakeups.woken.fetch_and(!arm, Ordering::AcqRel) & arm == 0 {
+            return Poll::Pending;
+        }
+        let mut cx = Context::from_waker(self.waker(arm));
+        let output = poll(&mut cx);
+        if output.is_ready() {
+            // Whoever polls it again must not need a wake first.
+            self.force(arm);
+        }
+        output
+    }
+}

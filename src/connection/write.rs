@@ -1,0 +1,184 @@
+//! The write side: the frame batch with its compressor, and `TimedWrite`, which bounds every
+//! write by the write timeout and, once closing, by the close deadline.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::OpCode;
+use tokio::io::AsyncWrite;
+use tokio::time::{Instant, Sleep};
+
+use crate::socket::close::CloseFrame;
+use crate::socket::ControlBlock;
+use crate::wire::writer::FrameWriter;
+
+use super::*;
+
+/// Queues a close frame with its code and reason.
+pub(super) fn queue_close<W: AsyncWrite + Unpin>(writer: &mut Writer<'_, W>, frame: &CloseFrame) {
+    let mut payload = Vec::with_capacity(2 + frame.reason.len());
+    payload.extend_from_slice(&u16::from(frame.code).to_be_bytes());
+    payload.extend_from_slice(frame.reason.as_bytes());
+    writer.queue(OpCode::Close, &Bytes::from(payload));
+}
+
+/// The write side: frames are batched in a [`FrameWriter`] and written through the IO under
+/// its progress timeout.
+pub(super) struct Writer<'s, W> {
+    pub(super) io: TimedWrite<'s, W>,
+    pub(super) out: FrameWriter,
+    /// permessage-deflate's compressor, when the extension was agreed. Boxed: only
+    /// connections that agreed on compression pay for it.
+    #[cfg(feature = "deflate")]
+    pub(super) compressor: Option<Box<crate::wire::deflate::Compressor>>,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<'_, W> {
+    /// Queues a control frame (never compressed).
+    #[inline]
+    pub(super) fn queue(&mut self, opcode: OpCode, payload: &Bytes) {
+        self.out.push(opcode, payload);
+    }
+
+    /// Queues a data message: compressed (RSV1) when the extension is agreed and the message
+    /// is over the threshold, as it is otherwise.
+    #[inline]
+    pub(super) fn queue_message(&mut self, opcode: OpCode, payload: &Bytes) {
+        #[cfg(feature = "deflate")]
+        if let Some(compressed) = self.compressor.as_mut().and_then(|c| c.compress(payload)) {
+            self.out.push_compressed(opcode, &compressed);
+            return;
+        }
+        self.out.push(opcode, payload);
+    }
+
+    #[inline]
+    pub(super) async fn flush(&mut self) -> Result<(), Ending> {
+        self.out.flush(&mut self.io).await.map_err(lost_io)
+    }
+}
+
+pub(super) fn lost_io(error: io::Error) -> Ending {
+    Ending::Lost {
+        reason: error.to_string(),
+    }
+}
+
+/// The write half with a progress timeout: a write that makes no progress for `timeout`
+/// (the peer stopped reading and its buffers are full) fails with `TimedOut`. The timer is
+/// touched only when a write would block, never on the ordinary path.
+///
+/// Once the closing handshake has begun, a blocked write also fails at `close_by`, the end of
+/// the handshake's budget: writing the close frame is part of the handshake. And a blocked
+/// write gives up at once when a send overflowed the queue under `QueuePolicy::Close`: the
+/// slow peer is being dropped anyway.
+pub(super) struct TimedWrite<'s, W> {
+    pub(super) inner: W,
+    pub(super) timeout: Option<Duration>,
+    pub(super) sleep: Pin<&'s mut Sleep>,
+    pub(super) armed: bool,
+    /// When the closing handshake, TCP's end included, must be over: set once, when it
+    /// begins. The connection loop's close timer and the teardown read it too.
+    pub(super) close_by: Option<Instant>,
+    pub(super) shared: Arc<ControlBlock>,
+}
+
+impl<W> TimedWrite<'_, W> {
+    /// The closing handshake begins: it has `budget` from now, unless it began already.
+    #[inline]
+    pub(super) fn start_closing(&mut self, budget: Duration) {
+        if self.close_by.is_none() {
+            self.close_by = Some(Instant::now() + budget);
+            // A write blocked now is bounded by the new deadline from its next poll on.
+            self.armed = false;
+        }
+    }
+
+    #[inline]
+    pub(super) fn bound<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.armed = false;
+            return poll;
+        }
+        self.shared.waker.register(cx.waker());
+        if self.shared.overflow().is_some() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "send queue full and the peer is not reading: connection dropped",
+            )));
+        }
+        if !self.armed {
+            let stalled = self.timeout.map(|timeout| Instant::now() + timeout);
+            let at = match (stalled, self.close_by) {
+                (Some(stalled), Some(close_by)) => stalled.min(close_by),
+                (Some(at), None) | (None, Some(at)) => at,
+                (None, None) => return Poll::Pending,
+            };
+            self.sleep.as_mut().reset(at);
+            self.armed = true;
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(self.timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    pub(super) fn timed_out(&self) -> io::Error {
+        let message = match (self.timeout, self.close_by) {
+            (Some(timeout), close_by)
+                if close_by.is_none_or(|close_by| self.sleep.deadline() < close_by) =>
+            {
+                format!("write timed out: the peer read nothing for {timeout:?}")
+            }
+            _ => "close timed out: the peer read nothing until the close timeout".to_string(),
+        };
+        io::Error::new(io::ErrorKind::TimedOut, message)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<'_, W> {
+    #[inline]
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound(cx, poll)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound(cx, poll)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bound(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.bound(cx, poll)
+    }
+}
