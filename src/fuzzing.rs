@@ -338,7 +338,7 @@ async fn over_http1<S, B>(service: S, request: &Request<B>) -> Option<(StatusCod
 where
     S: Service<
             Request<hyper::body::Incoming>,
-            Response = http::Response<crate::body::ResponseBody<http_body_util::Full<Bytes>>>,
+            Response = http::Response<crate::body::ResponseBody<crate::body::PlainBody>>,
             Error = Infallible,
         > + Clone
         + Send

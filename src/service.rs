@@ -29,9 +29,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use crate::body::PlainBody;
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
-use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -163,7 +163,7 @@ service_impl!();
 service_impl!(ReqBody: http_body::Body + Send + 'static, ReqBody::Data: Send,);
 
 /// The response to a refused handshake, counted and logged.
-fn refused(refusal: Refusal, registry: &Registry) -> Response<Full<bytes::Bytes>> {
+fn refused(refusal: Refusal, registry: &Registry) -> Response<PlainBody> {
     let response = refusal.into_response();
     registry.count_rejection(response.status());
     tracing::debug!(status = %response.status(), "WebSocket handshake refused");
@@ -346,7 +346,7 @@ pin_project! {
 /// A handler's extractors, then the accepted handshake's answer (its body is the layer's empty
 /// one) or a refusal.
 type PreparingFuture =
-    Pin<Box<dyn Future<Output = Result<Response<()>, Response<Full<bytes::Bytes>>>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<()>, Response<PlainBody>>> + Send>>;
 
 impl<F, B> ResponseFuture<F, B> {
     fn inner(future: F) -> Self {
@@ -404,7 +404,7 @@ where
 pub struct UpgradeRequired;
 
 impl<B> Service<Request<B>> for UpgradeRequired {
-    type Response = Response<Full<bytes::Bytes>>;
+    type Response = Response<PlainBody>;
     type Error = std::convert::Infallible;
     type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
 

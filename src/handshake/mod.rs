@@ -64,13 +64,13 @@ pub mod protocol;
 
 use std::fmt;
 
+use crate::body::PlainBody;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
-use http_body_util::Full;
 use sha1::{Digest, Sha1};
 
 /// The GUID of RFC 6455 section 1.3, appended to the key before hashing.
@@ -176,8 +176,8 @@ impl HandshakeRejection {
     }
 
     /// The refusal as an HTTP response: status, headers the RFC asks for, plain-text body.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        self.to_response().map(Full::new)
+    pub fn into_response(self) -> Response<PlainBody> {
+        self.to_response().map(PlainBody::new)
     }
 
     fn to_response(&self) -> Response<Bytes> {
@@ -487,8 +487,8 @@ impl Refusal {
     }
 
     /// The response.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        (*self.response).map(Full::new)
+    pub fn into_response(self) -> Response<PlainBody> {
+        (*self.response).map(PlainBody::new)
     }
 }
 

@@ -850,3 +850,34 @@ mod tests {
         assert!(sender <= 32, "WebSocketSender is {sender} bytes");
     }
 }
+
+#[cfg(test)]
+mod peer_addr_tests {
+    use super::peer_addr;
+    use std::net::SocketAddr;
+
+    fn parts() -> http::request::Parts {
+        http::Request::new(()).into_parts().0
+    }
+
+    #[test]
+    fn a_plain_socket_addr_extension_is_the_peer_address() {
+        // What a server without axum records (a hyper-util accept loop, say).
+        let addr: SocketAddr = "192.0.2.7:4711".parse().unwrap();
+        let mut parts = parts();
+        assert_eq!(peer_addr(&parts), None);
+        parts.extensions.insert(addr);
+        assert_eq!(peer_addr(&parts), Some(addr));
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn axum_connect_info_is_read_first() {
+        let info: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let plain: SocketAddr = "192.0.2.2:2".parse().unwrap();
+        let mut parts = parts();
+        parts.extensions.insert(plain);
+        parts.extensions.insert(axum::extract::ConnectInfo(info));
+        assert_eq!(peer_addr(&parts), Some(info));
+    }
+}
