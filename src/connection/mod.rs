@@ -1022,11 +1022,7 @@ mod tests {
     }
 
     fn masked_text(payload: &[u8]) -> Vec<u8> {
-        let mask = [1u8, 2, 3, 4];
-        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        frame
+        crate::wire::frame::client_frame(true, 0, 0x1, payload)
     }
 
     #[tokio::test(start_paused = true)]

@@ -98,6 +98,30 @@ pub(crate) fn parse_close_payload(payload: bytes::Bytes) -> Result<Option<CloseF
     }
 }
 
+/// A client frame, masked, for the crate's unit tests: `rsv` is the RSV bits as they sit in the
+/// first byte (`0x40` is RSV1).
+#[cfg(test)]
+pub(crate) fn client_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![(fin as u8) << 7 | rsv | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let start = out.len() + 4;
+    out.extend_from_slice(&MASK);
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], MASK, 0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;

@@ -276,20 +276,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameGuard<R> {
 mod tests {
     use super::*;
 
-    const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
-
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![(fin as u8) << 7 | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&MASK);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-        out
+        crate::wire::frame::client_frame(fin, 0, opcode, payload)
     }
 
     /// Feeds `bytes` in pieces of `piece` bytes; returns the first violation.

@@ -379,25 +379,9 @@ fn a_level_over_9_cannot_be_configured() {
 
 // --- frames --------------------------------------------------------------------------
 
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
 /// A client frame: masked, with the given RSV bits (0x40 = RSV1).
 fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![(fin as u8) << 7 | rsv | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    out
+    crate::wire::frame::client_frame(fin, rsv, opcode, payload)
 }
 
 #[derive(Debug, PartialEq, Eq)]
