@@ -46,7 +46,9 @@
 //!
 //! The hub keeps its subscribers in this process. A [`HubBackend`] carries what is published
 //! to other processes (a Redis channel, a message bus); what they publish comes back through
-//! [`Hub::deliver_local`]. Without a backend the hub is purely local.
+//! [`Hub::deliver_local`]. Without a backend the hub is purely local. The feature `redis`
+//! brings one: [`RedisBackend`](redis::RedisBackend), whose guarantees (at-most-once across
+//! processes) are described in its module.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -57,14 +59,40 @@ use crate::error::SendError;
 use crate::message::Message;
 use crate::socket::WebSocketSender;
 
+#[cfg(feature = "redis")]
+pub mod redis;
+
 /// Carries published messages to the hubs of other processes.
 ///
 /// [`Hub::publish`] hands every message to the backend after delivering it locally; the
 /// backend sends it on, and each other process calls [`Hub::deliver_local`] with what it
-/// receives. It must not block: queue the message and send it from a task of its own.
+/// receives. No method may block: they are called on the publisher's path and under the hub's
+/// lock, so queue the work and do it from a task of your own.
+///
+/// The trait is object safe; a hub holds its backend as `Box<dyn HubBackend>`.
 pub trait HubBackend: Send + Sync + 'static {
     /// A message was published in this process to `topic`.
     fn publish(&self, topic: &str, message: &Message);
+
+    /// The hub that owns this backend, given once by [`Hub::with_backend`]; keep the
+    /// [`WeakHub`] to deliver what other processes publish with [`Hub::deliver_local`]. A
+    /// strong [`Hub`] kept here would keep the hub alive forever. Does nothing by default.
+    fn attach(&self, hub: WeakHub) {
+        let _ = hub;
+    }
+
+    /// `topic` got its first local subscriber: start receiving what other processes publish
+    /// to it. Called in the order subscriptions change, so a backend that queues these calls
+    /// sees a topic's subscribe and unsubscribe in the order they happened. Does nothing by
+    /// default (a backend that receives every topic).
+    fn subscribe(&self, topic: &str) {
+        let _ = topic;
+    }
+
+    /// `topic`'s last local subscriber left: stop receiving it. Does nothing by default.
+    fn unsubscribe(&self, topic: &str) {
+        let _ = topic;
+    }
 }
 
 /// What one publish did.
@@ -103,13 +131,25 @@ impl Hub {
         Self::default()
     }
 
-    /// A hub that also hands every published message to `backend` (see [`HubBackend`]).
+    /// A hub that also hands every published message to `backend` (see [`HubBackend`]), and
+    /// tells it which topics have local subscribers.
     pub fn with_backend(backend: impl HubBackend) -> Self {
-        Hub {
+        let hub = Hub {
             inner: Arc::new(Inner {
                 backend: Some(Box::new(backend)),
                 ..Inner::default()
             }),
+        };
+        if let Some(backend) = &hub.inner.backend {
+            backend.attach(hub.downgrade());
+        }
+        hub
+    }
+
+    /// A handle that does not keep the hub alive, for a backend to hold.
+    pub fn downgrade(&self) -> WeakHub {
+        WeakHub {
+            inner: Arc::downgrade(&self.inner),
         }
     }
 
@@ -117,16 +157,23 @@ impl Hub {
     /// socket closes: closed subscribers are removed at the next publish).
     pub fn subscribe(&self, topic: &str, sender: &WebSocketSender) -> Subscription {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner
+        let mut topics = self
+            .inner
             .topics
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(topic.to_string())
-            .or_default()
-            .push(Subscriber {
-                id,
-                sender: sender.clone(),
-            });
+            .unwrap_or_else(PoisonError::into_inner);
+        let subscribers = topics.entry(topic.to_string()).or_default();
+        if subscribers.is_empty() {
+            if let Some(backend) = &self.inner.backend {
+                // Under the lock, so the backend sees subscribe/unsubscribe in their order.
+                backend.subscribe(topic);
+            }
+        }
+        subscribers.push(Subscriber {
+            id,
+            sender: sender.clone(),
+        });
+        drop(topics);
         Subscription {
             hub: Arc::clone(&self.inner),
             topic: topic.to_string(),
@@ -232,6 +279,9 @@ impl Inner {
             subscribers.retain(|s| !doomed(s.id));
             if subscribers.is_empty() {
                 topics.remove(topic);
+                if let Some(backend) = &self.backend {
+                    backend.unsubscribe(topic);
+                }
             }
         }
     }
@@ -243,6 +293,25 @@ impl fmt::Debug for Hub {
             .field("topics", &self.topic_count())
             .field("backend", &self.inner.backend.is_some())
             .finish()
+    }
+}
+
+/// A [`Hub`] that does not keep it alive; see [`Hub::downgrade`].
+#[derive(Clone)]
+pub struct WeakHub {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakHub {
+    /// The hub, unless every [`Hub`] clone was dropped.
+    pub fn upgrade(&self) -> Option<Hub> {
+        self.inner.upgrade().map(|inner| Hub { inner })
+    }
+}
+
+impl fmt::Debug for WeakHub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakHub").finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,503 @@
+//! A [`HubBackend`] on Redis pub/sub: one [`Hub`] spanning every process that points at the
+//! same Redis (feature `redis`).
+//!
+//! ```no_run
+//! use tower_websocket::hub::{redis::RedisBackend, Hub};
+//!
+//! # async fn run() -> Result<(), tower_websocket::hub::redis::RedisBackendError> {
+//! let backend = RedisBackend::connect("redis://127.0.0.1:6379/").await?;
+//! // Keep a clone to watch its events and counters; the hub owns the other.
+//! let hub = Hub::with_backend(backend.clone());
+//! hub.publish("lobby", "hello, every process");
+//! let mut events = backend.events();
+//! while let Ok(event) = events.recv().await {
+//!     println!("{event:?}, {:?}", backend.stats());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Delivery guarantee: at most once across processes
+//!
+//! Local subscribers are served first, by the hub itself, whatever Redis is doing. What goes to
+//! the other processes is delivered **at most once**: a message is lost, never repeated, when
+//! the publish queue is full, when Redis is unreachable, or when a receiving process is
+//! disconnected from Redis at the moment it is published (Redis pub/sub keeps nothing). Every
+//! such loss is counted ([`RedisStats`]), and a receiver that notices a hole in a sender's
+//! sequence numbers reports it as [`RedisEvent::Gap`].
+//!
+//! # How it works
+//!
+//! - Each topic is one Redis channel, `{prefix}:{topic}`; the process subscribes to a
+//!   channel while the topic has local subscribers, and only then.
+//! - Every message travels in an envelope with the sending node's id and a per-topic sequence
+//!   number. A node drops what it sent itself (its local subscribers already have it), and
+//!   the gaps in others' sequence numbers are reported.
+//! - [`Hub::publish`] only puts the message in a bounded queue ([`RedisBackendBuilder::queue_capacity`]);
+//!   a writer task sends what has gathered as one pipeline of `PUBLISH` commands per round
+//!   trip.
+//! - Publishing and subscribing use separate connections. The subscribing one is pinged
+//!   ([`RedisBackendBuilder::heartbeat`]) so that a connection that died silently is noticed.
+//!   Both reconnect with exponential backoff and no retry limit; after a reconnection every
+//!   topic with local subscribers is subscribed again. [`RedisEvent`]s tell the application.
+
+mod envelope;
+mod publisher;
+mod subscriber;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+
+use super::{Hub, HubBackend, WeakHub};
+use crate::message::Message;
+
+/// The default channel prefix.
+const DEFAULT_PREFIX: &str = "tower-websocket";
+
+/// Settings of a [`RedisBackend`], from [`RedisBackend::builder`].
+#[derive(Clone)]
+#[must_use = "a builder does nothing until `build` or `connect`"]
+pub struct RedisBackendBuilder {
+    url: String,
+    prefix: String,
+    queue_capacity: usize,
+    max_batch: usize,
+    heartbeat: Duration,
+    connect_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl RedisBackendBuilder {
+    /// The channel of topic `t` is `{prefix}:{t}`. Processes share topics only when they share
+    /// the prefix, so several applications can use one Redis. Default: `"tower-websocket"`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How many published messages may wait for the writer task; a publish when it is full is
+    /// dropped and counted ([`RedisStats::dropped_queue_full`]). Default: 65 536. At least 1.
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// The most `PUBLISH` commands sent in one pipeline. Default: 1024. At least 1.
+    pub fn max_batch(mut self, max: usize) -> Self {
+        self.max_batch = max.max(1);
+        self
+    }
+
+    /// How often the subscribing connection is pinged; a ping unanswered within the same time
+    /// closes it and starts a reconnection, so a silently dead connection is noticed within
+    /// twice this. Default: 1 s.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long a connection attempt, or a command on the publishing connection, may take.
+    /// Default: 2 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The wait before reconnecting: `min` after the first failure, doubled at each further
+    /// failure up to `max`, and `min` again once connected. Retries never stop.
+    /// Default: 50 ms to 1 s.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min.max(Duration::from_millis(1));
+        self.backoff_max = max.max(self.backoff_min);
+        self
+    }
+
+    /// Starts the backend without waiting for Redis: its tasks connect in the background, and
+    /// reconnect for ever. Fails only on a URL the `redis` crate cannot read, or outside a
+    /// Tokio runtime.
+    pub fn build(self) -> Result<RedisBackend, RedisBackendError> {
+        let client = ::redis::Client::open(self.url.as_str()).map_err(RedisBackendError::Url)?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| RedisBackendError::NoRuntime)?;
+        let (queue_tx, queue_rx) = mpsc::channel(self.queue_capacity);
+        let (events, _) = broadcast::channel(256);
+        let (alive, alive_rx) = watch::channel(());
+        let shared = Arc::new(Shared {
+            node: random_node_id(),
+            prefix: self.prefix.clone(),
+            settings: self.clone(),
+            events,
+            stats: Counters::default(),
+            wanted: Mutex::new(HashSet::new()),
+            wanted_changed: Notify::new(),
+            hub: OnceLock::new(),
+            publish_connected: AtomicBool::new(false),
+            subscribe_connected: AtomicBool::new(false),
+        });
+        runtime.spawn(publisher::run(
+            client.clone(),
+            Arc::clone(&shared),
+            queue_rx,
+        ));
+        runtime.spawn(subscriber::run(client, Arc::clone(&shared), alive_rx));
+        Ok(RedisBackend {
+            shared,
+            queue: queue_tx,
+            _alive: Arc::new(alive),
+        })
+    }
+
+    /// As [`build`](Self::build), after checking that Redis answers a `PING` within the
+    /// connect timeout: a wrong address or password fails here rather than in the logs.
+    pub async fn connect(self) -> Result<RedisBackend, RedisBackendError> {
+        let client = ::redis::Client::open(self.url.as_str()).map_err(RedisBackendError::Url)?;
+        let check = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            ::redis::cmd("PING")
+                .query_async::<::redis::Value>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(self.connect_timeout, check).await {
+            Ok(Ok(_)) => self.build(),
+            Ok(Err(e)) => Err(RedisBackendError::Connect(e)),
+            Err(_) => Err(RedisBackendError::Timeout(self.connect_timeout)),
+        }
+    }
+}
+
+impl fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password: not printed.
+        f.debug_struct("RedisBackendBuilder")
+            .field("prefix", &self.prefix)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_batch", &self.max_batch)
+            .field("heartbeat", &self.heartbeat)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("backoff", &(self.backoff_min, self.backoff_max))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a [`RedisBackend`] could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RedisBackendError {
+    /// The URL is not one the `redis` crate accepts (`redis://[user:password@]host[:port][/db]`).
+    Url(::redis::RedisError),
+    /// Redis refused the connection or the `PING` (wrong address, password, ...).
+    Connect(::redis::RedisError),
+    /// Redis did not answer within the connect timeout.
+    Timeout(Duration),
+    /// Not called from within a Tokio runtime, which the backend's tasks need.
+    NoRuntime,
+}
+
+impl fmt::Display for RedisBackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisBackendError::Url(e) => write!(f, "invalid Redis URL: {e}"),
+            RedisBackendError::Connect(e) => write!(f, "cannot reach Redis: {e}"),
+            RedisBackendError::Timeout(t) => write!(f, "Redis did not answer within {t:?}"),
+            RedisBackendError::NoRuntime => {
+                f.write_str("the Redis backend must be started from within a Tokio runtime")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RedisBackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RedisBackendError::Url(e) | RedisBackendError::Connect(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Which of the backend's two connections an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Link {
+    /// The connection the writer task publishes on.
+    Publish,
+    /// The connection that receives the subscribed topics.
+    Subscribe,
+}
+
+/// What happened to a [`RedisBackend`], from [`RedisBackend::events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RedisEvent {
+    /// A connection is up; for [`Link::Subscribe`], every topic with local subscribers is
+    /// subscribed again.
+    Connected(Link),
+    /// A connection was lost or could not be made; it is retried with backoff.
+    Disconnected {
+        /// Which connection.
+        link: Link,
+        /// What went wrong, for the logs.
+        reason: String,
+    },
+    /// Messages of another node on a topic were lost on the way (their sequence numbers
+    /// jumped): this process's subscribers of `topic` missed them.
+    Gap {
+        /// The topic.
+        topic: String,
+        /// The id of the node that published them.
+        node: u64,
+        /// How many messages were missed.
+        missed: u64,
+    },
+}
+
+/// Counters of a [`RedisBackend`] since it started, from [`RedisBackend::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Messages sent to Redis (`PUBLISH` answered).
+    pub published: u64,
+    /// Publishes dropped because the queue to the writer task was full.
+    pub dropped_queue_full: u64,
+    /// Publishes dropped because Redis was unreachable (or failed the pipeline they were in).
+    pub dropped_disconnected: u64,
+    /// Messages from other nodes handed to this process's subscribers.
+    pub received: u64,
+    /// Messages of this node that came back from Redis, and were dropped.
+    pub own_skipped: u64,
+    /// Messages on a topic channel that are not a valid envelope, ignored.
+    pub invalid: u64,
+    /// Messages from other nodes that arrived with an old sequence number, ignored.
+    pub stale: u64,
+    /// Messages of other nodes known lost from the gaps in their sequence numbers.
+    pub missed: u64,
+    /// Times a connection (either) was lost after being up.
+    pub disconnects: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_disconnected: AtomicU64,
+    received: AtomicU64,
+    own_skipped: AtomicU64,
+    invalid: AtomicU64,
+    stale: AtomicU64,
+    missed: AtomicU64,
+    disconnects: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// What the handles and the two tasks share.
+struct Shared {
+    node: u64,
+    prefix: String,
+    settings: RedisBackendBuilder,
+    events: broadcast::Sender<RedisEvent>,
+    stats: Counters,
+    /// Topics with local subscribers; the subscriber task makes Redis match it.
+    wanted: Mutex<HashSet<String>>,
+    wanted_changed: Notify,
+    hub: OnceLock<WeakHub>,
+    publish_connected: AtomicBool,
+    subscribe_connected: AtomicBool,
+}
+
+impl Shared {
+    fn channel(&self, topic: &str) -> String {
+        format!("{}:{topic}", self.prefix)
+    }
+
+    fn topic<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(':'))
+    }
+
+    fn emit(&self, event: RedisEvent) {
+        tracing::debug!(?event, node = self.node, "redis hub backend");
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    fn hub(&self) -> Option<Hub> {
+        self.hub.get().and_then(WeakHub::upgrade)
+    }
+}
+
+/// A [`HubBackend`] on Redis. See the [module docs](self).
+///
+/// A cheap `Clone`: give one to [`Hub::with_backend`] and keep another for
+/// [`events`](Self::events) and [`stats`](Self::stats). Its two tasks stop when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+    queue: mpsc::Sender<(String, Message)>,
+    /// The tasks stop when every clone of this is gone.
+    _alive: Arc<watch::Sender<()>>,
+}
+
+impl RedisBackend {
+    /// Settings for a backend on the Redis at `url` (`redis://[user:password@]host[:port][/db]`).
+    pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
+        RedisBackendBuilder {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_string(),
+            queue_capacity: 65_536,
+            max_batch: 1024,
+            heartbeat: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+
+    /// A backend with the default settings, once Redis has answered a `PING`
+    /// ([`RedisBackendBuilder::connect`]).
+    pub async fn connect(url: impl Into<String>) -> Result<Self, RedisBackendError> {
+        Self::builder(url).connect().await
+    }
+
+    /// A backend with the default settings that connects in the background
+    /// ([`RedisBackendBuilder::build`]).
+    pub fn new(url: impl Into<String>) -> Result<Self, RedisBackendError> {
+        Self::builder(url).build()
+    }
+
+    /// This process's id among the nodes, random at each start.
+    pub fn node_id(&self) -> u64 {
+        self.shared.node
+    }
+
+    /// The backend's events from now on. A receiver that falls more than 256 events behind
+    /// loses the oldest ones (`RecvError::Lagged`).
+    pub fn events(&self) -> broadcast::Receiver<RedisEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The counters since the backend started.
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.shared.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RedisStats {
+            published: get(&c.published),
+            dropped_queue_full: get(&c.dropped_queue_full),
+            dropped_disconnected: get(&c.dropped_disconnected),
+            received: get(&c.received),
+            own_skipped: get(&c.own_skipped),
+            invalid: get(&c.invalid),
+            stale: get(&c.stale),
+            missed: get(&c.missed),
+            disconnects: get(&c.disconnects),
+        }
+    }
+
+    /// Whether the publishing and the subscribing connections are both up now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.publish_connected.load(Ordering::Relaxed)
+            && self.shared.subscribe_connected.load(Ordering::Relaxed)
+    }
+
+    fn want(&self, topic: &str, subscribed: bool) {
+        {
+            let mut wanted = self
+                .shared
+                .wanted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if subscribed {
+                wanted.insert(topic.to_string());
+            } else {
+                wanted.remove(topic);
+            }
+        }
+        self.shared.wanted_changed.notify_one();
+    }
+}
+
+impl HubBackend for RedisBackend {
+    fn publish(&self, topic: &str, message: &Message) {
+        match self.queue.try_send((topic.to_string(), message.clone())) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => add(&self.shared.stats.dropped_queue_full, 1),
+            // The writer task is gone only when the runtime is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                add(&self.shared.stats.dropped_disconnected, 1)
+            }
+        }
+    }
+
+    fn attach(&self, hub: WeakHub) {
+        if self.shared.hub.set(hub).is_err() {
+            tracing::warn!("a RedisBackend serves one hub: the second Hub::with_backend receives nothing from Redis");
+        }
+    }
+
+    fn subscribe(&self, topic: &str) {
+        self.want(topic, true);
+    }
+
+    fn unsubscribe(&self, topic: &str) {
+        self.want(topic, false);
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("node", &self.shared.node)
+            .field("prefix", &self.shared.prefix)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node id unlikely to repeat: std's randomly keyed hasher, over the time and process id.
+fn random_node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(since.as_nanos());
+    }
+    hasher.finish()
+}
+
+/// Exponential backoff between reconnection attempts.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(settings: &RedisBackendBuilder) -> Self {
+        Backoff {
+            min: settings.backoff_min,
+            max: settings.backoff_max,
+            next: settings.backoff_min,
+        }
+    }
+
+    /// The wait before the next attempt.
+    fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}

@@ -1,0 +1,125 @@
+//! The writer task: takes published messages off the queue and sends whatever has gathered as
+//! one pipeline of `PUBLISH` commands per round trip.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client};
+use tokio::sync::mpsc;
+
+use super::{add, envelope, Backoff, Link, RedisEvent, Shared};
+use crate::message::Message;
+
+type Queue = mpsc::Receiver<(String, Message)>;
+
+/// Runs until every handle of the backend is dropped (the queue closes).
+pub(super) async fn run(client: Client, shared: Arc<Shared>, mut queue: Queue) {
+    let settings = &shared.settings;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_response_timeout(Some(settings.connect_timeout));
+    let mut backoff = Backoff::new(settings);
+    // Per topic, the sequence number of the last message this node sent (or dropped).
+    let mut seqs: HashMap<String, u64> = HashMap::new();
+    let mut batch = Vec::with_capacity(settings.max_batch);
+    let mut reported_down = false;
+    loop {
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await;
+        let mut conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                down(&shared, &mut reported_down, e.to_string());
+                // While Redis is away publishes are dropped (and counted) at once rather than
+                // queued: the queue would only fill with messages that are stale later.
+                if !drain_for(&shared, &mut queue, &mut seqs, backoff.next()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        reported_down = false;
+        shared.publish_connected.store(true, Ordering::Relaxed);
+        shared.emit(RedisEvent::Connected(Link::Publish));
+        loop {
+            if queue.recv_many(&mut batch, settings.max_batch).await == 0 {
+                return;
+            }
+            let sent = batch.len() as u64;
+            if let Err(e) = send(&shared, &mut conn, &mut seqs, &mut batch).await {
+                add(&shared.stats.dropped_disconnected, sent);
+                down(&shared, &mut reported_down, e.to_string());
+                break;
+            }
+            add(&shared.stats.published, sent);
+        }
+    }
+}
+
+/// Sends one batch as a pipeline; the batch is emptied whatever the outcome.
+async fn send(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+    seqs: &mut HashMap<String, u64>,
+    batch: &mut Vec<(String, Message)>,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for (topic, message) in batch.drain(..) {
+        let seq = next_seq(seqs, &topic);
+        let channel = shared.channel(&topic);
+        pipe.publish(channel, envelope::encode(shared.node, seq, &message).as_ref())
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+fn next_seq(seqs: &mut HashMap<String, u64>, topic: &str) -> u64 {
+    let seq = match seqs.get_mut(topic) {
+        Some(seq) => seq,
+        None => seqs.entry(topic.to_string()).or_insert(0),
+    };
+    *seq += 1;
+    *seq
+}
+
+/// Records a failure; `reported` keeps it to one event per outage, not one per attempt.
+fn down(shared: &Shared, reported: &mut bool, reason: String) {
+    if shared.publish_connected.swap(false, Ordering::Relaxed) {
+        add(&shared.stats.disconnects, 1);
+    }
+    if !std::mem::replace(reported, true) {
+        tracing::warn!(%reason, "redis hub backend: publish connection down");
+        shared.emit(RedisEvent::Disconnected {
+            link: Link::Publish,
+            reason,
+        });
+    }
+}
+
+/// Drops (and counts) what is published during `wait`; the dropped messages still take their
+/// sequence numbers, so that receivers see the gap. Returns `false` when the queue closed.
+async fn drain_for(
+    shared: &Shared,
+    queue: &mut Queue,
+    seqs: &mut HashMap<String, u64>,
+    wait: std::time::Duration,
+) -> bool {
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return true,
+            item = queue.recv() => match item {
+                Some((topic, _)) => {
+                    next_seq(seqs, &topic);
+                    add(&shared.stats.dropped_disconnected, 1);
+                }
+                None => return false,
+            },
+        }
+    }
+}
