@@ -430,7 +430,9 @@ impl HubBackend for RedisBackend {
     fn publish(&self, topic: &str, message: &Message) {
         match self.queue.try_send((topic.to_string(), message.clone())) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => add(&self.shared.stats.dropped_queue_full, 1),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                add(&self.shared.stats.dropped_queue_full, 1)
+            }
             // The writer task is gone only when the runtime is shutting down.
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 add(&self.shared.stats.dropped_disconnected, 1)

@@ -71,8 +71,11 @@ async fn send(
     for (topic, message) in batch.drain(..) {
         let seq = next_seq(seqs, &topic);
         let channel = shared.channel(&topic);
-        pipe.publish(channel, envelope::encode(shared.node, seq, &message).as_ref())
-            .ignore();
+        pipe.publish(
+            channel,
+            envelope::encode(shared.node, seq, &message).as_ref(),
+        )
+        .ignore();
     }
     pipe.query_async::<()>(conn).await
 }

@@ -62,7 +62,12 @@ async fn session(
     let pubsub = match timeout(settings.connect_timeout, client.get_async_pubsub()).await {
         Ok(Ok(pubsub)) => pubsub,
         Ok(Err(e)) => return Some(e.to_string()),
-        Err(_) => return Some(format!("no connection within {:?}", settings.connect_timeout)),
+        Err(_) => {
+            return Some(format!(
+                "no connection within {:?}",
+                settings.connect_timeout
+            ))
+        }
     };
     let (mut sink, mut stream) = pubsub.split();
     let mut subscribed = HashSet::new();
@@ -150,7 +155,10 @@ fn receive(shared: &Shared, seen: &mut HashMap<(String, u64), u64>, msg: redis::
         envelope::decode(Bytes::copy_from_slice(msg.get_payload_bytes()))
     else {
         add(&shared.stats.invalid, 1);
-        tracing::debug!(topic, "redis hub backend: ignored a message that is not an envelope");
+        tracing::debug!(
+            topic,
+            "redis hub backend: ignored a message that is not an envelope"
+        );
         return true;
     };
     if node == shared.node {

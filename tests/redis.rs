@@ -1,0 +1,280 @@
+//! The hub across processes on a real Redis: `examples/chat.rs` run as two processes on one
+//! redis-server (started by `scripts/redis.sh`, which installs it when missing), with real
+//! WebSocket clients on each.
+#![cfg(feature = "redis")]
+
+#[path = "common/external.rs"]
+#[allow(dead_code)]
+mod external;
+#[path = "common/redis.rs"]
+#[allow(dead_code)]
+mod redis_env;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use redis_env::{eventually, ChatNode, Participant, Redis};
+use serde_json::Value;
+
+/// The Redis channel of the chat example's room, under the default prefix.
+const ROOM_CHANNEL: &str = "tower-websocket:lobby";
+
+/// Two chat processes on `redis`, both subscribed to the room once `participants` have joined.
+struct TwoNodes {
+    a: ChatNode,
+    b: ChatNode,
+}
+
+fn two_nodes(redis: &Redis) -> TwoNodes {
+    let binary = external::example_binary("chat");
+    TwoNodes {
+        a: ChatNode::start(&binary, &redis.url()),
+        b: ChatNode::start(&binary, &redis.url()),
+    }
+}
+
+async fn both_subscribed(redis: &Redis, limit: Duration) -> Duration {
+    eventually("both nodes subscribed to the room", limit, || {
+        redis.subscribers(ROOM_CHANNEL) == 2
+    })
+    .await
+}
+
+async fn state_until(
+    node: &ChatNode,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let state = node.redis_state().await;
+        if check(&state) {
+            return state;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}; {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads chat lines until `count` arrived, then a little longer to catch duplicates.
+async fn collect(p: &mut Participant, count: usize) -> Vec<String> {
+    let mut lines = Vec::with_capacity(count);
+    while lines.len() < count {
+        lines.push(p.next_line().await);
+    }
+    lines.extend(p.lines_for(Duration::from_millis(300)).await);
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_reaches_every_subscriber_on_both_nodes_once_in_order() {
+    let redis = Redis::start("deliver");
+    let nodes = two_nodes(&redis);
+    let mut alice = nodes.a.join("alice").await;
+    let mut anna = nodes.a.join("anna").await;
+    let mut bob = nodes.b.join("bob").await;
+    both_subscribed(&redis, Duration::from_secs(10)).await;
+
+    const N: usize = 50;
+    for i in 0..N {
+        alice.say(&format!("a{i}")).await;
+        bob.say(&format!("b{i}")).await;
+    }
+    for (who, p) in [
+        ("alice", &mut alice),
+        ("anna", &mut anna),
+        ("bob", &mut bob),
+    ] {
+        let lines = collect(p, 2 * N).await;
+        assert_eq!(
+            lines.len(),
+            2 * N,
+            "{who} got {} lines: {lines:?}",
+            lines.len()
+        );
+        let mut per_sender: HashMap<&str, Vec<&str>> = HashMap::new();
+        for line in &lines {
+            let (name, text) = line.split_once(": ").expect("name: text");
+            per_sender.entry(name).or_default().push(text);
+        }
+        let want = |prefix: &str| (0..N).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>();
+        assert_eq!(
+            per_sender["alice"],
+            want("a"),
+            "{who}: alice's lines, once each, in order"
+        );
+        assert_eq!(
+            per_sender["bob"],
+            want("b"),
+            "{who}: bob's lines, once each, in order"
+        );
+    }
+    // Each node drops its own messages when Redis hands them back: none counted as received.
+    let a = nodes.a.redis_state().await;
+    let b = nodes.b.redis_state().await;
+    assert!(a["own_skipped"].as_u64() >= Some(N as u64), "{a}");
+    assert_eq!(a["invalid"], 0, "{a}");
+    assert_eq!(b["missed"], 0, "{b}");
+
+    // The last local subscriber leaving unsubscribes the node from the channel.
+    drop(bob);
+    eventually("node B unsubscribed", Duration::from_secs(10), || {
+        redis.subscribers(ROOM_CHANNEL) == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_survives_redis_going_away_and_coming_back() {
+    let mut redis = Redis::start("outage");
+    let nodes = two_nodes(&redis);
+    let mut alice = nodes.a.join("alice").await;
+    let mut anna = nodes.a.join("anna").await;
+    let mut bob = nodes.b.join("bob").await;
+    both_subscribed(&redis, Duration::from_secs(10)).await;
+    alice.say("before").await;
+    assert_eq!(bob.next_line().await, "alice: before");
+    assert_eq!(anna.next_line().await, "alice: before");
+    assert_eq!(alice.next_line().await, "alice: before");
+
+    redis.kill();
+    let killed = Instant::now();
+    // The heartbeat notices within about 2 s.
+    state_until(
+        &nodes.b,
+        "node B sees Redis gone",
+        Duration::from_secs(5),
+        |s| s["connected"] == false,
+    )
+    .await;
+    println!("node B noticed the outage after {:?}", killed.elapsed());
+
+    // Local chat goes on.
+    alice.say("during").await;
+    assert_eq!(anna.next_line().await, "alice: during");
+    assert_eq!(alice.next_line().await, "alice: during");
+    bob.say("alone").await;
+    assert_eq!(bob.next_line().await, "bob: alone");
+
+    redis.restart();
+    let restarted = Instant::now();
+    let took = both_subscribed(&redis, Duration::from_secs(3)).await;
+    println!("both nodes subscribed again {took:?} after the restart");
+    for node in [&nodes.a, &nodes.b] {
+        state_until(node, "reconnected", Duration::from_secs(3), |s| {
+            s["connected"] == true
+        })
+        .await;
+    }
+    println!(
+        "both nodes connected {:?} after the restart",
+        restarted.elapsed()
+    );
+
+    alice.say("after").await;
+    // At most once: what was said during the outage never reaches the other node.
+    assert_eq!(bob.next_line().await, "alice: after");
+    assert_eq!(anna.next_line().await, "alice: after");
+    bob.say("back").await;
+    assert_eq!(alice.next_line().await, "alice: after");
+    assert_eq!(alice.next_line().await, "bob: back");
+
+    let a = nodes.a.redis_state().await;
+    assert!(a["dropped_disconnected"].as_u64() >= Some(1), "{a}");
+    assert!(a["disconnects"].as_u64() >= Some(1), "{a}");
+    for node in [&nodes.a, &nodes.b] {
+        // The events in the order the node logged them: the subscribing side went down, then
+        // came back.
+        let events = node.log_lines("redis event:");
+        let down = events
+            .iter()
+            .position(|l| l.contains("Disconnected") && l.contains("Subscribe"))
+            .unwrap_or_else(|| panic!("no Disconnected event: {events:?}"));
+        assert!(
+            events[down..]
+                .iter()
+                .any(|l| l.contains("Connected(Subscribe)")),
+            "no Connected after Disconnected: {events:?}"
+        );
+    }
+    // Node B sees that it missed alice's "during".
+    let b = state_until(&nodes.b, "the gap counted", Duration::from_secs(3), |s| {
+        s["missed"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(!nodes.b.log_lines("redis event: Gap").is_empty(), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_is_not_an_envelope_is_counted_and_ignored() {
+    let redis = Redis::start("garbage");
+    let nodes = two_nodes(&redis);
+    let mut alice = nodes.a.join("alice").await;
+    let mut bob = nodes.b.join("bob").await;
+    both_subscribed(&redis, Duration::from_secs(10)).await;
+
+    let garbage = [
+        "hello",
+        "",
+        "TW",
+        // The magic and a length that fits, with an unknown version.
+        "TW\u{9}\u{1}0123456789abcdef",
+    ];
+    for junk in garbage {
+        let receivers = redis.cli(&["PUBLISH", ROOM_CHANNEL, junk]);
+        assert_eq!(receivers.trim(), "2", "both nodes are subscribed");
+    }
+    for node in [&nodes.a, &nodes.b] {
+        state_until(node, "garbage counted", Duration::from_secs(5), |s| {
+            s["invalid"].as_u64() == Some(garbage.len() as u64)
+        })
+        .await;
+    }
+    // Nothing reached the clients, and both nodes still serve.
+    alice.say("still here").await;
+    assert_eq!(bob.next_line().await, "alice: still here");
+    assert_eq!(alice.next_line().await, "alice: still here");
+    let late = nodes.b.join("bea").await;
+    drop(late);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_is_noticed_by_the_heartbeat() {
+    let mut redis = Redis::start("silent");
+    let nodes = two_nodes(&redis);
+    let _bob = nodes.b.join("bob").await;
+    eventually("node B subscribed", Duration::from_secs(10), || {
+        redis.subscribers(ROOM_CHANNEL) == 1
+    })
+    .await;
+
+    // A stopped process keeps its sockets open but answers nothing: only the heartbeat can
+    // tell.
+    redis.signal("STOP");
+    let stopped = Instant::now();
+    state_until(
+        &nodes.b,
+        "node B sees Redis silent",
+        Duration::from_secs(4),
+        |s| s["connected"] == false,
+    )
+    .await;
+    println!("a silent Redis noticed after {:?}", stopped.elapsed());
+    redis.signal("CONT");
+    eventually("node B subscribed again", Duration::from_secs(5), || {
+        redis.subscribers(ROOM_CHANNEL) == 1
+    })
+    .await;
+    state_until(
+        &nodes.b,
+        "node B reconnected",
+        Duration::from_secs(5),
+        |s| s["connected"] == true,
+    )
+    .await;
+    drop(nodes);
+}
