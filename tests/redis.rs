@@ -244,7 +244,7 @@ async fn a_message_that_is_not_an_envelope_is_counted_and_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_redis_is_noticed_by_the_heartbeat() {
-    let mut redis = Redis::start("silent");
+    let redis = Redis::start("silent");
     let nodes = two_nodes(&redis);
     let _bob = nodes.b.join("bob").await;
     eventually("node B subscribed", Duration::from_secs(10), || {
