@@ -6,11 +6,13 @@
 //!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
 //! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
 //! bench upgrade-cost <kind> --count N [--messages M]
+//! bench redis-hub --redis URL [--messages N] [--rate R] [--seconds S] [--size B]
 //! ```
 //!
 //! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
 
 mod client;
+mod redis_hub;
 mod report;
 mod run;
 mod servers;
@@ -30,6 +32,7 @@ usage:
             [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
   bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
   bench upgrade-cost <kind> --count N [--messages M]
+  bench redis-hub --redis URL [--messages N] [--rate R] [--seconds S] [--size B]
 
 kinds: layer, fastwebsockets, axum-ws, tcp
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Some("run") => parse_run(&args[1..]).and_then(|opts| run::run(&opts)),
         Some("server") => server(&args[1..]),
         Some("upgrade-cost") => upgrade_cost(&args[1..]),
+        Some("redis-hub") => redis_hub(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -154,4 +158,29 @@ fn upgrade_cost(args: &[String]) -> Result<(), String> {
         }
     }
     upgrade_cost::run(kind, count, messages)
+}
+
+fn redis_hub(args: &[String]) -> Result<(), String> {
+    let mut args = Args { rest: args };
+    let mut opts = redis_hub::Options {
+        url: String::new(),
+        messages: 200_000,
+        rate: 10_000,
+        seconds: 5,
+        size: 64,
+    };
+    while let Some(arg) = args.next() {
+        match arg {
+            "--redis" => opts.url = args.value(arg)?.to_string(),
+            "--messages" => opts.messages = args.parse::<usize>(arg)?.max(1),
+            "--rate" => opts.rate = args.parse::<u64>(arg)?.max(1),
+            "--seconds" => opts.seconds = args.parse::<u64>(arg)?.max(1),
+            "--size" => opts.size = args.parse::<usize>(arg)?.max(8),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    if opts.url.is_empty() {
+        return Err(format!("redis-hub needs --redis URL\n{USAGE}"));
+    }
+    redis_hub::run(&opts)
 }

@@ -122,7 +122,7 @@ impl RedisBackendBuilder {
     /// reconnect for ever. Fails only on a URL the `redis` crate cannot read, or outside a
     /// Tokio runtime.
     pub fn build(self) -> Result<RedisBackend, RedisBackendError> {
-        let client = ::redis::Client::open(self.url.as_str()).map_err(RedisBackendError::Url)?;
+        let client = self.client()?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| RedisBackendError::NoRuntime)?;
         let (queue_tx, queue_rx) = mpsc::channel(self.queue_capacity);
@@ -156,7 +156,7 @@ impl RedisBackendBuilder {
     /// As [`build`](Self::build), after checking that Redis answers a `PING` within the
     /// connect timeout: a wrong address or password fails here rather than in the logs.
     pub async fn connect(self) -> Result<RedisBackend, RedisBackendError> {
-        let client = ::redis::Client::open(self.url.as_str()).map_err(RedisBackendError::Url)?;
+        let client = self.client()?;
         let check = async {
             let mut conn = client.get_multiplexed_async_connection().await?;
             ::redis::cmd("PING")
@@ -168,6 +168,21 @@ impl RedisBackendBuilder {
             Ok(Err(e)) => Err(RedisBackendError::Connect(e)),
             Err(_) => Err(RedisBackendError::Timeout(self.connect_timeout)),
         }
+    }
+}
+
+impl RedisBackendBuilder {
+    fn client(&self) -> Result<::redis::Client, RedisBackendError> {
+        use ::redis::IntoConnectionInfo;
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(RedisBackendError::Url)?;
+        // Small commands one after another: without it, one can wait for the ACK of the one
+        // before (Nagle's algorithm).
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        ::redis::Client::open(info.set_tcp_settings(tcp)).map_err(RedisBackendError::Url)
     }
 }
 
