@@ -227,6 +227,7 @@ async fn redis_hub(url: &str) -> (Hub, Router) {
                     "dropped_queue_full": s.dropped_queue_full,
                     "dropped_disconnected": s.dropped_disconnected,
                     "received": s.received,
+                    "local_dropped": s.local_dropped,
                     "own_skipped": s.own_skipped,
                     "invalid": s.invalid,
                     "stale": s.stale,

@@ -115,4 +115,7 @@ pub mod docs {
     #[cfg(feature = "metrics")]
     #[doc = include_str!("../docs/metrics.md")]
     pub mod metrics {}
+    #[cfg(feature = "redis")]
+    #[doc = include_str!("../docs/scale-out.md")]
+    pub mod scale_out {}
 }

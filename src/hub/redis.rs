@@ -284,6 +284,9 @@ pub struct RedisStats {
     pub dropped_disconnected: u64,
     /// Messages from other nodes handed to this process's subscribers.
     pub received: u64,
+    /// Times a local subscriber missed a message from another node because its send queue
+    /// was full (see [`QueuePolicy`](crate::QueuePolicy)): the hub never waits on a socket.
+    pub local_dropped: u64,
     /// Messages of this node that came back from Redis, and were dropped.
     pub own_skipped: u64,
     /// Messages on a topic channel that are not a valid envelope, ignored.
@@ -302,6 +305,7 @@ struct Counters {
     dropped_queue_full: AtomicU64,
     dropped_disconnected: AtomicU64,
     received: AtomicU64,
+    local_dropped: AtomicU64,
     own_skipped: AtomicU64,
     invalid: AtomicU64,
     stale: AtomicU64,
@@ -410,6 +414,7 @@ impl RedisBackend {
             dropped_queue_full: get(&c.dropped_queue_full),
             dropped_disconnected: get(&c.dropped_disconnected),
             received: get(&c.received),
+            local_dropped: get(&c.local_dropped),
             own_skipped: get(&c.own_skipped),
             invalid: get(&c.invalid),
             stale: get(&c.stale),

@@ -187,6 +187,9 @@ fn receive(shared: &Shared, seen: &mut HashMap<(String, u64), u64>, msg: redis::
         return shared.hub.get().is_none();
     };
     add(&shared.stats.received, 1);
-    hub.deliver_local(topic, message);
+    let delivery = hub.deliver_local(topic, message);
+    if delivery.dropped > 0 {
+        add(&shared.stats.local_dropped, delivery.dropped as u64);
+    }
     true
 }
