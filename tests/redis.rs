@@ -278,3 +278,81 @@ async fn a_silent_redis_is_noticed_by_the_heartbeat() {
     .await;
     drop(nodes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_the_node_list_and_the_cluster_wide_count() {
+    use tower_websocket::hub::redis::RedisBackend;
+    use tower_websocket::hub::Hub;
+
+    let redis = Redis::start("presence");
+    let mut nodes = two_nodes(&redis);
+    let _alice = nodes.a.join("alice").await;
+    let _bob = nodes.b.join("bob").await;
+    let _bea = nodes.b.join("bea").await;
+    let id = |state: Value| state["node"].as_u64().expect("a node id");
+    let (a, b) = (
+        id(nodes.a.redis_state().await),
+        id(nodes.b.redis_state().await),
+    );
+    // This test is the third node, with no subscribers of its own.
+    let backend = RedisBackend::connect(redis.url()).await.expect("connect");
+    let _hub = Hub::with_backend(backend.clone());
+    let me = backend.node_id();
+
+    let start = Instant::now();
+    loop {
+        let mut live = backend.nodes().await.expect("nodes");
+        live.sort_unstable();
+        let mut want = vec![a, b, me];
+        want.sort_unstable();
+        if live == want {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "nodes: {live:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let count = backend
+        .subscriber_count("lobby", Duration::from_secs(2))
+        .await
+        .expect("count");
+    assert_eq!(count.total, 3, "{count:?}");
+    assert!(count.missing.is_empty(), "{count:?}");
+    assert_eq!(count.answered.len(), 3, "{count:?}");
+
+    nodes.b.kill(); // SIGKILL: no goodbye
+    let killed = Instant::now();
+    // Still listed until its key expires, it cannot answer: left out, and said so.
+    let count = backend
+        .subscriber_count("lobby", Duration::from_millis(500))
+        .await
+        .expect("count");
+    if backend.nodes().await.expect("nodes").contains(&b) {
+        assert_eq!(count.missing, vec![b], "{count:?}");
+    }
+    assert_eq!(count.total, 1, "{count:?}");
+
+    // Gone from the list within the presence TTL (3 s).
+    loop {
+        let live = backend.nodes().await.expect("nodes");
+        if !live.contains(&b) {
+            assert!(live.contains(&a) && live.contains(&me), "{live:?}");
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(6),
+            "node B still listed: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("the killed node left the list after {:?}", killed.elapsed());
+    let count = backend
+        .subscriber_count("lobby", Duration::from_secs(2))
+        .await
+        .expect("count");
+    assert_eq!(count.total, 1, "{count:?}");
+    assert!(count.missing.is_empty(), "{count:?}");
+    assert_eq!(count.answered.len(), 2, "{count:?}");
+}

@@ -42,10 +42,11 @@
 //!   topic with local subscribers is subscribed again. [`RedisEvent`]s tell the application.
 
 mod envelope;
+mod presence;
 mod publisher;
 mod subscriber;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -71,6 +72,7 @@ pub struct RedisBackendBuilder {
     connect_timeout: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
+    presence_ttl: Duration,
 }
 
 impl RedisBackendBuilder {
@@ -118,6 +120,15 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// How long this node stays listed by [`RedisBackend::nodes`] after its last heartbeat
+    /// (the TTL of its presence key, refreshed every [`heartbeat`](Self::heartbeat)): a node
+    /// that dies without a word disappears within this. Default: 3 s; at least twice the
+    /// heartbeat.
+    pub fn presence_ttl(mut self, ttl: Duration) -> Self {
+        self.presence_ttl = ttl;
+        self
+    }
+
     /// Starts the backend without waiting for Redis: its tasks connect in the background, and
     /// reconnect for ever. Fails only on a URL the `redis` crate cannot read, or outside a
     /// Tokio runtime.
@@ -126,12 +137,18 @@ impl RedisBackendBuilder {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| RedisBackendError::NoRuntime)?;
         let (queue_tx, queue_rx) = mpsc::channel(self.queue_capacity);
+        let mut settings = self.clone();
+        settings.presence_ttl = settings.presence_ttl.max(settings.heartbeat * 2);
         let (events, _) = broadcast::channel(256);
         let (alive, alive_rx) = watch::channel(());
         let shared = Arc::new(Shared {
             node: random_node_id(),
             prefix: self.prefix.clone(),
-            settings: self.clone(),
+            settings,
+            client: client.clone(),
+            queue: queue_tx.downgrade(),
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
             events,
             stats: Counters::default(),
             wanted: Mutex::new(HashSet::new()),
@@ -145,7 +162,12 @@ impl RedisBackendBuilder {
             Arc::clone(&shared),
             queue_rx,
         ));
-        runtime.spawn(subscriber::run(client, Arc::clone(&shared), alive_rx));
+        runtime.spawn(subscriber::run(
+            client.clone(),
+            Arc::clone(&shared),
+            alive_rx.clone(),
+        ));
+        runtime.spawn(presence::run(client, Arc::clone(&shared), alive_rx));
         Ok(RedisBackend {
             shared,
             queue: queue_tx,
@@ -196,6 +218,7 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("heartbeat", &self.heartbeat)
             .field("connect_timeout", &self.connect_timeout)
             .field("backoff", &(self.backoff_min, self.backoff_max))
+            .field("presence_ttl", &self.presence_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -210,6 +233,9 @@ pub enum RedisBackendError {
     Connect(::redis::RedisError),
     /// Redis did not answer within the connect timeout.
     Timeout(Duration),
+    /// A command failed (for [`RedisBackend::nodes`] and
+    /// [`RedisBackend::subscriber_count`]).
+    Command(::redis::RedisError),
     /// Not called from within a Tokio runtime, which the backend's tasks need.
     NoRuntime,
 }
@@ -220,6 +246,7 @@ impl fmt::Display for RedisBackendError {
             RedisBackendError::Url(e) => write!(f, "invalid Redis URL: {e}"),
             RedisBackendError::Connect(e) => write!(f, "cannot reach Redis: {e}"),
             RedisBackendError::Timeout(t) => write!(f, "Redis did not answer within {t:?}"),
+            RedisBackendError::Command(e) => write!(f, "a Redis command failed: {e}"),
             RedisBackendError::NoRuntime => {
                 f.write_str("the Redis backend must be started from within a Tokio runtime")
             }
@@ -230,7 +257,9 @@ impl fmt::Display for RedisBackendError {
 impl std::error::Error for RedisBackendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            RedisBackendError::Url(e) | RedisBackendError::Connect(e) => Some(e),
+            RedisBackendError::Url(e)
+            | RedisBackendError::Connect(e)
+            | RedisBackendError::Command(e) => Some(e),
             _ => None,
         }
     }
@@ -299,6 +328,26 @@ pub struct RedisStats {
     pub disconnects: u64,
 }
 
+/// A topic's subscribers over every live node, from [`RedisBackend::subscriber_count`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterCount {
+    /// Subscribers on the nodes that answered, this one included.
+    pub total: u64,
+    /// The nodes that answered (this one first).
+    pub answered: Vec<u64>,
+    /// Live nodes that did not answer in time: their subscribers are not in `total`.
+    pub missing: Vec<u64>,
+}
+
+/// What goes to the writer task.
+pub(super) enum Out {
+    /// A message published to a topic: enveloped and numbered by the writer.
+    Topic(String, Message),
+    /// Bytes for a channel as they are (a node's inbox).
+    Raw(String, bytes::Bytes),
+}
+
 #[derive(Default)]
 struct Counters {
     published: AtomicU64,
@@ -322,6 +371,12 @@ struct Shared {
     node: u64,
     prefix: String,
     settings: RedisBackendBuilder,
+    client: ::redis::Client,
+    /// Weak, so that the writer task ends when the last handle is dropped.
+    queue: mpsc::WeakSender<Out>,
+    /// Count requests waiting for replies, by request id.
+    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, u64)>>>,
+    next_request: AtomicU64,
     events: broadcast::Sender<RedisEvent>,
     stats: Counters,
     /// Topics with local subscribers; the subscriber task makes Redis match it.
@@ -343,6 +398,28 @@ impl Shared {
             .and_then(|rest| rest.strip_prefix(':'))
     }
 
+    /// A node's inbox channel.
+    fn inbox(&self, node: u64) -> String {
+        format!("{}!inbox:{node}", self.prefix)
+    }
+
+    fn node_key_prefix(&self) -> String {
+        format!("{}!node:", self.prefix)
+    }
+
+    fn node_key(&self, node: u64) -> String {
+        format!("{}{node}", self.node_key_prefix())
+    }
+
+    /// Queues bytes for a channel; dropped when the queue is full.
+    fn send_raw(&self, channel: String, payload: bytes::Bytes) {
+        if let Some(queue) = self.queue.upgrade() {
+            if queue.try_send(Out::Raw(channel, payload)).is_err() {
+                add(&self.stats.dropped_queue_full, 1);
+            }
+        }
+    }
+
     fn emit(&self, event: RedisEvent) {
         tracing::debug!(?event, node = self.node, "redis hub backend");
         // Nobody listening is fine.
@@ -362,7 +439,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct RedisBackend {
     shared: Arc<Shared>,
-    queue: mpsc::Sender<(String, Message)>,
+    queue: mpsc::Sender<Out>,
     /// The tasks stop when every clone of this is gone.
     _alive: Arc<watch::Sender<()>>,
 }
@@ -379,6 +456,7 @@ impl RedisBackend {
             connect_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(3),
         }
     }
 
@@ -429,6 +507,94 @@ impl RedisBackend {
             && self.shared.subscribe_connected.load(Ordering::Relaxed)
     }
 
+    /// The ids of the live nodes, this one included once its first heartbeat reached Redis:
+    /// those that announced themselves within the presence TTL.
+    pub async fn nodes(&self) -> Result<Vec<u64>, RedisBackendError> {
+        let limit = self.shared.settings.connect_timeout;
+        let work = async {
+            let mut conn = self.connection().await?;
+            presence::nodes(&mut conn, &self.shared)
+                .await
+                .map_err(RedisBackendError::Command)
+        };
+        tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| RedisBackendError::Timeout(limit))?
+    }
+
+    /// How many sockets are subscribed to `topic` on every live node: this node counts its
+    /// own, and asks each other node through its inbox. A node that has not answered within
+    /// `wait` is left out of the total and listed in [`ClusterCount::missing`].
+    pub async fn subscriber_count(
+        &self,
+        topic: &str,
+        wait: Duration,
+    ) -> Result<ClusterCount, RedisBackendError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let nodes = self.nodes().await?;
+        let me = self.shared.node;
+        let local = self
+            .shared
+            .hub()
+            .map_or(0, |hub| hub.subscriber_count(topic)) as u64;
+        let mut count = ClusterCount {
+            total: local,
+            answered: vec![me],
+            missing: Vec::new(),
+        };
+        let mut others: HashSet<u64> = nodes.into_iter().filter(|&n| n != me).collect();
+        if others.is_empty() {
+            return Ok(count);
+        }
+        let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        let request = presence::encode(&presence::Inbox::CountRequest {
+            id,
+            from: me,
+            topic: topic.to_string(),
+        });
+        for &node in &others {
+            self.shared
+                .send_raw(self.shared.inbox(node), request.clone());
+        }
+        while !others.is_empty() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((node, n))) => {
+                    if others.remove(&node) {
+                        count.total += n;
+                        count.answered.push(node);
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        count.missing = others.into_iter().collect();
+        count.missing.sort_unstable();
+        Ok(count)
+    }
+
+    async fn connection(&self) -> Result<::redis::aio::MultiplexedConnection, RedisBackendError> {
+        let limit = self.shared.settings.connect_timeout;
+        let config = ::redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(limit))
+            .set_response_timeout(Some(limit));
+        self.shared
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(RedisBackendError::Connect)
+    }
+
     fn want(&self, topic: &str, subscribed: bool) {
         {
             let mut wanted = self
@@ -448,7 +614,10 @@ impl RedisBackend {
 
 impl HubBackend for RedisBackend {
     fn publish(&self, topic: &str, message: &Message) {
-        match self.queue.try_send((topic.to_string(), message.clone())) {
+        match self
+            .queue
+            .try_send(Out::Topic(topic.to_string(), message.clone()))
+        {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 add(&self.shared.stats.dropped_queue_full, 1)

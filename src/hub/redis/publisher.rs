@@ -9,10 +9,9 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
 use tokio::sync::mpsc;
 
-use super::{add, envelope, Backoff, Link, RedisEvent, Shared};
-use crate::message::Message;
+use super::{add, envelope, Backoff, Link, Out, RedisEvent, Shared};
 
-type Queue = mpsc::Receiver<(String, Message)>;
+type Queue = mpsc::Receiver<Out>;
 
 /// Runs until every handle of the backend is dropped (the queue closes).
 pub(super) async fn run(client: Client, shared: Arc<Shared>, mut queue: Queue) {
@@ -65,17 +64,21 @@ async fn send(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
     seqs: &mut HashMap<String, u64>,
-    batch: &mut Vec<(String, Message)>,
+    batch: &mut Vec<Out>,
 ) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
-    for (topic, message) in batch.drain(..) {
-        let seq = next_seq(seqs, &topic);
-        let channel = shared.channel(&topic);
-        pipe.publish(
-            channel,
-            envelope::encode(shared.node, seq, &message).as_ref(),
-        )
-        .ignore();
+    for out in batch.drain(..) {
+        match out {
+            Out::Topic(topic, message) => {
+                let seq = next_seq(seqs, &topic);
+                let envelope = envelope::encode(shared.node, seq, &message);
+                pipe.publish(shared.channel(&topic), envelope.as_ref())
+                    .ignore();
+            }
+            Out::Raw(channel, payload) => {
+                pipe.publish(channel, payload.as_ref()).ignore();
+            }
+        }
     }
     pipe.query_async::<()>(conn).await
 }
@@ -117,8 +120,10 @@ async fn drain_for(
         tokio::select! {
             () = &mut deadline => return true,
             item = queue.recv() => match item {
-                Some((topic, _)) => {
-                    next_seq(seqs, &topic);
+                Some(out) => {
+                    if let Out::Topic(topic, _) = out {
+                        next_seq(seqs, &topic);
+                    }
                     add(&shared.stats.dropped_disconnected, 1);
                 }
                 None => return false,

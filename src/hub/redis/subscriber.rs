@@ -70,6 +70,17 @@ async fn session(
         }
     };
     let (mut sink, mut stream) = pubsub.split();
+    let inbox = shared.inbox(shared.node);
+    match timeout(settings.connect_timeout, sink.subscribe(&inbox)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Some(format!("SUBSCRIBE failed: {e}")),
+        Err(_) => {
+            return Some(format!(
+                "no answer to SUBSCRIBE within {:?}",
+                settings.connect_timeout
+            ))
+        }
+    }
     let mut subscribed = HashSet::new();
     if let Err(lost) = reconcile(shared, &mut sink, &mut subscribed, seen).await {
         return Some(lost);
@@ -84,6 +95,9 @@ async fn session(
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
+                Some(msg) if msg.get_channel_name() == inbox => {
+                    super::presence::receive(shared, msg.get_payload_bytes());
+                }
                 Some(msg) => {
                     if !receive(shared, seen, msg) {
                         return None;
