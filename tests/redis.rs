@@ -356,3 +356,167 @@ async fn a_killed_node_leaves_the_node_list_and_the_cluster_wide_count() {
     assert!(count.missing.is_empty(), "{count:?}");
     assert_eq!(count.answered.len(), 2, "{count:?}");
 }
+
+/// A WebSocket server on `hub` whose every socket subscribes to `topics`.
+async fn subscribing_server(
+    hub: tower_websocket::hub::Hub,
+    topics: Vec<String>,
+) -> std::net::SocketAddr {
+    use tower_websocket::{WebSocket, WebSocketLayer};
+    let layer = WebSocketLayer::new(move |ws: WebSocket| {
+        let (hub, topics) = (hub.clone(), topics.clone());
+        async move {
+            let (mut rx, tx) = ws.split();
+            let _subscriptions: Vec<_> = topics.iter().map(|t| hub.subscribe(t, &tx)).collect();
+            while rx.recv().await.is_some() {}
+        }
+    })
+    // Every topic's message may arrive at once.
+    .send_queue(1024, tower_websocket::QueuePolicy::Wait);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().layer(layer))
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+/// Every text message that arrives within `quiet` of the last one, until `count` arrived.
+async fn texts(
+    addr: std::net::SocketAddr,
+    count: usize,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Vec<String> {
+    use futures_util::StreamExt;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    let _ = ready.send(());
+    let mut got = Vec::new();
+    let wait = Duration::from_secs(10);
+    while got.len() < count {
+        match tokio::time::timeout(wait, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                got.push(t.to_string())
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    // Anything more would be a duplicate.
+    if let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) =
+        tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+    {
+        got.push(t.to_string());
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_pub_sub_on_a_three_node_cluster_delivers_100_topics_across_two_hubs() {
+    use tower_websocket::hub::redis::{RedisBackend, RedisBackendError};
+    use tower_websocket::hub::Hub;
+
+    let cluster = redis_env::Cluster::start("cluster");
+    let urls: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}/"))
+        .collect();
+    let topics: Vec<String> = (0..100).map(|i| format!("topic-{i}")).collect();
+    let backend_a = RedisBackend::cluster_builder(urls.clone())
+        .connect()
+        .await
+        .expect("node A");
+    let backend_b = RedisBackend::cluster_builder(urls)
+        .connect()
+        .await
+        .expect("node B");
+    let (a, b) = (
+        Hub::with_backend(backend_a.clone()),
+        Hub::with_backend(backend_b.clone()),
+    );
+    assert!(matches!(
+        backend_a.nodes().await,
+        Err(RedisBackendError::NoPresenceInCluster)
+    ));
+
+    let (addr_a, addr_b) = (
+        subscribing_server(a.clone(), topics.clone()).await,
+        subscribing_server(b.clone(), topics.clone()).await,
+    );
+    let (ready_a, ready_a_rx) = tokio::sync::oneshot::channel();
+    let (ready_b, ready_b_rx) = tokio::sync::oneshot::channel();
+    let reader_a = tokio::spawn(texts(addr_a, 200, ready_a));
+    let reader_b = tokio::spawn(texts(addr_b, 200, ready_b));
+    ready_a_rx.await.unwrap();
+    ready_b_rx.await.unwrap();
+    // Both hubs subscribed to every channel: two subscribers each, wherever its shard is.
+    let start = Instant::now();
+    let channel = |t: &str| format!("tower-websocket:{t}");
+    loop {
+        // Each shard answers for its own channels only: the sum over the three.
+        let all = topics.iter().all(|t| {
+            let subscribers: u64 = cluster
+                .ports
+                .iter()
+                .map(|&p| {
+                    redis_env::redis_cli(p, &["PUBSUB", "SHARDNUMSUB", &channel(t)])
+                        .lines()
+                        .nth(1)
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                })
+                .sum();
+            subscribers == 2
+        });
+        if all {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not every channel has two subscribers: {:?}",
+            backend_a.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The channels are spread over the three shards.
+    let per_shard: Vec<usize> = cluster
+        .ports
+        .iter()
+        .map(|&p| {
+            redis_env::redis_cli(p, &["PUBSUB", "SHARDCHANNELS", "tower-websocket:*"])
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count()
+        })
+        .collect();
+    println!("channels per shard: {per_shard:?}");
+    assert_eq!(per_shard.iter().sum::<usize>(), 100, "{per_shard:?}");
+    assert!(per_shard.iter().all(|&n| n > 0), "{per_shard:?}");
+
+    for t in &topics {
+        a.publish(t, format!("from A on {t}"));
+        b.publish(t, format!("from B on {t}"));
+    }
+    for (node, reader) in [("A", reader_a), ("B", reader_b)] {
+        let mut got = reader.await.unwrap();
+        assert_eq!(
+            got.len(),
+            200,
+            "node {node}'s client got {} messages",
+            got.len()
+        );
+        got.sort();
+        let mut want: Vec<String> = topics
+            .iter()
+            .flat_map(|t| [format!("from A on {t}"), format!("from B on {t}")])
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "node {node}: every topic from both hubs, once");
+    }
+    assert_eq!(backend_a.stats().received, 100);
+    assert_eq!(backend_b.stats().received, 100);
+}

@@ -44,6 +44,7 @@
 mod envelope;
 mod presence;
 mod publisher;
+mod sharded;
 mod subscriber;
 
 use std::collections::{HashMap, HashSet};
@@ -73,6 +74,8 @@ pub struct RedisBackendBuilder {
     backoff_min: Duration,
     backoff_max: Duration,
     presence_ttl: Duration,
+    /// The nodes of a Redis Cluster, for sharded pub/sub.
+    cluster: Option<Vec<String>>,
 }
 
 impl RedisBackendBuilder {
@@ -134,6 +137,10 @@ impl RedisBackendBuilder {
     /// Tokio runtime.
     pub fn build(self) -> Result<RedisBackend, RedisBackendError> {
         let client = self.client()?;
+        let cluster = match &self.cluster {
+            Some(urls) => Some(sharded::client(urls, &self).map_err(RedisBackendError::Url)?),
+            None => None,
+        };
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| RedisBackendError::NoRuntime)?;
         let (queue_tx, queue_rx) = mpsc::channel(self.queue_capacity);
@@ -157,17 +164,31 @@ impl RedisBackendBuilder {
             publish_connected: AtomicBool::new(false),
             subscribe_connected: AtomicBool::new(false),
         });
-        runtime.spawn(publisher::run(
-            client.clone(),
-            Arc::clone(&shared),
-            queue_rx,
-        ));
-        runtime.spawn(subscriber::run(
-            client.clone(),
-            Arc::clone(&shared),
-            alive_rx.clone(),
-        ));
-        runtime.spawn(presence::run(client, Arc::clone(&shared), alive_rx));
+        if let Some((cluster, pushes)) = cluster {
+            runtime.spawn(sharded::publish(
+                cluster.clone(),
+                Arc::clone(&shared),
+                queue_rx,
+            ));
+            runtime.spawn(sharded::subscribe(
+                cluster,
+                pushes,
+                Arc::clone(&shared),
+                alive_rx,
+            ));
+        } else {
+            runtime.spawn(publisher::run(
+                client.clone(),
+                Arc::clone(&shared),
+                queue_rx,
+            ));
+            runtime.spawn(subscriber::run(
+                client.clone(),
+                Arc::clone(&shared),
+                alive_rx.clone(),
+            ));
+            runtime.spawn(presence::run(client, Arc::clone(&shared), alive_rx));
+        }
         Ok(RedisBackend {
             shared,
             queue: queue_tx,
@@ -236,6 +257,9 @@ pub enum RedisBackendError {
     /// A command failed (for [`RedisBackend::nodes`] and
     /// [`RedisBackend::subscriber_count`]).
     Command(::redis::RedisError),
+    /// Presence ([`RedisBackend::nodes`], [`RedisBackend::subscriber_count`]) is not available
+    /// on a backend built with [`RedisBackend::cluster_builder`].
+    NoPresenceInCluster,
     /// Not called from within a Tokio runtime, which the backend's tasks need.
     NoRuntime,
 }
@@ -247,6 +271,9 @@ impl fmt::Display for RedisBackendError {
             RedisBackendError::Connect(e) => write!(f, "cannot reach Redis: {e}"),
             RedisBackendError::Timeout(t) => write!(f, "Redis did not answer within {t:?}"),
             RedisBackendError::Command(e) => write!(f, "a Redis command failed: {e}"),
+            RedisBackendError::NoPresenceInCluster => f.write_str(
+                "node presence and cluster-wide counts are not available with Redis Cluster yet",
+            ),
             RedisBackendError::NoRuntime => {
                 f.write_str("the Redis backend must be started from within a Tokio runtime")
             }
@@ -457,7 +484,25 @@ impl RedisBackend {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             presence_ttl: Duration::from_secs(3),
+            cluster: None,
         }
+    }
+
+    /// Settings for a backend on a Redis Cluster, given some of its nodes' URLs, with sharded
+    /// pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7 or later): each topic's messages travel only
+    /// through the shard that owns its channel, so topics spread over the shards. The `redis`
+    /// crate's cluster client follows slot moves and failovers. Presence
+    /// ([`nodes`](Self::nodes), [`subscriber_count`](Self::subscriber_count)) is not
+    /// available in this mode yet.
+    pub fn cluster_builder<I, S>(urls: I) -> RedisBackendBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
+        let mut builder = Self::builder(urls.first().cloned().unwrap_or_default());
+        builder.cluster = Some(urls);
+        builder
     }
 
     /// A backend with the default settings, once Redis has answered a `PING`
@@ -510,6 +555,9 @@ impl RedisBackend {
     /// The ids of the live nodes, this one included once its first heartbeat reached Redis:
     /// those that announced themselves within the presence TTL.
     pub async fn nodes(&self) -> Result<Vec<u64>, RedisBackendError> {
+        if self.shared.settings.cluster.is_some() {
+            return Err(RedisBackendError::NoPresenceInCluster);
+        }
         let limit = self.shared.settings.connect_timeout;
         let work = async {
             let mut conn = self.connection().await?;

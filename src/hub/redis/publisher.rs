@@ -83,7 +83,7 @@ async fn send(
     pipe.query_async::<()>(conn).await
 }
 
-fn next_seq(seqs: &mut HashMap<String, u64>, topic: &str) -> u64 {
+pub(super) fn next_seq(seqs: &mut HashMap<String, u64>, topic: &str) -> u64 {
     let seq = match seqs.get_mut(topic) {
         Some(seq) => seq,
         None => seqs.entry(topic.to_string()).or_insert(0),

@@ -16,6 +16,9 @@ use tokio::time::{timeout, MissedTickBehavior};
 use super::envelope::{self, Envelope};
 use super::{add, Backoff, Link, RedisEvent, Shared};
 
+/// Per (topic, node), the last sequence number seen.
+pub(super) type Seen = HashMap<(String, u64), u64>;
+
 /// Why a connection is given up.
 type Lost = String;
 
@@ -99,7 +102,7 @@ async fn session(
                     super::presence::receive(shared, msg.get_payload_bytes());
                 }
                 Some(msg) => {
-                    if !receive(shared, seen, msg) {
+                    if !receive(shared, seen, msg.get_channel_name(), msg.get_payload_bytes()) {
                         return None;
                     }
                 }
@@ -160,13 +163,12 @@ async fn reconcile(
 }
 
 /// Handles one message from Redis. `false` when the hub is gone.
-fn receive(shared: &Shared, seen: &mut HashMap<(String, u64), u64>, msg: redis::Msg) -> bool {
-    let Some(topic) = shared.topic(msg.get_channel_name()) else {
+pub(super) fn receive(shared: &Shared, seen: &mut Seen, channel: &str, payload: &[u8]) -> bool {
+    let Some(topic) = shared.topic(channel) else {
         add(&shared.stats.invalid, 1);
         return true;
     };
-    let Ok(Envelope { node, seq, message }) =
-        envelope::decode(Bytes::copy_from_slice(msg.get_payload_bytes()))
+    let Ok(Envelope { node, seq, message }) = envelope::decode(Bytes::copy_from_slice(payload))
     else {
         add(&shared.stats.invalid, 1);
         tracing::debug!(
