@@ -40,6 +40,12 @@
 //!   ([`RedisBackendBuilder::heartbeat`]) so that a connection that died silently is noticed.
 //!   Both reconnect with exponential backoff and no retry limit; after a reconnection every
 //!   topic with local subscribers is subscribed again. [`RedisEvent`]s tell the application.
+//! - Every node announces itself with a presence key that expires
+//!   ([`RedisBackend::nodes`]); [`RedisBackend::subscriber_count`] asks the other nodes
+//!   through their inbox channels.
+//! - On a Redis Cluster, [`RedisBackend::cluster_builder`] uses sharded pub/sub.
+//!
+//! The guide, with the failures and the figures: [`docs::scale_out`](crate::docs::scale_out).
 
 mod envelope;
 mod presence;
