@@ -449,8 +449,10 @@ async fn sharded_pub_sub_on_a_three_node_cluster_delivers_100_topics_across_two_
     );
     let (ready_a, ready_a_rx) = tokio::sync::oneshot::channel();
     let (ready_b, ready_b_rx) = tokio::sync::oneshot::channel();
-    let reader_a = tokio::spawn(texts(addr_a, 200, ready_a));
-    let reader_b = tokio::spawn(texts(addr_b, 200, ready_b));
+    // Five messages per topic from each hub.
+    const EACH: usize = 5;
+    let reader_a = tokio::spawn(texts(addr_a, 200 * EACH, ready_a));
+    let reader_b = tokio::spawn(texts(addr_b, 200 * EACH, ready_b));
     ready_a_rx.await.unwrap();
     ready_b_rx.await.unwrap();
     // Both hubs subscribed to every channel: two subscribers each, wherever its shard is.
@@ -497,26 +499,35 @@ async fn sharded_pub_sub_on_a_three_node_cluster_delivers_100_topics_across_two_
     assert_eq!(per_shard.iter().sum::<usize>(), 100, "{per_shard:?}");
     assert!(per_shard.iter().all(|&n| n > 0), "{per_shard:?}");
 
-    for t in &topics {
-        a.publish(t, format!("from A on {t}"));
-        b.publish(t, format!("from B on {t}"));
+    for k in 0..EACH {
+        for t in &topics {
+            a.publish(t, format!("from A on {t} #{k}"));
+            b.publish(t, format!("from B on {t} #{k}"));
+        }
     }
     for (node, reader) in [("A", reader_a), ("B", reader_b)] {
-        let mut got = reader.await.unwrap();
+        let got = reader.await.unwrap();
         assert_eq!(
             got.len(),
-            200,
+            200 * EACH,
             "node {node}'s client got {} messages",
             got.len()
         );
-        got.sort();
-        let mut want: Vec<String> = topics
-            .iter()
-            .flat_map(|t| [format!("from A on {t}"), format!("from B on {t}")])
-            .collect();
-        want.sort();
-        assert_eq!(got, want, "node {node}: every topic from both hubs, once");
+        // In order per hub and topic: the client sees #0..#4 of each in turn.
+        let mut next: HashMap<String, usize> = HashMap::new();
+        for text in &got {
+            let (stream, k) = text.rsplit_once(" #").expect("a numbered message");
+            let k: usize = k.parse().expect("a number");
+            let want = next.entry(stream.to_string()).or_insert(0);
+            assert_eq!(k, *want, "node {node}: {stream} out of order");
+            *want += 1;
+        }
+        assert_eq!(next.len(), 200, "node {node}: every topic from both hubs");
+        assert!(next.values().all(|&n| n == EACH), "node {node}: {next:?}");
     }
-    assert_eq!(backend_a.stats().received, 100);
-    assert_eq!(backend_b.stats().received, 100);
+    for backend in [&backend_a, &backend_b] {
+        let stats = backend.stats();
+        assert_eq!(stats.received, (100 * EACH) as u64, "{stats:?}");
+        assert_eq!((stats.stale, stats.missed), (0, 0), "{stats:?}");
+    }
 }

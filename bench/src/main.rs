@@ -6,7 +6,7 @@
 //!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
 //! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
 //! bench upgrade-cost <kind> --count N [--messages M]
-//! bench redis-hub --redis URL [--messages N] [--rate R] [--seconds S] [--size B]
+//! bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
 //! ```
 //!
 //! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
@@ -32,7 +32,7 @@ usage:
             [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
   bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
   bench upgrade-cost <kind> --count N [--messages M]
-  bench redis-hub --redis URL [--messages N] [--rate R] [--seconds S] [--size B]
+  bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
 
 kinds: layer, fastwebsockets, axum-ws, tcp
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
@@ -164,6 +164,7 @@ fn redis_hub(args: &[String]) -> Result<(), String> {
     let mut args = Args { rest: args };
     let mut opts = redis_hub::Options {
         url: String::new(),
+        cluster: Vec::new(),
         messages: 200_000,
         rate: 10_000,
         seconds: 5,
@@ -172,6 +173,7 @@ fn redis_hub(args: &[String]) -> Result<(), String> {
     while let Some(arg) = args.next() {
         match arg {
             "--redis" => opts.url = args.value(arg)?.to_string(),
+            "--cluster" => opts.cluster = args.value(arg)?.split(',').map(str::to_string).collect(),
             "--messages" => opts.messages = args.parse::<usize>(arg)?.max(1),
             "--rate" => opts.rate = args.parse::<u64>(arg)?.max(1),
             "--seconds" => opts.seconds = args.parse::<u64>(arg)?.max(1),
@@ -179,8 +181,10 @@ fn redis_hub(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
-    if opts.url.is_empty() {
-        return Err(format!("redis-hub needs --redis URL\n{USAGE}"));
+    if opts.url.is_empty() && opts.cluster.is_empty() {
+        return Err(format!(
+            "redis-hub needs --redis URL or --cluster URL,URL,...\n{USAGE}"
+        ));
     }
     redis_hub::run(&opts)
 }

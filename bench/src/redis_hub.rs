@@ -23,6 +23,8 @@ use crate::client;
 
 pub struct Options {
     pub url: String,
+    /// Redis Cluster nodes: sharded pub/sub instead of `url`.
+    pub cluster: Vec<String>,
     pub messages: usize,
     pub rate: u64,
     pub seconds: u64,
@@ -45,8 +47,13 @@ fn prefix(what: &str) -> String {
     format!("bench-{what}-{}", std::process::id())
 }
 
-async fn backend(url: &str, prefix: &str, queue: usize) -> Result<RedisBackend, String> {
-    RedisBackend::builder(url)
+async fn backend(opts: &Options, prefix: &str, queue: usize) -> Result<RedisBackend, String> {
+    let builder = if opts.cluster.is_empty() {
+        RedisBackend::builder(opts.url.as_str())
+    } else {
+        RedisBackend::cluster_builder(opts.cluster.iter().cloned())
+    };
+    builder
         .prefix(prefix)
         .queue_capacity(queue)
         .connect()
@@ -55,7 +62,7 @@ async fn backend(url: &str, prefix: &str, queue: usize) -> Result<RedisBackend, 
 }
 
 async fn throughput(opts: &Options) -> Result<(), String> {
-    let backend = backend(&opts.url, &prefix("throughput"), opts.messages).await?;
+    let backend = backend(opts, &prefix("throughput"), opts.messages).await?;
     let hub = Hub::with_backend(backend.clone());
     let payload = Message::binary(vec![7u8; opts.size]);
     let start = Instant::now();
@@ -92,8 +99,9 @@ async fn throughput(opts: &Options) -> Result<(), String> {
 
 async fn latency(opts: &Options) -> Result<(), String> {
     let prefix = prefix("latency");
-    let node_a = Hub::with_backend(backend(&opts.url, &prefix, 65_536).await?);
-    let backend_b = backend(&opts.url, &prefix, 65_536).await?;
+    let backend_a = backend(opts, &prefix, 65_536).await?;
+    let node_a = Hub::with_backend(backend_a.clone());
+    let backend_b = backend(opts, &prefix, 65_536).await?;
     let node_b = Hub::with_backend(backend_b.clone());
 
     let layer = WebSocketLayer::new({
@@ -127,7 +135,13 @@ async fn latency(opts: &Options) -> Result<(), String> {
     let (stream, rest) = client::connect(addr).await.map_err(|e| e.to_string())?;
     let reader = tokio::spawn(read_indices(stream, rest, Arc::clone(&sent), base, total));
 
-    // Until node B's subscription reached Redis: the published count of a probe says it.
+    if !opts.cluster.is_empty() {
+        let result =
+            cluster_latency(opts, &prefix, node_a, backend_b, sent, reader, base, total).await;
+        println!("node A: {:?}", backend_a.stats());
+        return result;
+    }
+    // Until node B's subscription reached Redis.
     let subscribed = Instant::now();
     let probe_client = redis::Client::open(opts.url.as_str()).map_err(|e| e.to_string())?;
     let mut probe = probe_client
@@ -191,21 +205,8 @@ async fn latency(opts: &Options) -> Result<(), String> {
         })
     };
 
-    let mut payload = vec![0u8; opts.size.max(8)];
-    let per_tick = (opts.rate / 1000).max(1) as usize;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut index = 0;
-    while index < total {
-        tick.tick().await;
-        for _ in 0..per_tick.min(total - index) {
-            payload[..8].copy_from_slice(&(index as u64).to_be_bytes());
-            sent[index].store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            node_a.publish("latency", Message::binary(payload.clone()));
-            index += 1;
-        }
-    }
-    let mut latencies = reader.await.map_err(|e| e.to_string())??;
+    publish_paced(opts, &node_a, &sent, base, total).await;
+    let latencies = reader.await.map_err(|e| e.to_string())??;
     let _ = tokio::time::timeout(Duration::from_secs(5), raw_reader).await;
     let mut raw: Vec<u64> = raw_lat
         .iter()
@@ -223,6 +224,92 @@ async fn latency(opts: &Options) -> Result<(), String> {
         raw_pct(50.0),
         raw_pct(99.0)
     );
+    report(opts, total, latencies, &backend_b, "on one Redis");
+    println!("node A: {:?}", backend_a.stats());
+    Ok(())
+}
+
+/// The latency run on a cluster: node B's subscription is seen by summing `PUBSUB
+/// SHARDNUMSUB` over the given nodes (each answers for its own shard).
+#[allow(clippy::too_many_arguments)]
+async fn cluster_latency(
+    opts: &Options,
+    prefix: &str,
+    node_a: Hub,
+    backend_b: RedisBackend,
+    sent: Arc<Vec<AtomicU64>>,
+    reader: tokio::task::JoinHandle<Result<Vec<u64>, String>>,
+    base: Instant,
+    total: usize,
+) -> Result<(), String> {
+    let channel = format!("{prefix}:latency");
+    let start = Instant::now();
+    loop {
+        let mut n = 0;
+        for url in &opts.cluster {
+            let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("SHARDNUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            n += answer.first().map_or(0, |a| a.1);
+        }
+        if n >= 1 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err("node B did not subscribe within 10 s".to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish_paced(opts, &node_a, &sent, base, total).await;
+    let latencies = reader.await.map_err(|e| e.to_string())??;
+    report(
+        opts,
+        total,
+        latencies,
+        &backend_b,
+        "on a Redis Cluster (sharded pub/sub)",
+    );
+    Ok(())
+}
+
+async fn publish_paced(
+    opts: &Options,
+    node_a: &Hub,
+    sent: &[AtomicU64],
+    base: Instant,
+    total: usize,
+) {
+    let mut payload = vec![0u8; opts.size.max(8)];
+    let per_tick = (opts.rate / 1000).max(1) as usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut index = 0;
+    while index < total {
+        tick.tick().await;
+        for _ in 0..per_tick.min(total - index) {
+            payload[..8].copy_from_slice(&(index as u64).to_be_bytes());
+            sent[index].store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            node_a.publish("latency", Message::binary(payload.clone()));
+            index += 1;
+        }
+    }
+}
+
+fn report(
+    opts: &Options,
+    total: usize,
+    mut latencies: Vec<u64>,
+    backend_b: &RedisBackend,
+    how: &str,
+) {
     let got = latencies.len();
     latencies.sort_unstable();
     let pct = |p: f64| {
@@ -230,8 +317,8 @@ async fn latency(opts: &Options) -> Result<(), String> {
         latencies.get(rank).map_or(f64::NAN, |&n| n as f64 / 1000.0)
     };
     println!(
-        "redis-hub latency: {total} messages of {} B at {}/s from node A to a WebSocket client \
-         on node B: received {got}, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; node B: {:?}",
+        "redis-hub latency {how}: {total} messages of {} B at {}/s from node A to a WebSocket \
+         client on node B: received {got}, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; node B: {:?}",
         opts.size,
         opts.rate,
         pct(50.0),
@@ -239,7 +326,6 @@ async fn latency(opts: &Options) -> Result<(), String> {
         pct(100.0),
         backend_b.stats()
     );
-    Ok(())
 }
 
 /// Reads server frames (unmasked, unfragmented binary) until `total` arrived or the stream

@@ -83,43 +83,59 @@ pub(super) async fn publish(
             if queue.recv_many(&mut batch, shared.settings.max_batch).await == 0 {
                 return;
             }
-            let commands: Vec<redis::Cmd> = batch
-                .drain(..)
-                .map(|out| match out {
+            // One pipeline per channel: its commands share a slot, so the cluster client can
+            // send it to one shard in one round trip, and a channel's messages stay in order
+            // (separate commands sent together are not kept in order). The channels'
+            // pipelines go out together.
+            let mut pipes: Vec<(redis::Pipeline, u64)> = Vec::new();
+            let mut by_channel: HashMap<String, usize> = HashMap::new();
+            for out in batch.drain(..) {
+                let (channel, payload) = match out {
                     Out::Topic(topic, message) => {
                         let seq = super::publisher::next_seq(&mut seqs, &topic);
-                        let envelope = envelope::encode(shared.node, seq, &message);
-                        redis::cmd("SPUBLISH")
-                            .arg(shared.channel(&topic))
-                            .arg(envelope.as_ref())
-                            .to_owned()
+                        (
+                            shared.channel(&topic),
+                            envelope::encode(shared.node, seq, &message),
+                        )
                     }
-                    Out::Raw(channel, payload) => redis::cmd("SPUBLISH")
-                        .arg(channel)
-                        .arg(payload.as_ref())
-                        .to_owned(),
-                })
-                .collect();
-            // Polled in order, so the commands of one shard leave in the order published.
-            let results = join_all(commands.iter().map(|cmd| {
+                    Out::Raw(channel, payload) => (channel, payload),
+                };
+                let at = *by_channel.entry(channel.clone()).or_insert_with(|| {
+                    pipes.push((redis::pipe(), 0));
+                    pipes.len() - 1
+                });
+                let (pipe, count) = &mut pipes[at];
+                pipe.cmd("SPUBLISH")
+                    .arg(channel)
+                    .arg(payload.as_ref())
+                    .ignore();
+                *count += 1;
+            }
+            let results = join_all(pipes.iter().map(|(pipe, count)| {
                 let mut conn = conn.clone();
-                async move { cmd.query_async::<Value>(&mut conn).await }
+                async move { (pipe.query_async::<()>(&mut conn).await, *count) }
             }))
             .await;
-            let failed = results.iter().filter(|r| r.is_err()).count() as u64;
-            add(&shared.stats.published, results.len() as u64 - failed);
-            if failed > 0 {
-                add(&shared.stats.dropped_disconnected, failed);
-                let reason = results
-                    .into_iter()
-                    .find_map(Result::err)
-                    .map_or_else(String::new, |e| e.to_string());
+            let mut failure = None;
+            for (result, count) in results {
+                match result {
+                    Ok(()) => add(&shared.stats.published, count),
+                    Err(e) => {
+                        add(&shared.stats.dropped_disconnected, count);
+                        failure = Some(e.to_string());
+                    }
+                }
+            }
+            if let Some(reason) = failure {
                 down(&shared, &mut reported_down, reason);
                 // The cluster client repairs its connections; a fresh one is cheap to ask for.
                 conn = match connect(&client, &shared).await {
                     Ok(conn) => conn,
                     Err(_) => break,
                 };
+                reported_down = false;
+                shared.publish_connected.store(true, Ordering::Relaxed);
+                shared.emit(RedisEvent::Connected(Link::Publish));
             }
         }
     }
