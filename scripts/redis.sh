@@ -23,6 +23,12 @@ install() {
         return
     fi
     command -v apt-get >/dev/null 2>&1 || die "redis-server is missing and there is no apt-get"
+    # Tests start servers in parallel: one installs, the others wait for it.
+    exec 9>"${TMPDIR:-/tmp}/tower-websocket-redis-install.lock"
+    flock -w 900 9 || die "waited 900 s for another redis.sh to install redis-server"
+    if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+        return
+    fi
     log "installing redis-server from Debian's packages"
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/tmp/redis-apt.log 2>&1; then
         DEBIAN_FRONTEND=noninteractive apt-get update -qq >>/tmp/redis-apt.log 2>&1 || true
