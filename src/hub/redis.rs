@@ -467,8 +467,8 @@ impl Shared {
 /// A [`HubBackend`] on Redis. See the [module docs](self).
 ///
 /// A cheap `Clone`: give one to [`Hub::with_backend`] and keep another for
-/// [`events`](Self::events) and [`stats`](Self::stats). Its two tasks stop when the last
-/// clone is dropped.
+/// [`events`](Self::events) and [`stats`](Self::stats). Its tasks stop when the last clone
+/// is dropped.
 #[derive(Clone)]
 pub struct RedisBackend {
     shared: Arc<Shared>,
@@ -744,5 +744,65 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.next = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_limit_and_starts_again_after_a_reset() {
+        let settings = RedisBackend::builder("redis://127.0.0.1/")
+            .backoff(Duration::from_millis(50), Duration::from_millis(300));
+        let mut backoff = Backoff::new(&settings);
+        let waits: Vec<u128> = (0..5).map(|_| backoff.next().as_millis()).collect();
+        assert_eq!(waits, [50, 100, 200, 300, 300]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_with_a_message() {
+        let err = RedisBackend::builder("http://example")
+            .build()
+            .expect_err("not a redis URL");
+        assert!(matches!(err, RedisBackendError::Url(_)));
+        assert!(err.to_string().starts_with("invalid Redis URL"), "{err}");
+    }
+
+    #[test]
+    fn outside_a_runtime_build_says_so() {
+        let err = RedisBackend::new("redis://127.0.0.1/").expect_err("no runtime here");
+        assert!(matches!(err, RedisBackendError::NoRuntime), "{err}");
+    }
+
+    #[test]
+    fn channels_and_topics_map_both_ways_and_inboxes_never_clash() {
+        let settings = RedisBackend::builder("redis://127.0.0.1/").prefix("app");
+        let (events, _) = broadcast::channel(1);
+        let (queue, _rx) = mpsc::channel(1);
+        let shared = Shared {
+            node: 7,
+            prefix: "app".to_string(),
+            settings,
+            client: ::redis::Client::open("redis://127.0.0.1/").expect("a URL"),
+            queue: queue.downgrade(),
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            events,
+            stats: Counters::default(),
+            wanted: Mutex::new(HashSet::new()),
+            wanted_changed: Notify::new(),
+            hub: OnceLock::new(),
+            publish_connected: AtomicBool::new(false),
+            subscribe_connected: AtomicBool::new(false),
+        };
+        assert_eq!(shared.channel("room"), "app:room");
+        assert_eq!(shared.topic("app:room"), Some("room"));
+        assert_eq!(shared.topic("app:node:1"), Some("node:1"));
+        assert_eq!(shared.topic(&shared.inbox(7)), None);
+        assert_eq!(shared.topic("other:room"), None);
+        assert_eq!(shared.node_key(7), "app!node:7");
     }
 }

@@ -33,7 +33,6 @@ pub(super) async fn run(client: Client, shared: Arc<Shared>, mut alive: watch::R
                 }
             },
         };
-        backoff.reset();
         loop {
             let announced = redis::cmd("SET")
                 .arg(&key)
@@ -45,6 +44,7 @@ pub(super) async fn run(client: Client, shared: Arc<Shared>, mut alive: watch::R
             if announced.is_err() {
                 break;
             }
+            backoff.reset();
             tokio::select! {
                 _ = alive.changed() => {
                     // Leave at once rather than when the key expires.
@@ -53,6 +53,11 @@ pub(super) async fn run(client: Client, shared: Arc<Shared>, mut alive: watch::R
                 }
                 () = tokio::time::sleep(settings.heartbeat) => {}
             }
+        }
+        // A server that refuses the SET (a read-only replica, say) is not asked again at once.
+        tokio::select! {
+            _ = alive.changed() => return,
+            () = tokio::time::sleep(backoff.next()) => {}
         }
     }
 }
