@@ -48,6 +48,8 @@
 //! The guide, with the failures and the figures: [`docs::scale_out`](crate::docs::scale_out).
 
 mod envelope;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod presence;
 mod publisher;
 mod sharded;
