@@ -779,6 +779,57 @@ mod tests {
         assert!(matches!(err, RedisBackendError::NoRuntime), "{err}");
     }
 
+    /// Nothing listens on port 1 of the loopback: Redis is unreachable.
+    const NOWHERE: &str = "redis://127.0.0.1:1/";
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_redis_publishing_never_waits_and_every_drop_is_counted() {
+        let backend = RedisBackend::builder(NOWHERE)
+            .queue_capacity(1)
+            .build()
+            .expect("build does not wait for Redis");
+        let mut events = backend.events();
+        let hub = Hub::with_backend(backend.clone());
+        // On this single-threaded runtime the writer cannot run in between: one message
+        // queued, the others refused at once.
+        for i in 0..1000 {
+            hub.publish("room", format!("m{i}"));
+        }
+        assert_eq!(backend.stats().dropped_queue_full, 999);
+        let mut down = HashSet::new();
+        while down.len() < 2 {
+            match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+                Ok(Ok(RedisEvent::Disconnected { link, .. })) => {
+                    down.insert(link);
+                }
+                Ok(Ok(other)) => panic!("unexpected {other:?}"),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => panic!("no Disconnected for both links within 10 s: {down:?}"),
+            }
+        }
+        // The queued one is dropped too, once the writer finds Redis away.
+        let start = std::time::Instant::now();
+        while backend.stats().dropped_disconnected < 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                backend.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!backend.is_connected());
+        assert_eq!(backend.stats().published, 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connect_fails_at_once_when_redis_is_unreachable() {
+        let err = RedisBackend::connect(NOWHERE)
+            .await
+            .expect_err("nothing there");
+        assert!(matches!(err, RedisBackendError::Connect(_)), "{err:?}");
+        assert!(err.to_string().starts_with("cannot reach Redis"), "{err}");
+    }
+
     #[test]
     fn channels_and_topics_map_both_ways_and_inboxes_never_clash() {
         let settings = RedisBackend::builder("redis://127.0.0.1/").prefix("app");
