@@ -67,8 +67,7 @@ use crate::socket::WebSocketSender;
 pub mod history;
 
 pub use history::{
-    Feed, FeedEvent, HistoryConfig, NoHistory, ParsePositionError, Position, Resync,
-    ResyncReason,
+    Feed, FeedEvent, HistoryConfig, NoHistory, ParsePositionError, Position, Resync, ResyncReason,
 };
 
 /// Carries published messages to the hubs of other processes.
@@ -207,11 +206,7 @@ impl Hub {
     ///
     /// The handler forwards what the feed gives to its socket, in its own format: the position
     /// goes on the wire as the application likes. See [`Feed`] for an example.
-    pub fn subscribe_from(
-        &self,
-        topic: &str,
-        since: Option<Position>,
-    ) -> Result<Feed, NoHistory> {
+    pub fn subscribe_from(&self, topic: &str, since: Option<Position>) -> Result<Feed, NoHistory> {
         self.inner.histories.feed(topic, since)
     }
 

@@ -150,7 +150,7 @@ impl fmt::Display for ParsePositionError {
         };
         write!(
             f,
-            "not a history position: {what}; a position is `EPOCH-OFFSET`, such as `8123-42`"
+            "not a position: {what}; a position is `EPOCH-OFFSET`, such as `8123-42`"
         )
     }
 }
@@ -482,9 +482,9 @@ impl Histories {
             .find(|(pattern, _)| pattern.matches(topic))
             .map(|(_, config)| *config)?;
         let mut logs = self.logs.write().unwrap_or_else(PoisonError::into_inner);
-        let log = logs.entry(topic.to_string()).or_insert_with(|| {
-            Arc::new(Log::new(topic, Box::new(MemoryStore::new(config))))
-        });
+        let log = logs
+            .entry(topic.to_string())
+            .or_insert_with(|| Arc::new(Log::new(topic, Box::new(MemoryStore::new(config)))));
         Some(Arc::clone(log))
     }
 
@@ -702,7 +702,10 @@ mod tests {
             s.read_after(Position::new(epoch, 0), 10, later, &mut out),
             Err(ResyncReason::Expired)
         );
-        assert_eq!(s.read_after(Position::new(epoch, 1), 10, later, &mut out), Ok(()));
+        assert_eq!(
+            s.read_after(Position::new(epoch, 1), 10, later, &mut out),
+            Ok(())
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].1.as_text(), Some("new"));
     }
