@@ -126,8 +126,9 @@ async fn resuming_five_times_under_concurrent_publishing_loses_and_repeats_nothi
     let app = app(&hub);
 
     let started = Instant::now();
-    let mut client = connect(&app, None).await;
+    // From offset 0, not from "now": the handler may subscribe after the publishers start.
     let epoch = hub.head(TOPIC).expect("the topic keeps history").epoch();
+    let mut client = connect(&app, Some(&Position::new(epoch, 0).to_string())).await;
 
     let publishers: Vec<_> = ["a", "b"]
         .into_iter()
