@@ -6,11 +6,13 @@
 //!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
 //! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
 //! bench upgrade-cost <kind> --count N [--messages M]
+//! bench history [--messages N] [--size BYTES]
 //! ```
 //!
 //! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
 
 mod client;
+mod history;
 mod report;
 mod run;
 mod servers;
@@ -30,6 +32,7 @@ usage:
             [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
   bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
   bench upgrade-cost <kind> --count N [--messages M]
+  bench history [--messages N] [--size BYTES]
 
 kinds: layer, fastwebsockets, axum-ws, tcp
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Some("run") => parse_run(&args[1..]).and_then(|opts| run::run(&opts)),
         Some("server") => server(&args[1..]),
         Some("upgrade-cost") => upgrade_cost(&args[1..]),
+        Some("history") => history(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -154,4 +158,21 @@ fn upgrade_cost(args: &[String]) -> Result<(), String> {
         }
     }
     upgrade_cost::run(kind, count, messages)
+}
+
+fn history(args: &[String]) -> Result<(), String> {
+    let mut args = Args { rest: args };
+    let mut messages = 100_000;
+    let mut size = 64;
+    while let Some(arg) = args.next() {
+        match arg {
+            "--messages" => messages = args.parse(arg)?,
+            "--size" => size = args.parse(arg)?,
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    if messages == 0 {
+        return Err("--messages must be at least 1".into());
+    }
+    history::run(messages, size)
 }
