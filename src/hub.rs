@@ -53,7 +53,7 @@
 //! A topic can keep its recent messages ([`Hub::history`]): each message then gets a
 //! [`Position`], and a client that reconnects resumes with [`Hub::subscribe_from`], getting
 //! exactly what it missed and then the live messages, or a [`Resync`] when the history no
-//! longer reaches back. See [`history`] and the chapter `docs::history`.
+//! longer reaches back. See [`history`] and the chapter [`docs::history`](crate::docs::history).
 
 use std::collections::HashMap;
 use std::fmt;
