@@ -29,17 +29,26 @@ pub fn run(messages: usize, size: usize) -> Result<(), String> {
     let plain = median(|| publish_ns(None, messages, &payload));
     let kept = median(|| publish_ns(Some(HistoryConfig::new()), messages, &payload));
     println!("publish, no subscriber, without history:      {plain:8.0} ns");
-    println!("publish, no subscriber, history of 1000:      {kept:8.0} ns  (+{:.0} ns)", kept - plain);
+    println!(
+        "publish, no subscriber, history of 1000:      {kept:8.0} ns  (+{:.0} ns)",
+        kept - plain
+    );
 
     let in_process = median(|| rt.block_on(catch_up_in_process(messages, &payload)));
-    println!("catch-up, in process (Feed::recv):            {:8.0} messages/s", in_process);
+    println!(
+        "catch-up, in process (Feed::recv):            {:8.0} messages/s",
+        in_process
+    );
 
     let mut socket = Vec::new();
     for _ in 0..ROUNDS {
         socket.push(rt.block_on(catch_up_over_socket(messages, &payload))?);
     }
     let socket = middle(socket);
-    println!("catch-up, over a 127.0.0.1 socket:            {:8.0} messages/s", socket);
+    println!(
+        "catch-up, over a 127.0.0.1 socket:            {:8.0} messages/s",
+        socket
+    );
     Ok(())
 }
 
