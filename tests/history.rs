@@ -326,3 +326,49 @@ async fn a_feed_waiting_for_the_next_message_is_cancel_safe() {
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_resumed_while_two_tasks_publish_flat_out_see_each_message_once() {
+    const PER_PUBLISHER: u64 = 5_000;
+    const TOTAL: u64 = 2 * PER_PUBLISHER;
+    let hub = Hub::new();
+    hub.history(TOPIC, HistoryConfig::new().max_messages(TOTAL as usize));
+    let epoch = hub.head(TOPIC).unwrap().epoch();
+    let publishers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                for i in 0..PER_PUBLISHER {
+                    hub.publish(TOPIC, format!("{name}{i}"));
+                    if i % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    // A new feed every 997 messages: each resumes from where the one before stopped.
+    let mut last = Position::new(epoch, 0);
+    let mut feed = hub.subscribe_from(TOPIC, Some(last)).unwrap();
+    let mut expected = [0u64; 2];
+    while last.offset() < TOTAL {
+        if last.offset() % 997 == 0 {
+            feed = hub.subscribe_from(TOPIC, Some(last)).unwrap();
+            assert!(feed.resync().is_none());
+        }
+        let FeedEvent::Message { position, message } = next(&mut feed).await else {
+            panic!("a resync with the whole history kept");
+        };
+        assert_eq!(position, Position::new(epoch, last.offset() + 1));
+        let (who, seq) = message.as_text().unwrap().split_at(1);
+        let who = usize::from(who == "b");
+        assert_eq!(seq.parse::<u64>().unwrap(), expected[who]);
+        expected[who] += 1;
+        last = position;
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    assert_eq!(expected, [PER_PUBLISHER, PER_PUBLISHER]);
+}
