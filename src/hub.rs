@@ -49,6 +49,13 @@
 //! [`Hub::deliver_local`]. Without a backend the hub is purely local. The feature `redis`
 //! brings one: [`RedisBackend`](redis::RedisBackend), whose guarantees (at-most-once across
 //! processes) are described in its module.
+//!
+//! # History and resume
+//!
+//! A topic can keep its recent messages ([`Hub::history`]): each message then gets a
+//! [`Position`], and a client that reconnects resumes with [`Hub::subscribe_from`], getting
+//! exactly what it missed and then the live messages, or a [`Resync`] when the history no
+//! longer reaches back. See [`history`] and the chapter [`docs::history`](crate::docs::history).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -61,6 +68,11 @@ use crate::socket::WebSocketSender;
 
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod history;
+
+pub use history::{
+    Feed, FeedEvent, HistoryConfig, NoHistory, ParsePositionError, Position, Resync, ResyncReason,
+};
 
 /// Carries published messages to the hubs of other processes.
 ///
@@ -105,6 +117,8 @@ pub struct Delivery {
     /// Subscribers whose socket is closed (or was closed now, under
     /// [`QueuePolicy::Close`](crate::QueuePolicy::Close)): they are unsubscribed.
     pub closed: usize,
+    /// The message's position in the topic's history; `None` when the topic keeps none.
+    pub position: Option<Position>,
 }
 
 /// An in-process publish/subscribe hub for WebSockets. See the [module docs](self).
@@ -118,6 +132,7 @@ struct Inner {
     topics: RwLock<HashMap<String, Vec<Subscriber>>>,
     next_id: AtomicU64,
     backend: Option<Box<dyn HubBackend>>,
+    histories: history::Histories,
 }
 
 struct Subscriber {
@@ -214,6 +229,39 @@ impl Hub {
         self.fan_out(topic, &message.into(), None)
     }
 
+    /// Keeps a history for the topics that `pattern` names: `"*"` for every topic,
+    /// `"prefix*"` for the topics that start with `prefix`, any other string for that one
+    /// topic. When several calls match a topic, the last one wins. Call it before publishing:
+    /// a topic's history is created, with the settings that match then, on first use.
+    ///
+    /// A topic with history numbers its messages ([`Position`]); clients resume with
+    /// [`subscribe_from`](Self::subscribe_from). Each topic with history holds up to
+    /// `config`'s limit of messages in memory for as long as the hub lives.
+    pub fn history(&self, pattern: &str, config: HistoryConfig) {
+        self.inner.histories.configure(pattern, config);
+    }
+
+    /// The messages of `topic` after `since`, from its history, then every message published
+    /// after, each with its [`Position`]: no gap and no duplicate, however publishes race with
+    /// the catch-up. With `since` `None`, only the messages published from now on.
+    ///
+    /// When the history no longer holds the message after `since`, or `since` is from another
+    /// epoch, nothing is replayed: [`Feed::resync`] says so (and so does the feed's first
+    /// event), and the feed goes on from the topic's newest message. Fails only when the topic
+    /// keeps no history (see [`history`](Self::history)).
+    ///
+    /// The handler forwards what the feed gives to its socket, in its own format: the position
+    /// goes on the wire as the application likes. See [`Feed`] for an example.
+    pub fn subscribe_from(&self, topic: &str, since: Option<Position>) -> Result<Feed, NoHistory> {
+        self.inner.histories.feed(topic, since)
+    }
+
+    /// The position of the newest message of `topic` (offset 0 before the first), `None` when
+    /// the topic keeps no history.
+    pub fn head(&self, topic: &str) -> Option<Position> {
+        self.inner.histories.head(topic)
+    }
+
     /// How many sockets are subscribed to `topic`.
     pub fn subscriber_count(&self, topic: &str) -> usize {
         self.inner
@@ -239,7 +287,11 @@ impl Hub {
         message: &Message,
         except: Option<&WebSocketSender>,
     ) -> Delivery {
-        let mut delivery = Delivery::default();
+        // Into the history first: a feed that reads it as soon as this returns finds it.
+        let mut delivery = Delivery {
+            position: self.inner.histories.record(topic, message),
+            ..Delivery::default()
+        };
         let mut gone = Vec::new();
         {
             let topics = self

@@ -37,7 +37,8 @@
 //! - [`origin`], [`protocol`]: the origin policy and subprotocol selection.
 //! - `deflate`: permessage-deflate (feature `deflate`, on by default).
 //! - `legacy`: the pre-RFC drafts hixie-76 and hixie-75 (feature `hixie76`, off by default).
-//! - [`hub`]: topics and broadcast to many sockets.
+//! - [`hub`]: topics and broadcast to many sockets; topic history and resume
+//!   ([`docs::history`]).
 //! - [`handle`]: graceful shutdown and live metrics of a layer's sockets (exported through the
 //!   `metrics` facade with the `metrics` feature: the chapter `docs::metrics`).
 //! - [`handler`]: what a handler may be and return, extractor handlers included.
@@ -101,6 +102,8 @@ pub mod docs {
     pub mod limits {}
     #[doc = include_str!("../docs/concurrency.md")]
     pub mod concurrency {}
+    #[doc = include_str!("../docs/history.md")]
+    pub mod history {}
     #[doc = include_str!("../docs/serving.md")]
     pub mod serving {}
     #[cfg(feature = "deflate")]

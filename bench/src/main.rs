@@ -7,12 +7,14 @@
 //! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
 //! bench upgrade-cost <kind> --count N [--messages M]
 //! bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
+//! bench history [--messages N] [--size BYTES]
 //! ```
 //!
 //! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
 
 mod client;
 mod redis_hub;
+mod history;
 mod report;
 mod run;
 mod servers;
@@ -33,6 +35,7 @@ usage:
   bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
   bench upgrade-cost <kind> --count N [--messages M]
   bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
+  bench history [--messages N] [--size BYTES]
 
 kinds: layer, fastwebsockets, axum-ws, tcp
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Some("server") => server(&args[1..]),
         Some("upgrade-cost") => upgrade_cost(&args[1..]),
         Some("redis-hub") => redis_hub(&args[1..]),
+        Some("history") => history(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -187,4 +191,21 @@ fn redis_hub(args: &[String]) -> Result<(), String> {
         ));
     }
     redis_hub::run(&opts)
+}
+
+fn history(args: &[String]) -> Result<(), String> {
+    let mut args = Args { rest: args };
+    let mut messages = 100_000;
+    let mut size = 64;
+    while let Some(arg) = args.next() {
+        match arg {
+            "--messages" => messages = args.parse(arg)?,
+            "--size" => size = args.parse(arg)?,
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    if messages == 0 {
+        return Err("--messages must be at least 1".into());
+    }
+    history::run(messages, size)
 }
