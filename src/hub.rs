@@ -226,7 +226,10 @@ impl Hub {
     /// Delivers a message that another process published, to this process's subscribers only
     /// (it is not handed to the backend again).
     pub fn deliver_local(&self, topic: &str, message: impl Into<Message>) -> Delivery {
-        self.fan_out(topic, &message.into(), None)
+        let delivery = self.fan_out(topic, &message.into(), None);
+        // A history kept by the backend (Redis) has the message already: its feeds read it.
+        self.inner.histories.wake(topic);
+        delivery
     }
 
     /// Keeps a history for the topics that `pattern` names: `"*"` for every topic,

@@ -299,6 +299,62 @@ pub(crate) trait HistoryStore: Send {
     ) -> Result<(), ResyncReason>;
 }
 
+/// A history kept outside the process (a Redis stream), shared by every node: positions are
+/// assigned there, by whoever appends, and feeds read it asynchronously.
+pub(crate) trait RemoteHistory: Send + Sync + 'static {
+    /// Up to `max` messages after `since` (none when `since` is `None`), with the epoch and
+    /// the newest offset at the time of the read, all read atomically. Gives the topic an
+    /// epoch when it has none. Fails with a message for the logs when the store is away.
+    fn read(&self, since: Option<Position>, max: usize) -> RemoteFuture<'_>;
+
+    /// The newest position this process has seen, `None` before the first.
+    fn last_seen(&self) -> Option<Position>;
+
+    /// How long a feed that has read everything waits for a wake-up before reading again:
+    /// the bound on how late it notices messages whose wake-up was lost.
+    fn poll(&self) -> Duration;
+}
+
+/// What [`RemoteHistory::read`] returns.
+pub(crate) type RemoteFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<RemoteRead, String>> + Send + 'a>,
+>;
+
+/// One atomic read of a remote history.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteRead {
+    pub(crate) epoch: u64,
+    /// The newest offset (0 before the first message).
+    pub(crate) head: u64,
+    /// Offsets and messages, oldest first.
+    pub(crate) entries: Vec<(u64, Message)>,
+}
+
+impl RemoteRead {
+    /// Whether the messages after `since` are exactly what this read holds (or would come
+    /// next), as [`MemoryStore::read_after`] decides it.
+    fn verdict(&self, since: Position) -> Result<(), ResyncReason> {
+        if since.epoch != self.epoch {
+            return Err(ResyncReason::OtherEpoch);
+        }
+        if since.offset > self.head {
+            return Err(ResyncReason::Unknown);
+        }
+        match self.entries.first() {
+            Some(&(first, _)) if first != since.offset + 1 => Err(ResyncReason::Expired),
+            None if since.offset < self.head => Err(ResyncReason::Expired),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Makes the remote histories of a hub: a backend that keeps histories gives one to its hub
+/// when attached ([`Histories::set_remote`]).
+pub(crate) trait RemoteHistories: Send + Sync + 'static {
+    /// The history of `topic`, kept with `config`'s limits.
+    fn history(&self, topic: &str, config: HistoryConfig) -> Arc<dyn RemoteHistory>;
+}
+
 /// The in-memory store: a ring of the recent messages, trimmed by count and by age.
 struct MemoryStore {
     epoch: u64,
@@ -389,28 +445,51 @@ fn new_epoch() -> u64 {
 /// One topic's log and the signal its feeds wait on.
 pub(crate) struct Log {
     topic: String,
-    store: Mutex<Box<dyn HistoryStore>>,
+    store: Store,
     /// Bumped after every append; feeds wait for the bump when they have read everything.
     appended: watch::Sender<()>,
 }
 
+/// Where a log's messages are.
+enum Store {
+    /// In this process: appended by `publish`, read under the lock.
+    Local(Mutex<Box<dyn HistoryStore>>),
+    /// Outside (Redis): appended by the backend, read asynchronously.
+    Remote(Arc<dyn RemoteHistory>),
+}
+
 impl Log {
-    fn new(topic: &str, store: Box<dyn HistoryStore>) -> Self {
+    fn new(topic: &str, store: Store) -> Self {
         Log {
             topic: topic.to_string(),
-            store: Mutex::new(store),
+            store,
             appended: watch::Sender::new(()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn HistoryStore>> {
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    fn local(&self) -> Option<std::sync::MutexGuard<'_, Box<dyn HistoryStore>>> {
+        match &self.store {
+            Store::Local(store) => Some(store.lock().unwrap_or_else(PoisonError::into_inner)),
+            Store::Remote(_) => None,
+        }
     }
 
-    fn append(&self, message: &Message) -> Position {
-        let position = self.lock().append(message, Instant::now());
+    fn append(&self, message: &Message) -> Option<Position> {
+        let position = self.local()?.append(message, Instant::now());
         self.appended.send_replace(());
-        position
+        Some(position)
+    }
+
+    fn head(&self) -> Option<Position> {
+        match &self.store {
+            Store::Local(_) => self.local().map(|store| store.head()),
+            Store::Remote(remote) => remote.last_seen(),
+        }
+    }
+
+    /// Wakes the feeds waiting for a message, so that they read the log again.
+    fn wake(&self) {
+        self.appended.send_replace(());
     }
 }
 
@@ -449,6 +528,8 @@ pub(crate) struct Histories {
     /// Patterns and their settings; the last one that matches a topic wins.
     rules: RwLock<Vec<(Pattern, HistoryConfig)>>,
     logs: RwLock<HashMap<String, Arc<Log>>>,
+    /// Set by a backend that keeps the histories itself (Redis): every log is made there.
+    remote: std::sync::OnceLock<Arc<dyn RemoteHistories>>,
 }
 
 impl Histories {
@@ -484,17 +565,57 @@ impl Histories {
         let mut logs = self.logs.write().unwrap_or_else(PoisonError::into_inner);
         let log = logs
             .entry(topic.to_string())
-            .or_insert_with(|| Arc::new(Log::new(topic, Box::new(MemoryStore::new(config)))));
+            .or_insert_with(|| {
+                let store = match self.remote.get() {
+                    Some(remote) => Store::Remote(remote.history(topic, config)),
+                    None => Store::Local(Mutex::new(Box::new(MemoryStore::new(config)))),
+                };
+                Arc::new(Log::new(topic, store))
+            });
         Some(Arc::clone(log))
     }
 
-    /// Appends a published message to its topic's history, if the topic keeps one.
+    /// Makes every history of this hub in `remote` from now on. Returns `false` if another
+    /// backend already did.
+    pub(crate) fn set_remote(&self, remote: Arc<dyn RemoteHistories>) -> bool {
+        self.remote.set(remote).is_ok()
+    }
+
+    /// Appends a published message to its topic's history, if the topic keeps one here. A
+    /// remote history is appended to by the backend: the position is not known yet (`None`).
     pub(crate) fn record(&self, topic: &str, message: &Message) -> Option<Position> {
-        self.log(topic).map(|log| log.append(message))
+        self.log(topic).and_then(|log| log.append(message))
+    }
+
+    /// Wakes the feeds of `topic`: its remote history has new messages.
+    pub(crate) fn wake(&self, topic: &str) {
+        if let Some(log) = self.existing(topic) {
+            log.wake();
+        }
+    }
+
+    /// Wakes every feed, after an outage of the remote store's notifications.
+    pub(crate) fn wake_all(&self) {
+        let logs = self.logs.read().unwrap_or_else(PoisonError::into_inner);
+        for log in logs.values() {
+            log.wake();
+        }
+    }
+
+    /// The log of `topic` if it was made already.
+    fn existing(&self, topic: &str) -> Option<Arc<Log>> {
+        if !self.enabled.load(Ordering::Acquire) {
+            return None;
+        }
+        self.logs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()
     }
 
     pub(crate) fn head(&self, topic: &str) -> Option<Position> {
-        self.log(topic).map(|log| log.lock().head())
+        self.log(topic).and_then(|log| log.head())
     }
 
     pub(crate) fn feed(&self, topic: &str, since: Option<Position>) -> Result<Feed, NoHistory> {
@@ -525,39 +646,44 @@ pub struct Feed {
     pending: Option<Resync>,
     /// The same, kept for [`Feed::resync`].
     resync: Option<Resync>,
+    /// On a remote history, the first read is the one that decides a resync: until it is
+    /// done, the `since` the feed was made with.
+    start: Option<Option<Position>>,
 }
 
 impl Feed {
     fn new(log: Arc<Log>, since: Option<Position>) -> Self {
         let appended = log.appended.subscribe();
         let mut feed = Feed {
-            position: Position::new(0, 0),
+            position: since.unwrap_or(Position::new(0, 0)),
             appended,
             batch: VecDeque::new(),
             pending: None,
             resync: None,
+            start: None,
             log,
         };
-        {
-            let mut store = feed.log.lock();
-            let head = store.head();
-            match since {
-                None => feed.position = head,
-                Some(since) => {
-                    // Reads the first batch now, under the same lock that decides the resync:
-                    // the verdict and what is replayed agree.
-                    match store.read_after(since, READ_BATCH, Instant::now(), &mut feed.batch) {
-                        Ok(()) => feed.position = since,
-                        Err(reason) => {
-                            feed.position = head;
-                            let resync = Resync { reason, head };
-                            feed.pending = Some(resync);
-                            feed.resync = Some(resync);
-                        }
-                    }
+        let Some(mut store) = feed.log.local() else {
+            feed.start = Some(since);
+            return feed;
+        };
+        let head = store.head();
+        match since {
+            None => feed.position = head,
+            Some(since) => {
+                // Reads the first batch now, under the same lock that decides the resync: the
+                // verdict and what is replayed agree.
+                if let Err(reason) =
+                    store.read_after(since, READ_BATCH, Instant::now(), &mut feed.batch)
+                {
+                    feed.position = head;
+                    let resync = Resync { reason, head };
+                    feed.pending = Some(resync);
+                    feed.resync = Some(resync);
                 }
             }
         }
+        drop(store);
         feed
     }
 
@@ -567,18 +693,27 @@ impl Feed {
     }
 
     /// The position of the last message delivered, or where the feed started.
+    ///
+    /// On a history kept in Redis, a feed made with `since` `None` learns where it starts
+    /// from its first read: until the first [`recv`](Self::recv) this is offset 0 of epoch 0.
     pub fn position(&self) -> Position {
         self.position
     }
 
     /// `Some` when the position the feed was asked to resume from could not be resumed from:
     /// nothing is replayed, and the first [`recv`](Self::recv) gives this resync too.
+    ///
+    /// On a history kept in Redis, the verdict needs a read: it is known once the first
+    /// `recv` has returned (`None` before), and that `recv` gives the resync.
     pub fn resync(&self) -> Option<&Resync> {
         self.resync.as_ref()
     }
 
     /// The next event: the next message (waiting for it to be published when the feed has
     /// caught up), or a resync.
+    ///
+    /// On a history kept in Redis, a feed that cannot reach Redis waits and reads again: it
+    /// resumes where it was when Redis is back.
     ///
     /// # Cancel safety
     /// Cancel safe: a `recv` dropped before it returns loses nothing, so it can sit in a
@@ -595,12 +730,28 @@ impl Feed {
             // Marks the current append as seen before reading, so that an append after the
             // read wakes the wait below.
             self.appended.borrow_and_update();
-            self.fill();
-            if self.batch.is_empty() && self.pending.is_none() {
-                // The sender lives in the log, which this feed holds: this never fails; if it
-                // did, waiting again would spin, so wait forever instead.
-                if self.appended.changed().await.is_err() {
-                    std::future::pending::<()>().await;
+            match &self.log.store {
+                Store::Local(_) => {
+                    self.fill();
+                    if self.batch.is_empty() && self.pending.is_none() {
+                        // The sender lives in the log, which this feed holds: this never
+                        // fails; if it did, waiting again would spin, so wait forever instead.
+                        if self.appended.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+                Store::Remote(remote) => {
+                    let remote = Arc::clone(remote);
+                    self.fill_remote(&*remote).await;
+                    if self.batch.is_empty() && self.pending.is_none() {
+                        // A wake-up can be lost (the pub/sub connection was down): after
+                        // `poll` the feed reads again anyway.
+                        let changed = self.appended.changed();
+                        if let Ok(Err(_)) = tokio::time::timeout(remote.poll(), changed).await {
+                            std::future::pending::<()>().await;
+                        }
+                    }
                 }
             }
         }
@@ -608,13 +759,52 @@ impl Feed {
 
     /// Reads the next batch after the feed's position, or decides a resync.
     fn fill(&mut self) {
-        let mut store = self.log.lock();
+        let Some(mut store) = self.log.local() else {
+            return;
+        };
         if let Err(reason) =
             store.read_after(self.position, READ_BATCH, Instant::now(), &mut self.batch)
         {
             let head = store.head();
             self.position = head;
             self.pending = Some(Resync { reason, head });
+        }
+    }
+
+    /// As [`fill`](Self::fill), from a remote history. Changes nothing until the read is
+    /// back, which keeps `recv` cancel safe; a failed read (the store is away) reads nothing.
+    async fn fill_remote(&mut self, remote: &dyn RemoteHistory) {
+        let since = self.start.unwrap_or(Some(self.position));
+        let read = match remote.read(since, READ_BATCH).await {
+            Ok(read) => read,
+            Err(reason) => {
+                tracing::debug!(topic = %self.log.topic, %reason, "feed: history read failed");
+                return;
+            }
+        };
+        let first = self.start.take().is_some();
+        let head = Position::new(read.epoch, read.head);
+        let Some(since) = since else {
+            self.position = head;
+            return;
+        };
+        match read.verdict(since) {
+            Ok(()) => {
+                let epoch = read.epoch;
+                self.batch.extend(
+                    read.entries
+                        .into_iter()
+                        .map(|(offset, message)| (Position::new(epoch, offset), message)),
+                );
+            }
+            Err(reason) => {
+                self.position = head;
+                let resync = Resync { reason, head };
+                self.pending = Some(resync);
+                if first {
+                    self.resync = Some(resync);
+                }
+            }
         }
     }
 }

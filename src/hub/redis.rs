@@ -48,6 +48,7 @@
 //! The guide, with the failures and the figures: [`docs::scale_out`](crate::docs::scale_out).
 
 mod envelope;
+mod history;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod presence;
@@ -171,6 +172,12 @@ impl RedisBackendBuilder {
             hub: OnceLock::new(),
             publish_connected: AtomicBool::new(false),
             subscribe_connected: AtomicBool::new(false),
+            histories: Arc::new(history::Histories::new(
+                client.clone(),
+                &self.prefix,
+                self.connect_timeout,
+                self.heartbeat,
+            )),
         });
         if let Some((cluster, pushes)) = cluster {
             runtime.spawn(sharded::publish(
@@ -420,6 +427,8 @@ struct Shared {
     hub: OnceLock<WeakHub>,
     publish_connected: AtomicBool,
     subscribe_connected: AtomicBool,
+    /// The topic histories kept in Redis.
+    histories: Arc<history::Histories>,
 }
 
 impl Shared {
@@ -463,6 +472,20 @@ impl Shared {
 
     fn hub(&self) -> Option<Hub> {
         self.hub.get().and_then(WeakHub::upgrade)
+    }
+
+    /// Whether this node wants `topic`'s channel, and tells the subscriber task. A topic with
+    /// a history stays subscribed: its feeds are woken by what arrives.
+    fn want(&self, topic: &str, subscribed: bool) {
+        {
+            let mut wanted = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+            if subscribed {
+                wanted.insert(topic.to_string());
+            } else if !self.histories.contains(topic) {
+                wanted.remove(topic);
+            }
+        }
+        self.wanted_changed.notify_one();
     }
 }
 
@@ -650,22 +673,6 @@ impl RedisBackend {
             .await
             .map_err(RedisBackendError::Connect)
     }
-
-    fn want(&self, topic: &str, subscribed: bool) {
-        {
-            let mut wanted = self
-                .shared
-                .wanted
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if subscribed {
-                wanted.insert(topic.to_string());
-            } else {
-                wanted.remove(topic);
-            }
-        }
-        self.shared.wanted_changed.notify_one();
-    }
 }
 
 impl HubBackend for RedisBackend {
@@ -686,17 +693,31 @@ impl HubBackend for RedisBackend {
     }
 
     fn attach(&self, hub: WeakHub) {
+        let Some(strong) = hub.upgrade() else { return };
         if self.shared.hub.set(hub).is_err() {
             tracing::warn!("a RedisBackend serves one hub: the second Hub::with_backend receives nothing from Redis");
+            return;
+        }
+        // Sharded pub/sub publishes without the scripts: on a cluster, histories stay in
+        // each process.
+        if self.shared.settings.cluster.is_none() {
+            let shared = Arc::clone(&self.shared);
+            strong
+                .inner
+                .histories
+                .set_remote(Arc::new(history::Maker {
+                    histories: Arc::clone(&self.shared.histories),
+                    subscribe: Box::new(move |topic| shared.want(topic, true)),
+                }));
         }
     }
 
     fn subscribe(&self, topic: &str) {
-        self.want(topic, true);
+        self.shared.want(topic, true);
     }
 
     fn unsubscribe(&self, topic: &str) {
-        self.want(topic, false);
+        self.shared.want(topic, false);
     }
 }
 
@@ -850,6 +871,12 @@ mod tests {
             hub: OnceLock::new(),
             publish_connected: AtomicBool::new(false),
             subscribe_connected: AtomicBool::new(false),
+            histories: Arc::new(history::Histories::new(
+                ::redis::Client::open("redis://127.0.0.1/").expect("a URL"),
+                "app",
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            )),
         };
         assert_eq!(shared.channel("room"), "app:room");
         assert_eq!(shared.topic("app:room"), Some("room"));

@@ -1,5 +1,6 @@
 //! The writer task: takes published messages off the queue and sends whatever has gathered as
-//! one pipeline of `PUBLISH` commands per round trip.
+//! one pipeline of `PUBLISH` commands per round trip; a message to a topic whose history is in
+//! Redis goes through the append script instead, which publishes it too.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -9,6 +10,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
 use tokio::sync::mpsc;
 
+use super::history::{self, TopicHistory};
 use super::{add, envelope, Backoff, Link, Out, RedisEvent, Shared};
 
 type Queue = mpsc::Receiver<Out>;
@@ -40,6 +42,17 @@ pub(super) async fn run(client: Client, shared: Arc<Shared>, mut queue: Queue) {
                 continue;
             }
         };
+        // Loaded on every connection: a restarted Redis has forgotten it.
+        let append = match history::load(&mut conn, history::APPEND).await {
+            Ok(sha) => sha,
+            Err(e) => {
+                down(&shared, &mut reported_down, format!("SCRIPT LOAD failed: {e}"));
+                if !drain_for(&shared, &mut queue, &mut seqs, backoff.next()).await {
+                    return;
+                }
+                continue;
+            }
+        };
         backoff.reset();
         reported_down = false;
         shared.publish_connected.store(true, Ordering::Relaxed);
@@ -49,7 +62,7 @@ pub(super) async fn run(client: Client, shared: Arc<Shared>, mut queue: Queue) {
                 return;
             }
             let sent = batch.len() as u64;
-            if let Err(e) = send(&shared, &mut conn, &mut seqs, &mut batch).await {
+            if let Err(e) = send(&shared, &mut conn, &append, &mut seqs, &mut batch).await {
                 add(&shared.stats.dropped_disconnected, sent);
                 down(&shared, &mut reported_down, e.to_string());
                 break;
@@ -59,28 +72,57 @@ pub(super) async fn run(client: Client, shared: Arc<Shared>, mut queue: Queue) {
     }
 }
 
-/// Sends one batch as a pipeline; the batch is emptied whatever the outcome.
+/// Sends one batch as a pipeline; the batch is emptied whatever the outcome. The positions
+/// the appends got wake this node's feeds.
 async fn send(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
+    append: &str,
     seqs: &mut HashMap<String, u64>,
     batch: &mut Vec<Out>,
 ) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
+    let mut appended: Vec<(String, Arc<TopicHistory>)> = Vec::new();
     for out in batch.drain(..) {
         match out {
             Out::Topic(topic, message) => {
                 let seq = next_seq(seqs, &topic);
                 let envelope = envelope::encode(shared.node, seq, &message);
-                pipe.publish(shared.channel(&topic), envelope.as_ref())
-                    .ignore();
+                let channel = shared.channel(&topic);
+                if let Some(log) = shared.histories.get(&topic) {
+                    pipe.cmd("EVALSHA")
+                        .arg(append)
+                        .arg(2)
+                        .arg(&log.meta)
+                        .arg(&log.stream)
+                        .arg(history::candidate_epoch().to_string())
+                        .arg(log.max_len)
+                        .arg(envelope.as_ref())
+                        .arg(channel);
+                    appended.push((topic, log));
+                } else {
+                    pipe.publish(channel, envelope.as_ref()).ignore();
+                }
             }
             Out::Raw(channel, payload) => {
                 pipe.publish(channel, payload.as_ref()).ignore();
             }
         }
     }
-    pipe.query_async::<()>(conn).await
+    if appended.is_empty() {
+        return pipe.query_async::<()>(conn).await;
+    }
+    let positions: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let hub = shared.hub();
+    for ((topic, log), reply) in appended.iter().zip(&positions) {
+        if let Some(position) = history::parse_append(reply) {
+            log.saw(position);
+        }
+        if let Some(hub) = &hub {
+            hub.inner.histories.wake(topic);
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn next_seq(seqs: &mut HashMap<String, u64>, topic: &str) -> u64 {

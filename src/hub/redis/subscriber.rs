@@ -91,6 +91,10 @@ async fn session(
     backoff.reset();
     shared.subscribe_connected.store(true, Ordering::Relaxed);
     shared.emit(RedisEvent::Connected(Link::Subscribe));
+    // What was appended while the wake-ups could not arrive is in the streams: the feeds read it.
+    if let Some(hub) = shared.hub() {
+        hub.inner.histories.wake_all();
+    }
 
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -1,0 +1,365 @@
+//! Topic histories in Redis: one stream per topic, appended to by a Lua script that assigns
+//! the epoch and the offset atomically with the `XADD` and the `PUBLISH`, so that every node
+//! sees the same positions; feeds read it with another script around `XRANGE`.
+//!
+//! Keys, per topic `t`: `{prefix}!history:{t}:meta`, a hash with the `epoch` (a decimal
+//! `u64`, drawn by whoever finds none) and the last `offset`; `{prefix}!history:{t}:stream`,
+//! the stream, whose entry ids are `OFFSET-0` and whose field `m` holds the envelope that
+//! was published.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Value};
+
+use super::envelope;
+use crate::hub::history::{RemoteFuture, RemoteHistories, RemoteHistory, RemoteRead};
+use crate::hub::{HistoryConfig, Position};
+
+/// KEYS: meta, stream. ARGV: an epoch for a topic that has none, MAXLEN, envelope, channel.
+/// Returns `{epoch, offset}`.
+pub(super) const APPEND: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', offset), 'm', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return {epoch, offset}
+"#;
+
+/// KEYS: meta, stream. ARGV: an epoch for a topic that has none, the epoch read from (empty
+/// for none), the first id wanted, COUNT. Returns `{epoch, head, entries}`; the entries only
+/// when the epochs agree.
+const READ: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local head = redis.call('HGET', KEYS[1], 'offset')
+local entries = {}
+if ARGV[2] == epoch then
+  entries = redis.call('XRANGE', KEYS[2], ARGV[3], '+', 'COUNT', ARGV[4])
+end
+return {epoch, head, entries}
+"#;
+
+/// The keys of `topic`'s history.
+pub(super) fn keys(prefix: &str, topic: &str) -> (String, String) {
+    (
+        format!("{prefix}!history:{topic}:meta"),
+        format!("{prefix}!history:{topic}:stream"),
+    )
+}
+
+/// A fresh epoch candidate. Drawn per call: a topic wiped and re-created must not get back
+/// the epoch it had, or old positions would read the new history.
+pub(super) fn candidate_epoch() -> u64 {
+    super::random_node_id()
+}
+
+/// Loads `script`, returning its SHA1 for `EVALSHA`.
+pub(super) async fn load(
+    conn: &mut MultiplexedConnection,
+    script: &str,
+) -> redis::RedisResult<String> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script)
+        .query_async(conn)
+        .await
+}
+
+/// The backend's histories: per topic, its keys and limit, for the writer and the feeds.
+pub(super) struct Histories {
+    prefix: String,
+    topics: RwLock<HashMap<String, Arc<TopicHistory>>>,
+    reader: Arc<Reader>,
+    poll: Duration,
+}
+
+impl Histories {
+    pub(super) fn new(client: Client, prefix: &str, timeout: Duration, poll: Duration) -> Self {
+        Histories {
+            prefix: prefix.to_string(),
+            topics: RwLock::new(HashMap::new()),
+            reader: Arc::new(Reader {
+                client,
+                timeout,
+                conn: tokio::sync::Mutex::new(None),
+            }),
+            poll,
+        }
+    }
+
+    /// The history of `topic`, if the hub made one.
+    pub(super) fn get(&self, topic: &str) -> Option<Arc<TopicHistory>> {
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        if topics.is_empty() {
+            return None;
+        }
+        topics.get(topic).cloned()
+    }
+
+    pub(super) fn contains(&self, topic: &str) -> bool {
+        self.get(topic).is_some()
+    }
+}
+
+/// What the hub holds to make its histories in Redis.
+pub(super) struct Maker {
+    pub(super) histories: Arc<Histories>,
+    /// Called with each new history's topic: its channel stays subscribed, for the wake-ups.
+    pub(super) subscribe: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl RemoteHistories for Maker {
+    fn history(&self, topic: &str, config: HistoryConfig) -> Arc<dyn RemoteHistory> {
+        let (meta, stream) = keys(&self.histories.prefix, topic);
+        let history = Arc::new(TopicHistory {
+            meta,
+            stream,
+            max_len: config.message_limit(),
+            last_seen: Mutex::new(None),
+            reader: Arc::clone(&self.histories.reader),
+            poll: self.histories.poll,
+        });
+        self.histories
+            .topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(topic.to_string(), Arc::clone(&history));
+        (self.subscribe)(topic);
+        history
+    }
+}
+
+/// One topic's history in Redis.
+pub(super) struct TopicHistory {
+    pub(super) meta: String,
+    pub(super) stream: String,
+    pub(super) max_len: usize,
+    last_seen: Mutex<Option<Position>>,
+    reader: Arc<Reader>,
+    poll: Duration,
+}
+
+impl TopicHistory {
+    /// Notes a position appended or read, for [`RemoteHistory::last_seen`].
+    pub(super) fn saw(&self, position: Position) {
+        let mut last = self.last_seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let newer = match *last {
+            Some(last) => last.epoch() != position.epoch() || last.offset() < position.offset(),
+            None => true,
+        };
+        if newer {
+            *last = Some(position);
+        }
+    }
+
+    async fn read_now(&self, since: Option<Position>, max: usize) -> Result<RemoteRead, String> {
+        let (mut conn, sha) = self.reader.connection().await?;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&sha)
+            .arg(2)
+            .arg(&self.meta)
+            .arg(&self.stream)
+            .arg(candidate_epoch().to_string());
+        match since {
+            Some(since) => cmd
+                .arg(since.epoch().to_string())
+                .arg(format!("{}-0", since.offset().saturating_add(1))),
+            None => cmd.arg("").arg("-"),
+        };
+        cmd.arg(max);
+        let value = match tokio::time::timeout(self.reader.timeout, cmd.query_async(&mut conn))
+            .await
+        {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => {
+                self.reader.forget().await;
+                return Err(format!("history read failed: {e}"));
+            }
+            Err(_) => {
+                self.reader.forget().await;
+                return Err(format!("no answer within {:?}", self.reader.timeout));
+            }
+        };
+        let read = parse_read(value)?;
+        self.saw(Position::new(read.epoch, read.head));
+        Ok(read)
+    }
+}
+
+impl RemoteHistory for TopicHistory {
+    fn read(&self, since: Option<Position>, max: usize) -> RemoteFuture<'_> {
+        Box::pin(self.read_now(since, max))
+    }
+
+    fn last_seen(&self) -> Option<Position> {
+        *self.last_seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn poll(&self) -> Duration {
+        self.poll
+    }
+}
+
+/// The connection the feeds read on, made on first use and again after a failure.
+struct Reader {
+    client: Client,
+    timeout: Duration,
+    conn: tokio::sync::Mutex<Option<(MultiplexedConnection, String)>>,
+}
+
+impl Reader {
+    async fn connection(&self) -> Result<(MultiplexedConnection, String), String> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| format!("cannot reach Redis: {e}"))?;
+        let sha = load(&mut conn, READ)
+            .await
+            .map_err(|e| format!("SCRIPT LOAD failed: {e}"))?;
+        *slot = Some((conn.clone(), sha.clone()));
+        Ok((conn, sha))
+    }
+
+    /// Drops the connection after a failure (a restarted Redis has also lost the script).
+    async fn forget(&self) {
+        *self.conn.lock().await = None;
+    }
+}
+
+/// A decimal number in a bulk string or an integer.
+fn number(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads the `{epoch, offset}` the append script returns.
+pub(super) fn parse_append(value: &Value) -> Option<Position> {
+    match value {
+        Value::Array(items) if items.len() == 2 => {
+            Some(Position::new(number(&items[0])?, number(&items[1])?))
+        }
+        _ => None,
+    }
+}
+
+/// Reads `{epoch, head, entries}`; entries are `[id, [field, value, ...]]`.
+fn parse_read(value: Value) -> Result<RemoteRead, String> {
+    let bad = |what: &str| format!("unexpected reply to the history read: {what}");
+    let Value::Array(mut items) = value else {
+        return Err(bad("not an array"));
+    };
+    if items.len() != 3 {
+        return Err(bad("not three items"));
+    }
+    let entries = items.pop().unwrap_or_default();
+    let head = number(&items[1]).ok_or_else(|| bad("head"))?;
+    let epoch = number(&items[0]).ok_or_else(|| bad("epoch"))?;
+    let mut read = RemoteRead {
+        epoch,
+        head,
+        entries: Vec::new(),
+    };
+    let Value::Array(entries) = entries else {
+        return Err(bad("entries"));
+    };
+    for entry in entries {
+        let Value::Array(mut parts) = entry else {
+            return Err(bad("entry"));
+        };
+        let fields = parts.pop();
+        let id = parts.pop();
+        let offset = match &id {
+            Some(Value::BulkString(id)) => std::str::from_utf8(id)
+                .ok()
+                .and_then(|id| id.strip_suffix("-0"))
+                .and_then(|offset| offset.parse::<u64>().ok()),
+            _ => None,
+        }
+        .ok_or_else(|| bad("entry id"))?;
+        let Some(Value::Array(fields)) = fields else {
+            return Err(bad("entry fields"));
+        };
+        let payload = fields
+            .chunks(2)
+            .find_map(|pair| match pair {
+                [Value::BulkString(name), Value::BulkString(payload)] if name == b"m" => {
+                    Some(payload.clone())
+                }
+                _ => None,
+            })
+            .ok_or_else(|| bad("entry without a message"))?;
+        // Anything in Redis may have been written by someone else: checked like the channel.
+        let message = envelope::decode(Bytes::from(payload))
+            .map_err(|e| bad(&format!("entry {offset} is not an envelope ({e:?})")))?
+            .message;
+        read.entries.push((offset, message));
+    }
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_read_reply_is_parsed_and_a_bad_one_is_an_error() {
+        let m = envelope::encode(1, 1, &Message::text("hi")).to_vec();
+        let entry = Value::Array(vec![
+            bulk("7-0"),
+            Value::Array(vec![bulk("m"), Value::BulkString(m)]),
+        ]);
+        let reply = Value::Array(vec![bulk("99"), bulk("7"), Value::Array(vec![entry])]);
+        let read = parse_read(reply).expect("a good reply");
+        assert_eq!((read.epoch, read.head), (99, 7));
+        assert_eq!(read.entries.len(), 1);
+        assert_eq!(read.entries[0].0, 7);
+        assert_eq!(read.entries[0].1.as_text(), Some("hi"));
+
+        let garbage = Value::Array(vec![
+            bulk("7-0"),
+            Value::Array(vec![bulk("m"), bulk("not an envelope")]),
+        ]);
+        let reply = Value::Array(vec![bulk("99"), bulk("7"), Value::Array(vec![garbage])]);
+        let err = parse_read(reply).expect_err("not an envelope");
+        assert!(err.contains("not an envelope"), "{err}");
+        assert!(parse_read(Value::Nil).is_err());
+        assert!(parse_read(Value::Array(vec![bulk("x"), bulk("1"), Value::Array(vec![])])).is_err());
+    }
+
+    #[test]
+    fn an_append_reply_is_a_position() {
+        let reply = Value::Array(vec![bulk("18446744073709551615"), Value::Int(3)]);
+        assert_eq!(parse_append(&reply), Some(Position::new(u64::MAX, 3)));
+        assert_eq!(parse_append(&Value::Int(3)), None);
+    }
+}
