@@ -66,9 +66,9 @@ use crate::error::SendError;
 use crate::message::Message;
 use crate::socket::WebSocketSender;
 
+pub mod history;
 #[cfg(feature = "redis")]
 pub mod redis;
-pub mod history;
 
 pub use history::{
     Feed, FeedEvent, HistoryConfig, NoHistory, ParsePositionError, Position, Resync, ResyncReason,

@@ -13,8 +13,8 @@
 //! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
 
 mod client;
-mod redis_hub;
 mod history;
+mod redis_hub;
 mod report;
 mod run;
 mod servers;

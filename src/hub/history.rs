@@ -316,9 +316,8 @@ pub(crate) trait RemoteHistory: Send + Sync + 'static {
 }
 
 /// What [`RemoteHistory::read`] returns.
-pub(crate) type RemoteFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<RemoteRead, String>> + Send + 'a>,
->;
+pub(crate) type RemoteFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<RemoteRead, String>> + Send + 'a>>;
 
 /// One atomic read of a remote history.
 #[derive(Debug, Default)]
@@ -326,8 +325,9 @@ pub(crate) struct RemoteRead {
     pub(crate) epoch: u64,
     /// The newest offset (0 before the first message).
     pub(crate) head: u64,
-    /// Offsets and messages, oldest first.
-    pub(crate) entries: Vec<(u64, Message)>,
+    /// Offsets and messages, oldest first; `None` for an entry that is not a message (written
+    /// by something else), which feeds skip.
+    pub(crate) entries: Vec<(u64, Option<Message>)>,
 }
 
 impl RemoteRead {
@@ -563,15 +563,13 @@ impl Histories {
             .find(|(pattern, _)| pattern.matches(topic))
             .map(|(_, config)| *config)?;
         let mut logs = self.logs.write().unwrap_or_else(PoisonError::into_inner);
-        let log = logs
-            .entry(topic.to_string())
-            .or_insert_with(|| {
-                let store = match self.remote.get() {
-                    Some(remote) => Store::Remote(remote.history(topic, config)),
-                    None => Store::Local(Mutex::new(Box::new(MemoryStore::new(config)))),
-                };
-                Arc::new(Log::new(topic, store))
-            });
+        let log = logs.entry(topic.to_string()).or_insert_with(|| {
+            let store = match self.remote.get() {
+                Some(remote) => Store::Remote(remote.history(topic, config)),
+                None => Store::Local(Mutex::new(Box::new(MemoryStore::new(config)))),
+            };
+            Arc::new(Log::new(topic, store))
+        });
         Some(Arc::clone(log))
     }
 
@@ -709,6 +707,26 @@ impl Feed {
         self.resync.as_ref()
     }
 
+    /// Waits until the feed knows where it starts: [`position`](Self::position) and
+    /// [`resync`](Self::resync) are then final. Returns the resync, if any (the next
+    /// [`recv`](Self::recv) gives it too).
+    ///
+    /// In process this returns at once. On a history kept in Redis it reads Redis, again
+    /// every poll interval while Redis cannot be reached. Cancel safe.
+    pub async fn ready(&mut self) -> Option<Resync> {
+        while self.start.is_some() {
+            let Store::Remote(remote) = &self.log.store else {
+                break;
+            };
+            let remote = Arc::clone(remote);
+            self.fill_remote(&*remote).await;
+            if self.start.is_some() {
+                tokio::time::sleep(remote.poll()).await;
+            }
+        }
+        self.resync
+    }
+
     /// The next event: the next message (waiting for it to be published when the feed has
     /// caught up), or a resync.
     ///
@@ -791,11 +809,15 @@ impl Feed {
         match read.verdict(since) {
             Ok(()) => {
                 let epoch = read.epoch;
-                self.batch.extend(
-                    read.entries
-                        .into_iter()
-                        .map(|(offset, message)| (Position::new(epoch, offset), message)),
-                );
+                let last = read.entries.last().map(|&(offset, _)| offset);
+                self.batch
+                    .extend(read.entries.into_iter().filter_map(|(offset, message)| {
+                        Some((Position::new(epoch, offset), message?))
+                    }));
+                // Only entries to skip: step over them, or the next read finds them again.
+                if let (true, Some(last)) = (self.batch.is_empty(), last) {
+                    self.position = Position::new(epoch, last);
+                }
             }
             Err(reason) => {
                 self.position = head;

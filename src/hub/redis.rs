@@ -702,13 +702,10 @@ impl HubBackend for RedisBackend {
         // each process.
         if self.shared.settings.cluster.is_none() {
             let shared = Arc::clone(&self.shared);
-            strong
-                .inner
-                .histories
-                .set_remote(Arc::new(history::Maker {
-                    histories: Arc::clone(&self.shared.histories),
-                    subscribe: Box::new(move |topic| shared.want(topic, true)),
-                }));
+            strong.inner.histories.set_remote(Arc::new(history::Maker {
+                histories: Arc::clone(&self.shared.histories),
+                subscribe: Box::new(move |topic| shared.want(topic, true)),
+            }));
         }
     }
 

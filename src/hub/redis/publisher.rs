@@ -46,7 +46,11 @@ pub(super) async fn run(client: Client, shared: Arc<Shared>, mut queue: Queue) {
         let append = match history::load(&mut conn, history::APPEND).await {
             Ok(sha) => sha,
             Err(e) => {
-                down(&shared, &mut reported_down, format!("SCRIPT LOAD failed: {e}"));
+                down(
+                    &shared,
+                    &mut reported_down,
+                    format!("SCRIPT LOAD failed: {e}"),
+                );
                 if !drain_for(&shared, &mut queue, &mut seqs, backoff.next()).await {
                     return;
                 }
