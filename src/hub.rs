@@ -117,7 +117,8 @@ pub struct Delivery {
     /// Subscribers whose socket is closed (or was closed now, under
     /// [`QueuePolicy::Close`](crate::QueuePolicy::Close)): they are unsubscribed.
     pub closed: usize,
-    /// The message's position in the topic's history; `None` when the topic keeps none.
+    /// The message's position in the topic's history; `None` when the topic keeps none, and
+    /// when its history is kept in Redis (numbered there, after `publish` returned).
     pub position: Option<Position>,
 }
 
@@ -240,6 +241,11 @@ impl Hub {
     /// A topic with history numbers its messages ([`Position`]); clients resume with
     /// [`subscribe_from`](Self::subscribe_from). Each topic with history holds up to
     /// `config`'s limit of messages in memory for as long as the hub lives.
+    ///
+    /// On a hub with the Redis backend (feature `redis`, not in cluster mode), the
+    /// histories are kept in Redis instead, one stream per topic, numbered there and shared
+    /// by every node: a client can resume on any of them. See
+    /// [`docs::history`](crate::docs::history) for what changes.
     pub fn history(&self, pattern: &str, config: HistoryConfig) {
         self.inner.histories.configure(pattern, config);
     }
@@ -260,7 +266,8 @@ impl Hub {
     }
 
     /// The position of the newest message of `topic` (offset 0 before the first), `None` when
-    /// the topic keeps no history.
+    /// the topic keeps no history. For a history kept in Redis: the newest position this node
+    /// has seen (its own appends, its feeds' reads), `None` before the first.
     pub fn head(&self, topic: &str) -> Option<Position> {
         self.inner.histories.head(topic)
     }

@@ -103,6 +103,7 @@ pub mod docs {
     #[doc = include_str!("../docs/concurrency.md")]
     pub mod concurrency {}
     #[doc = include_str!("../docs/history.md")]
+    #[cfg_attr(feature = "redis", doc = include_str!("../docs/history-redis.md"))]
     pub mod history {}
     #[doc = include_str!("../docs/serving.md")]
     pub mod serving {}

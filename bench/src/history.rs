@@ -143,3 +143,136 @@ async fn catch_up_over_socket(n: usize, payload: &Message) -> Result<f64, String
     server.abort();
     Ok(rate)
 }
+
+/// `bench history --redis URL`: the same questions with the history in Redis. Publishing is
+/// asynchronous there (a writer task pipelines what gathered), so the cost that matters is
+/// the writer's throughput: N messages published, timed until Redis has acknowledged all of
+/// them, with `PUBLISH` (no history) and with the append script (history). Then a feed from
+/// offset 0 drains N messages from the stream.
+pub fn run_redis(url: &str, messages: usize, size: usize) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let payload = Message::binary(vec![b'x'; size]);
+    println!("history on Redis {url}: {messages} messages of {size} B, median of {ROUNDS} rounds");
+    let mut round = 0;
+    let mut plain = Vec::new();
+    let mut kept = Vec::new();
+    let mut catch_up = Vec::new();
+    for _ in 0..ROUNDS {
+        round += 1;
+        plain.push(rt.block_on(redis_publish(url, None, round, messages, &payload))?);
+        round += 1;
+        let topic_round = round;
+        kept.push(rt.block_on(redis_publish(
+            url,
+            Some(messages),
+            topic_round,
+            messages,
+            &payload,
+        ))?);
+        catch_up.push(rt.block_on(redis_catch_up(url, topic_round, messages))?);
+    }
+    let (plain, kept) = (middle(plain), middle(kept));
+    println!(
+        "publish through Redis, without history:      {:8.0} messages/s ({:.2} µs each)",
+        plain,
+        1e6 / plain
+    );
+    println!(
+        "publish through Redis, history of {messages}: {:8.0} messages/s ({:.2} µs each)",
+        kept,
+        1e6 / kept
+    );
+    println!(
+        "catch-up from Redis (Feed::recv):            {:8.0} messages/s",
+        middle(catch_up)
+    );
+    Ok(())
+}
+
+async fn redis_hub(url: &str, prefix: String, capacity: usize) -> Result<Hub, String> {
+    use tower_websocket::hub::redis::RedisBackend;
+    let backend = RedisBackend::builder(url)
+        .prefix(prefix)
+        .queue_capacity(capacity)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Hub::with_backend(backend))
+}
+
+/// Messages per second from the first publish to the last one acknowledged by Redis.
+async fn redis_publish(
+    url: &str,
+    history: Option<usize>,
+    round: usize,
+    n: usize,
+    payload: &Message,
+) -> Result<f64, String> {
+    use tower_websocket::hub::redis::RedisBackend;
+    let backend = RedisBackend::builder(url)
+        .prefix(format!("bench-history-{}-{round}", std::process::id()))
+        .queue_capacity(n)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let hub = Hub::with_backend(backend.clone());
+    if let Some(max) = history {
+        hub.history(TOPIC, HistoryConfig::new().max_messages(max));
+    }
+    // Until the writer is connected, publishes would be dropped.
+    while !backend.is_connected() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let began = Instant::now();
+    for _ in 0..n {
+        hub.publish(TOPIC, payload.clone());
+    }
+    loop {
+        let stats = backend.stats();
+        let done = stats.published + stats.dropped_queue_full + stats.dropped_disconnected;
+        if done >= n as u64 {
+            if stats.published < n as u64 {
+                return Err(format!("messages dropped: {stats:?}"));
+            }
+            break;
+        }
+        if began.elapsed() > Duration::from_secs(120) {
+            return Err(format!("not acknowledged within 120 s: {stats:?}"));
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    Ok(n as f64 / began.elapsed().as_secs_f64())
+}
+
+/// Messages per second a feed from offset 0 reads of the history `redis_publish` left.
+async fn redis_catch_up(url: &str, round: usize, n: usize) -> Result<f64, String> {
+    let hub = redis_hub(
+        url,
+        format!("bench-history-{}-{round}", std::process::id()),
+        16,
+    )
+    .await?;
+    hub.history(TOPIC, HistoryConfig::new().max_messages(n));
+    let mut feed = hub.subscribe_from(TOPIC, None).map_err(|e| e.to_string())?;
+    feed.ready().await;
+    let head = feed.position();
+    let mut feed = hub
+        .subscribe_from(TOPIC, Some(Position::new(head.epoch(), 0)))
+        .map_err(|e| e.to_string())?;
+    let began = Instant::now();
+    let mut got = 0;
+    while got < head.offset() {
+        match tokio::time::timeout(Duration::from_secs(30), feed.recv()).await {
+            Ok(FeedEvent::Message { message, .. }) => {
+                std::hint::black_box(message);
+                got += 1;
+            }
+            other => return Err(format!("after {got} messages: {other:?}")),
+        }
+    }
+    Ok(got as f64 / began.elapsed().as_secs_f64())
+}

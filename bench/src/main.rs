@@ -7,7 +7,7 @@
 //! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
 //! bench upgrade-cost <kind> --count N [--messages M]
 //! bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
-//! bench history [--messages N] [--size BYTES]
+//! bench history [--messages N] [--size BYTES] [--redis URL]
 //! ```
 //!
 //! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
@@ -35,7 +35,7 @@ usage:
   bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
   bench upgrade-cost <kind> --count N [--messages M]
   bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
-  bench history [--messages N] [--size BYTES]
+  bench history [--messages N] [--size BYTES] [--redis URL]
 
 kinds: layer, fastwebsockets, axum-ws, tcp
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
@@ -197,15 +197,20 @@ fn history(args: &[String]) -> Result<(), String> {
     let mut args = Args { rest: args };
     let mut messages = 100_000;
     let mut size = 64;
+    let mut redis = None;
     while let Some(arg) = args.next() {
         match arg {
             "--messages" => messages = args.parse(arg)?,
             "--size" => size = args.parse(arg)?,
+            "--redis" => redis = Some(args.value(arg)?.to_string()),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
     if messages == 0 {
         return Err("--messages must be at least 1".into());
     }
-    history::run(messages, size)
+    match redis {
+        Some(url) => history::run_redis(&url, messages, size),
+        None => history::run(messages, size),
+    }
 }

@@ -44,6 +44,10 @@
 //!   ([`RedisBackend::nodes`]); [`RedisBackend::subscriber_count`] asks the other nodes
 //!   through their inbox channels.
 //! - On a Redis Cluster, [`RedisBackend::cluster_builder`] uses sharded pub/sub.
+//! - Topics with history ([`Hub::history`]) keep it in a Redis Stream per topic, appended to
+//!   by a Lua script that numbers each message and publishes it in one step, so every node
+//!   sees the same positions and a client can resume on any node (not in cluster mode). See
+//!   [`docs::history`](crate::docs::history).
 //!
 //! The guide, with the failures and the figures: [`docs::scale_out`](crate::docs::scale_out).
 
