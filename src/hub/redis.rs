@@ -181,6 +181,7 @@ impl RedisBackendBuilder {
                 &self.prefix,
                 self.connect_timeout,
                 self.heartbeat,
+                self.backoff_min,
             )),
         });
         if let Some((cluster, pushes)) = cluster {
@@ -877,6 +878,7 @@ mod tests {
                 "app",
                 Duration::from_secs(1),
                 Duration::from_secs(1),
+                Duration::from_millis(50),
             )),
         };
         assert_eq!(shared.channel("room"), "app:room");

@@ -87,14 +87,24 @@ pub(super) struct Histories {
 }
 
 impl Histories {
-    pub(super) fn new(client: Client, prefix: &str, timeout: Duration, poll: Duration) -> Self {
+    /// `timeout` bounds each read, `poll` is the feeds' poll interval, and `retry_after` the
+    /// wait after a failed attempt to connect.
+    pub(super) fn new(
+        client: Client,
+        prefix: &str,
+        timeout: Duration,
+        poll: Duration,
+        retry_after: Duration,
+    ) -> Self {
         Histories {
             prefix: prefix.to_string(),
             topics: RwLock::new(HashMap::new()),
             reader: Arc::new(Reader {
                 client,
                 timeout,
+                retry_after,
                 conn: tokio::sync::Mutex::new(None),
+                failed: Mutex::new(None),
             }),
             poll,
         }
@@ -107,6 +117,15 @@ impl Histories {
             return None;
         }
         topics.get(topic).cloned()
+    }
+
+    /// Redis answers again (the subscribe connection is back): the next read connects at once.
+    pub(super) fn reachable(&self) {
+        *self
+            .reader
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     pub(super) fn contains(&self, topic: &str) -> bool {
@@ -222,7 +241,11 @@ impl RemoteHistory for TopicHistory {
 struct Reader {
     client: Client,
     timeout: Duration,
+    /// After a failed attempt to connect, how long reads fail at once instead of trying again:
+    /// many feeds waiting on an unreachable Redis make one attempt, not one each.
+    retry_after: Duration,
     conn: tokio::sync::Mutex<Option<(MultiplexedConnection, String)>>,
+    failed: Mutex<Option<std::time::Instant>>,
 }
 
 impl Reader {
@@ -231,6 +254,19 @@ impl Reader {
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
+        let recent = *self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.is_some_and(|at| at.elapsed() < self.retry_after) {
+            return Err("Redis was unreachable a moment ago".to_string());
+        }
+        let made = self.connect().await;
+        *self.failed.lock().unwrap_or_else(PoisonError::into_inner) =
+            made.is_err().then(std::time::Instant::now);
+        let (conn, sha) = made?;
+        *slot = Some((conn.clone(), sha.clone()));
+        Ok((conn, sha))
+    }
+
+    async fn connect(&self) -> Result<(MultiplexedConnection, String), String> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
@@ -242,7 +278,6 @@ impl Reader {
         let sha = load(&mut conn, READ)
             .await
             .map_err(|e| format!("SCRIPT LOAD failed: {e}"))?;
-        *slot = Some((conn.clone(), sha.clone()));
         Ok((conn, sha))
     }
 

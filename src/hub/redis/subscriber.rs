@@ -92,6 +92,7 @@ async fn session(
     shared.subscribe_connected.store(true, Ordering::Relaxed);
     shared.emit(RedisEvent::Connected(Link::Subscribe));
     // What was appended while the wake-ups could not arrive is in the streams: the feeds read it.
+    shared.histories.reachable();
     if let Some(hub) = shared.hub() {
         hub.inner.histories.wake_all();
     }
