@@ -19,8 +19,9 @@ use super::envelope;
 use crate::hub::history::{RemoteFuture, RemoteHistories, RemoteHistory, RemoteRead};
 use crate::hub::{HistoryConfig, Position};
 
-/// KEYS: meta, stream. ARGV: an epoch for a topic that has none, MAXLEN, envelope, channel.
-/// Returns `{epoch, offset}`.
+/// KEYS: meta, stream. ARGV: an epoch for a topic that has none, MAXLEN, channel, then the
+/// envelopes, oldest first. Returns `{epoch, last offset}`. One call per topic per pipeline:
+/// the script's own cost is paid once for a batch, not once per message.
 pub(super) const APPEND: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -28,10 +29,14 @@ if not epoch then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', offset), 'm', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[3])
-return {epoch, offset}
+local n = #ARGV - 3
+local last = redis.call('HINCRBY', KEYS[1], 'offset', n)
+for i = 1, n do
+  local id = string.format('%d-0', last - n + i)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id, 'm', ARGV[3 + i])
+  redis.call('PUBLISH', ARGV[3], ARGV[3 + i])
+end
+return {epoch, last}
 "#;
 
 /// KEYS: meta, stream. ARGV: an epoch for a topic that has none, the epoch read from (empty

@@ -86,26 +86,22 @@ async fn send(
     batch: &mut Vec<Out>,
 ) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
-    let mut appended: Vec<(String, Arc<TopicHistory>)> = Vec::new();
+    // Per topic with history, its envelopes in order: appended by one script call each.
+    let mut appended: Vec<(String, Arc<TopicHistory>, Vec<bytes::Bytes>)> = Vec::new();
+    let mut groups: HashMap<String, usize> = HashMap::new();
     for out in batch.drain(..) {
         match out {
             Out::Topic(topic, message) => {
                 let seq = next_seq(seqs, &topic);
                 let envelope = envelope::encode(shared.node, seq, &message);
-                let channel = shared.channel(&topic);
-                if let Some(log) = shared.histories.get(&topic) {
-                    pipe.cmd("EVALSHA")
-                        .arg(append)
-                        .arg(2)
-                        .arg(&log.meta)
-                        .arg(&log.stream)
-                        .arg(history::candidate_epoch().to_string())
-                        .arg(log.max_len)
-                        .arg(envelope.as_ref())
-                        .arg(channel);
-                    appended.push((topic, log));
+                if let Some(&group) = groups.get(&topic) {
+                    appended[group].2.push(envelope);
+                } else if let Some(log) = shared.histories.get(&topic) {
+                    groups.insert(topic.clone(), appended.len());
+                    appended.push((topic, log, vec![envelope]));
                 } else {
-                    pipe.publish(channel, envelope.as_ref()).ignore();
+                    pipe.publish(shared.channel(&topic), envelope.as_ref())
+                        .ignore();
                 }
             }
             Out::Raw(channel, payload) => {
@@ -113,12 +109,26 @@ async fn send(
             }
         }
     }
+    for (topic, log, envelopes) in &appended {
+        let call = pipe
+            .cmd("EVALSHA")
+            .arg(append)
+            .arg(2)
+            .arg(&log.meta)
+            .arg(&log.stream)
+            .arg(history::candidate_epoch().to_string())
+            .arg(log.max_len)
+            .arg(shared.channel(topic));
+        for envelope in envelopes {
+            call.arg(envelope.as_ref());
+        }
+    }
     if appended.is_empty() {
         return pipe.query_async::<()>(conn).await;
     }
     let positions: Vec<redis::Value> = pipe.query_async(conn).await?;
     let hub = shared.hub();
-    for ((topic, log), reply) in appended.iter().zip(&positions) {
+    for ((topic, log, _), reply) in appended.iter().zip(&positions) {
         if let Some(position) = history::parse_append(reply) {
             log.saw(position);
         }
