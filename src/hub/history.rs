@@ -56,6 +56,10 @@ pub const DEFAULT_MAX_MESSAGES: usize = 1000;
 /// the publishers of the topic.
 const READ_BATCH: usize = 64;
 
+/// The same for a remote history, where each batch is a round trip: larger, and still bounded
+/// so that one read does not hold the store up for long.
+const REMOTE_READ_BATCH: usize = 512;
+
 /// Where a message sits in its topic's history: the epoch of the history and the message's
 /// offset in it.
 ///
@@ -793,7 +797,7 @@ impl Feed {
     /// back, which keeps `recv` cancel safe; a failed read (the store is away) reads nothing.
     async fn fill_remote(&mut self, remote: &dyn RemoteHistory) {
         let since = self.start.unwrap_or(Some(self.position));
-        let read = match remote.read(since, READ_BATCH).await {
+        let read = match remote.read(since, REMOTE_READ_BATCH).await {
             Ok(read) => read,
             Err(reason) => {
                 tracing::debug!(topic = %self.log.topic, %reason, "feed: history read failed");
