@@ -144,7 +144,8 @@ async fn catch_up_over_socket(n: usize, payload: &Message) -> Result<f64, String
     Ok(rate)
 }
 
-/// `bench history --redis URL`: the same questions with the history in Redis. Publishing is
+/// `bench history --redis URL`: the same questions with the history in Redis (whose keys it
+/// deletes afterwards). Publishing is
 /// asynchronous there (a writer task pipelines what gathered), so the cost that matters is
 /// the writer's throughput: N messages published, timed until Redis has acknowledged all of
 /// them, with `PUBLISH` (no history) and with the append script (history). Then a feed from
@@ -274,5 +275,19 @@ async fn redis_catch_up(url: &str, round: usize, n: usize) -> Result<f64, String
             other => return Err(format!("after {got} messages: {other:?}")),
         }
     }
-    Ok(got as f64 / began.elapsed().as_secs_f64())
+    let rate = got as f64 / began.elapsed().as_secs_f64();
+    // The history's keys (see docs/history-redis.md): not left behind in the user's Redis.
+    let prefix = format!("bench-history-{}-{round}", std::process::id());
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    redis::cmd("DEL")
+        .arg(format!("{prefix}!history:{TOPIC}:meta"))
+        .arg(format!("{prefix}!history:{TOPIC}:stream"))
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rate)
 }
