@@ -294,6 +294,43 @@ async fn positions_too_old_foreign_or_ahead_resync_and_bad_entries_are_skipped()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_older_than_max_age_are_forgotten() {
+    let redis = Redis::start("history-age");
+    let backend = RedisBackend::connect(redis.url())
+        .await
+        .expect("Redis answers");
+    let hub = Hub::with_backend(backend);
+    let age = Duration::from_millis(300);
+    hub.history(TOPIC, HistoryConfig::new().max_age(age));
+    let old = publish_and_settle(&hub, 3).await;
+    tokio::time::sleep(age * 2).await;
+    hub.publish(TOPIC, "new");
+    let start = Instant::now();
+    while hub.head(TOPIC).map(|h| h.offset()) != Some(4) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            hub.head(TOPIC)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The three old messages are gone from the stream: resuming before them is too late...
+    assert_eq!(
+        verdict(&hub, Position::new(old.epoch(), 0)).await,
+        Some(ResyncReason::Expired)
+    );
+    let kept = redis.cli(&["XLEN", "tower-websocket!history:ticks:stream"]);
+    assert_eq!(kept.trim(), "1");
+    // ...and resuming after them gives the new one.
+    let mut feed = resume(&hub, Some(old)).await;
+    assert_eq!(feed.resync(), None);
+    assert_eq!(
+        message(&mut feed).await,
+        (Position::new(old.epoch(), 4), "new".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_redis_changes_the_epoch_and_feeds_resync() {
     let mut redis = Redis::start("history-wiped");
     let (hub, backend) = node(&redis.url(), Duration::from_millis(200), 100).await;

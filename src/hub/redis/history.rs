@@ -4,8 +4,8 @@
 //!
 //! Keys, per topic `t`: `{prefix}!history:{t}:meta`, a hash with the `epoch` (a decimal
 //! `u64`, drawn by whoever finds none) and the last `offset`; `{prefix}!history:{t}:stream`,
-//! the stream, whose entry ids are `OFFSET-0` and whose field `m` holds the envelope that
-//! was published.
+//! the stream, whose entry ids are `OFFSET-0`, whose field `m` holds the envelope that was
+//! published and `t` the time of the append (milliseconds, Redis's clock).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -19,43 +19,88 @@ use super::envelope;
 use crate::hub::history::{RemoteFuture, RemoteHistories, RemoteHistory, RemoteRead};
 use crate::hub::{HistoryConfig, Position};
 
-/// KEYS: meta, stream. ARGV: an epoch for a topic that has none, MAXLEN, channel, then the
-/// envelopes, oldest first. Returns `{epoch, last offset}`. One call per topic per pipeline:
-/// the script's own cost is paid once for a batch, not once per message.
-pub(super) const APPEND: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+/// Lua shared by both scripts: the time in milliseconds by Redis's clock (one clock for every
+/// node), and the trimming by age, which drops the oldest entries whose `t` is older than
+/// `age` milliseconds (none when `age` is 0).
+macro_rules! lua_common {
+    () => {
+        r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local n = #ARGV - 3
+local function trim_by_age(stream, age, now)
+  if age <= 0 then return end
+  local cutoff = now - age
+  while true do
+    local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 64)
+    if #oldest == 0 then return end
+    for _, entry in ipairs(oldest) do
+      local at = 0
+      local fields = entry[2]
+      for j = 1, #fields - 1, 2 do
+        if fields[j] == 't' then at = tonumber(fields[j + 1]) or 0 end
+      end
+      if at >= cutoff then
+        redis.call('XTRIM', stream, 'MINID', entry[1])
+        return
+      end
+    end
+    local offset = tonumber(string.match(oldest[#oldest][1], '^(%d+)-'))
+    if not offset then return end
+    redis.call('XTRIM', stream, 'MINID', string.format('%d-0', offset + 1))
+  end
+end
+local function epoch_of(meta, stream, candidate)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = candidate
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  end
+  return epoch
+end
+"#
+    };
+}
+
+/// KEYS: meta, stream. ARGV: an epoch for a topic that has none, MAXLEN, channel, the age
+/// limit in milliseconds (0 for none), then the envelopes, oldest first. Returns
+/// `{epoch, last offset}`. One call per topic per pipeline: the script's own cost is paid once
+/// for a batch, not once per message.
+pub(super) const APPEND: &str = concat!(
+    lua_common!(),
+    r#"
+local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[1])
+local now = now_ms()
+local n = #ARGV - 4
 local last = redis.call('HINCRBY', KEYS[1], 'offset', n)
 for i = 1, n do
   local id = string.format('%d-0', last - n + i)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id, 'm', ARGV[3 + i])
-  redis.call('PUBLISH', ARGV[3], ARGV[3 + i])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id, 'm', ARGV[4 + i], 't', now)
+  redis.call('PUBLISH', ARGV[3], ARGV[4 + i])
 end
+trim_by_age(KEYS[2], tonumber(ARGV[4]), now)
 return {epoch, last}
-"#;
+"#
+);
 
 /// KEYS: meta, stream. ARGV: an epoch for a topic that has none, the epoch read from (empty
-/// for none), the first id wanted, COUNT. Returns `{epoch, head, entries}`; the entries only
-/// when the epochs agree.
-const READ: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-end
+/// for none), the first id wanted, COUNT, the age limit in milliseconds (0 for none). Returns
+/// `{epoch, head, entries}`; the entries only when the epochs agree.
+const READ: &str = concat!(
+    lua_common!(),
+    r#"
+local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[1])
+trim_by_age(KEYS[2], tonumber(ARGV[5]), now_ms())
 local head = redis.call('HGET', KEYS[1], 'offset')
 local entries = {}
 if ARGV[2] == epoch then
   entries = redis.call('XRANGE', KEYS[2], ARGV[3], '+', 'COUNT', ARGV[4])
 end
 return {epoch, head, entries}
-"#;
+"#
+);
 
 /// The keys of `topic`'s history.
 pub(super) fn keys(prefix: &str, topic: &str) -> (String, String) {
@@ -152,6 +197,9 @@ impl RemoteHistories for Maker {
             meta,
             stream,
             max_len: config.message_limit(),
+            max_age_ms: config.age_limit().map_or(0, |age| {
+                u64::try_from(age.as_millis()).unwrap_or(u64::MAX).max(1)
+            }),
             last_seen: Mutex::new(None),
             reader: Arc::clone(&self.histories.reader),
             poll: self.histories.poll,
@@ -171,6 +219,8 @@ pub(super) struct TopicHistory {
     pub(super) meta: String,
     pub(super) stream: String,
     pub(super) max_len: usize,
+    /// The age limit in milliseconds, 0 for none.
+    pub(super) max_age_ms: u64,
     last_seen: Mutex<Option<Position>>,
     reader: Arc<Reader>,
     poll: Duration,
@@ -206,7 +256,7 @@ impl TopicHistory {
                 .arg(format!("{}-0", since.offset().saturating_add(1))),
             None => cmd.arg("").arg("-"),
         };
-        cmd.arg(max);
+        cmd.arg(max).arg(self.max_age_ms);
         let value =
             match tokio::time::timeout(self.reader.timeout, cmd.query_async(&mut conn)).await {
                 Ok(Ok(value)) => value,

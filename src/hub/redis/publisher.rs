@@ -118,7 +118,8 @@ async fn send(
             .arg(&log.stream)
             .arg(history::candidate_epoch().to_string())
             .arg(log.max_len)
-            .arg(shared.channel(topic));
+            .arg(shared.channel(topic))
+            .arg(log.max_age_ms);
         for envelope in envelopes {
             call.arg(envelope.as_ref());
         }
