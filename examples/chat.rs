@@ -10,6 +10,15 @@
 //! ADDR=127.0.0.1:9002 cargo run --example chat
 //! ```
 //!
+//! With the feature `redis` and `REDIS_URL` set, the room spans every process that uses the
+//! same Redis: people on either port hear each other. `GET /redis` then answers the backend's
+//! state and counters as JSON, and its events are logged.
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379/ ADDR=127.0.0.1:3000 cargo run --features redis --example chat
+//! REDIS_URL=redis://127.0.0.1:6379/ ADDR=127.0.0.1:3001 cargo run --features redis --example chat
+//! ```
+//!
 //! The messages are JSON text. The page sends `{"type":"join","name":"alice"}` first, then
 //! `{"type":"say","text":"hi"}`; the server sends `{"type":"welcome","name":..,"online":..}`
 //! to the one who joined, and publishes `{"type":"message","name":..,"text":..}` and
@@ -151,12 +160,22 @@ async fn main() {
         )
         .init();
 
+    let mut app = Router::new();
+    let hub = match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            let (hub, routes) = redis_hub(&url).await;
+            app = app.merge(routes);
+            hub
+        }
+        Err(_) => Hub::new(),
+    };
+
     // The hub is the application's state: the handler takes it as axum handlers do.
-    let socket = WebSocketLayer::with_state(Hub::new(), chat)
+    let socket = WebSocketLayer::with_state(hub, chat)
         // Chat lines are small: no need for the 16 MiB default.
         .max_message_size(64 << 10);
     // `/chat` only speaks WebSocket (426 to anything else); every other path is the router's.
-    let app = Router::new()
+    let app = app
         .route("/", get(|| async { Html(include_str!("pages/chat.html")) }))
         .route_service("/chat", socket.into_service());
 
@@ -167,4 +186,56 @@ async fn main() {
         listener.local_addr().expect("bound address")
     );
     serve::serve(listener, app, std::future::pending()).await;
+}
+
+/// A hub shared through the Redis at `url`, and a `GET /redis` route with its state.
+#[cfg(feature = "redis")]
+async fn redis_hub(url: &str) -> (Hub, Router) {
+    use tower_websocket::hub::redis::{RedisBackend, RedisEvent};
+
+    let backend = RedisBackend::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("REDIS_URL={url}: {e}"));
+    tracing::info!(node = backend.node_id(), "room shared through Redis");
+    let mut events = backend.events();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            match event {
+                RedisEvent::Gap { topic, missed, .. } => {
+                    tracing::warn!(%topic, missed, "redis event: Gap")
+                }
+                other => tracing::info!("redis event: {other:?}"),
+            }
+        }
+    });
+    let state = {
+        let backend = backend.clone();
+        move || {
+            let backend = backend.clone();
+            async move {
+                let s = backend.stats();
+                axum::Json(json!({
+                    "node": backend.node_id(),
+                    "connected": backend.is_connected(),
+                    "published": s.published,
+                    "dropped_queue_full": s.dropped_queue_full,
+                    "dropped_disconnected": s.dropped_disconnected,
+                    "received": s.received,
+                    "local_dropped": s.local_dropped,
+                    "own_skipped": s.own_skipped,
+                    "invalid": s.invalid,
+                    "stale": s.stale,
+                    "missed": s.missed,
+                    "disconnects": s.disconnects,
+                }))
+            }
+        }
+    };
+    let hub = Hub::with_backend(backend);
+    (hub, Router::new().route("/redis", get(state)))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_hub(_url: &str) -> (Hub, Router) {
+    panic!("REDIS_URL is set, but this example was built without the feature `redis`");
 }

@@ -46,7 +46,16 @@
 //!
 //! The hub keeps its subscribers in this process. A [`HubBackend`] carries what is published
 //! to other processes (a Redis channel, a message bus); what they publish comes back through
-//! [`Hub::deliver_local`]. Without a backend the hub is purely local.
+//! [`Hub::deliver_local`]. Without a backend the hub is purely local. The feature `redis`
+//! brings one: [`RedisBackend`](redis::RedisBackend), whose guarantees (at-most-once across
+//! processes) are described in its module.
+//!
+//! # History and resume
+//!
+//! A topic can keep its recent messages ([`Hub::history`]): each message then gets a
+//! [`Position`], and a client that reconnects resumes with [`Hub::subscribe_from`], getting
+//! exactly what it missed and then the live messages, or a [`Resync`] when the history no
+//! longer reaches back. See [`history`] and the chapter [`docs::history`](crate::docs::history).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -57,14 +66,45 @@ use crate::error::SendError;
 use crate::message::Message;
 use crate::socket::WebSocketSender;
 
+pub mod history;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+pub use history::{
+    Feed, FeedEvent, HistoryConfig, NoHistory, ParsePositionError, Position, Resync, ResyncReason,
+};
+
 /// Carries published messages to the hubs of other processes.
 ///
 /// [`Hub::publish`] hands every message to the backend after delivering it locally; the
 /// backend sends it on, and each other process calls [`Hub::deliver_local`] with what it
-/// receives. It must not block: queue the message and send it from a task of its own.
+/// receives. No method may block: they are called on the publisher's path and under the hub's
+/// lock, so queue the work and do it from a task of your own.
+///
+/// The trait is object safe; a hub holds its backend as `Box<dyn HubBackend>`.
 pub trait HubBackend: Send + Sync + 'static {
     /// A message was published in this process to `topic`.
     fn publish(&self, topic: &str, message: &Message);
+
+    /// The hub that owns this backend, given once by [`Hub::with_backend`]; keep the
+    /// [`WeakHub`] to deliver what other processes publish with [`Hub::deliver_local`]. A
+    /// strong [`Hub`] kept here would keep the hub alive forever. Does nothing by default.
+    fn attach(&self, hub: WeakHub) {
+        let _ = hub;
+    }
+
+    /// `topic` got its first local subscriber: start receiving what other processes publish
+    /// to it. Called in the order subscriptions change, so a backend that queues these calls
+    /// sees a topic's subscribe and unsubscribe in the order they happened. Does nothing by
+    /// default (a backend that receives every topic).
+    fn subscribe(&self, topic: &str) {
+        let _ = topic;
+    }
+
+    /// `topic`'s last local subscriber left: stop receiving it. Does nothing by default.
+    fn unsubscribe(&self, topic: &str) {
+        let _ = topic;
+    }
 }
 
 /// What one publish did.
@@ -77,6 +117,9 @@ pub struct Delivery {
     /// Subscribers whose socket is closed (or was closed now, under
     /// [`QueuePolicy::Close`](crate::QueuePolicy::Close)): they are unsubscribed.
     pub closed: usize,
+    /// The message's position in the topic's history; `None` when the topic keeps none, and
+    /// when its history is kept in Redis (numbered there, after `publish` returned).
+    pub position: Option<Position>,
 }
 
 /// An in-process publish/subscribe hub for WebSockets. See the [module docs](self).
@@ -90,6 +133,7 @@ struct Inner {
     topics: RwLock<HashMap<String, Vec<Subscriber>>>,
     next_id: AtomicU64,
     backend: Option<Box<dyn HubBackend>>,
+    histories: history::Histories,
 }
 
 struct Subscriber {
@@ -103,13 +147,25 @@ impl Hub {
         Self::default()
     }
 
-    /// A hub that also hands every published message to `backend` (see [`HubBackend`]).
+    /// A hub that also hands every published message to `backend` (see [`HubBackend`]), and
+    /// tells it which topics have local subscribers.
     pub fn with_backend(backend: impl HubBackend) -> Self {
-        Hub {
+        let hub = Hub {
             inner: Arc::new(Inner {
                 backend: Some(Box::new(backend)),
                 ..Inner::default()
             }),
+        };
+        if let Some(backend) = &hub.inner.backend {
+            backend.attach(hub.downgrade());
+        }
+        hub
+    }
+
+    /// A handle that does not keep the hub alive, for a backend to hold.
+    pub fn downgrade(&self) -> WeakHub {
+        WeakHub {
+            inner: Arc::downgrade(&self.inner),
         }
     }
 
@@ -117,16 +173,23 @@ impl Hub {
     /// socket closes: closed subscribers are removed at the next publish).
     pub fn subscribe(&self, topic: &str, sender: &WebSocketSender) -> Subscription {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner
+        let mut topics = self
+            .inner
             .topics
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(topic.to_string())
-            .or_default()
-            .push(Subscriber {
-                id,
-                sender: sender.clone(),
-            });
+            .unwrap_or_else(PoisonError::into_inner);
+        let subscribers = topics.entry(topic.to_string()).or_default();
+        if subscribers.is_empty() {
+            if let Some(backend) = &self.inner.backend {
+                // Under the lock, so the backend sees subscribe/unsubscribe in their order.
+                backend.subscribe(topic);
+            }
+        }
+        subscribers.push(Subscriber {
+            id,
+            sender: sender.clone(),
+        });
+        drop(topics);
         Subscription {
             hub: Arc::clone(&self.inner),
             topic: topic.to_string(),
@@ -164,7 +227,49 @@ impl Hub {
     /// Delivers a message that another process published, to this process's subscribers only
     /// (it is not handed to the backend again).
     pub fn deliver_local(&self, topic: &str, message: impl Into<Message>) -> Delivery {
-        self.fan_out(topic, &message.into(), None)
+        let delivery = self.fan_out(topic, &message.into(), None);
+        // A history kept by the backend (Redis) has the message already: its feeds read it.
+        self.inner.histories.wake(topic);
+        delivery
+    }
+
+    /// Keeps a history for the topics that `pattern` names: `"*"` for every topic,
+    /// `"prefix*"` for the topics that start with `prefix`, any other string for that one
+    /// topic. When several calls match a topic, the last one wins. Call it before publishing:
+    /// a topic's history is created, with the settings that match then, on first use.
+    ///
+    /// A topic with history numbers its messages ([`Position`]); clients resume with
+    /// [`subscribe_from`](Self::subscribe_from). Each topic with history holds up to
+    /// `config`'s limit of messages in memory for as long as the hub lives.
+    ///
+    /// On a hub with the Redis backend (feature `redis`, not in cluster mode), the
+    /// histories are kept in Redis instead, one stream per topic, numbered there and shared
+    /// by every node: a client can resume on any of them. See
+    /// [`docs::history`](crate::docs::history) for what changes.
+    pub fn history(&self, pattern: &str, config: HistoryConfig) {
+        self.inner.histories.configure(pattern, config);
+    }
+
+    /// The messages of `topic` after `since`, from its history, then every message published
+    /// after, each with its [`Position`]: no gap and no duplicate, however publishes race with
+    /// the catch-up. With `since` `None`, only the messages published from now on.
+    ///
+    /// When the history no longer holds the message after `since`, or `since` is from another
+    /// epoch, nothing is replayed: [`Feed::resync`] says so (and so does the feed's first
+    /// event), and the feed goes on from the topic's newest message. Fails only when the topic
+    /// keeps no history (see [`history`](Self::history)).
+    ///
+    /// The handler forwards what the feed gives to its socket, in its own format: the position
+    /// goes on the wire as the application likes. See [`Feed`] for an example.
+    pub fn subscribe_from(&self, topic: &str, since: Option<Position>) -> Result<Feed, NoHistory> {
+        self.inner.histories.feed(topic, since)
+    }
+
+    /// The position of the newest message of `topic` (offset 0 before the first), `None` when
+    /// the topic keeps no history. For a history kept in Redis: the newest position this node
+    /// has seen (its own appends, its feeds' reads), `None` before the first.
+    pub fn head(&self, topic: &str) -> Option<Position> {
+        self.inner.histories.head(topic)
     }
 
     /// How many sockets are subscribed to `topic`.
@@ -192,7 +297,11 @@ impl Hub {
         message: &Message,
         except: Option<&WebSocketSender>,
     ) -> Delivery {
-        let mut delivery = Delivery::default();
+        // Into the history first: a feed that reads it as soon as this returns finds it.
+        let mut delivery = Delivery {
+            position: self.inner.histories.record(topic, message),
+            ..Delivery::default()
+        };
         let mut gone = Vec::new();
         {
             let topics = self
@@ -232,6 +341,9 @@ impl Inner {
             subscribers.retain(|s| !doomed(s.id));
             if subscribers.is_empty() {
                 topics.remove(topic);
+                if let Some(backend) = &self.backend {
+                    backend.unsubscribe(topic);
+                }
             }
         }
     }
@@ -243,6 +355,25 @@ impl fmt::Debug for Hub {
             .field("topics", &self.topic_count())
             .field("backend", &self.inner.backend.is_some())
             .finish()
+    }
+}
+
+/// A [`Hub`] that does not keep it alive; see [`Hub::downgrade`].
+#[derive(Clone)]
+pub struct WeakHub {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakHub {
+    /// The hub, unless every [`Hub`] clone was dropped.
+    pub fn upgrade(&self) -> Option<Hub> {
+        self.inner.upgrade().map(|inner| Hub { inner })
+    }
+}
+
+impl fmt::Debug for WeakHub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakHub").finish_non_exhaustive()
     }
 }
 

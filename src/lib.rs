@@ -37,7 +37,8 @@
 //! - [`origin`], [`protocol`]: the origin policy and subprotocol selection.
 //! - `deflate`: permessage-deflate (feature `deflate`, on by default).
 //! - `legacy`: the pre-RFC drafts hixie-76 and hixie-75 (feature `hixie76`, off by default).
-//! - [`hub`]: topics and broadcast to many sockets.
+//! - [`hub`]: topics and broadcast to many sockets; topic history and resume
+//!   ([`docs::history`]).
 //! - [`handle`]: graceful shutdown and live metrics of a layer's sockets (exported through the
 //!   `metrics` facade with the `metrics` feature: the chapter `docs::metrics`).
 //! - [`handler`]: what a handler may be and return, extractor handlers included.
@@ -109,6 +110,9 @@ pub mod docs {
     pub mod limits {}
     #[doc = include_str!("../docs/concurrency.md")]
     pub mod concurrency {}
+    #[doc = include_str!("../docs/history.md")]
+    #[cfg_attr(feature = "redis", doc = include_str!("../docs/history-redis.md"))]
+    pub mod history {}
     #[doc = include_str!("../docs/serving.md")]
     pub mod serving {}
     #[doc = include_str!("../docs/security.md")]
@@ -125,4 +129,7 @@ pub mod docs {
     #[cfg(feature = "metrics")]
     #[doc = include_str!("../docs/metrics.md")]
     pub mod metrics {}
+    #[cfg(feature = "redis")]
+    #[doc = include_str!("../docs/scale-out.md")]
+    pub mod scale_out {}
 }

@@ -6,11 +6,15 @@
 //!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
 //! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
 //! bench upgrade-cost <kind> --count N [--messages M]
+//! bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
+//! bench history [--messages N] [--size BYTES] [--redis URL]
 //! ```
 //!
 //! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
 
 mod client;
+mod history;
+mod redis_hub;
 mod report;
 mod run;
 mod servers;
@@ -30,6 +34,8 @@ usage:
             [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
   bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
   bench upgrade-cost <kind> --count N [--messages M]
+  bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
+  bench history [--messages N] [--size BYTES] [--redis URL]
 
 kinds: layer, fastwebsockets, axum-ws, tcp
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
@@ -41,6 +47,8 @@ fn main() -> ExitCode {
         Some("run") => parse_run(&args[1..]).and_then(|opts| run::run(&opts)),
         Some("server") => server(&args[1..]),
         Some("upgrade-cost") => upgrade_cost(&args[1..]),
+        Some("redis-hub") => redis_hub(&args[1..]),
+        Some("history") => history(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -154,4 +162,55 @@ fn upgrade_cost(args: &[String]) -> Result<(), String> {
         }
     }
     upgrade_cost::run(kind, count, messages)
+}
+
+fn redis_hub(args: &[String]) -> Result<(), String> {
+    let mut args = Args { rest: args };
+    let mut opts = redis_hub::Options {
+        url: String::new(),
+        cluster: Vec::new(),
+        messages: 200_000,
+        rate: 10_000,
+        seconds: 5,
+        size: 64,
+    };
+    while let Some(arg) = args.next() {
+        match arg {
+            "--redis" => opts.url = args.value(arg)?.to_string(),
+            "--cluster" => opts.cluster = args.value(arg)?.split(',').map(str::to_string).collect(),
+            "--messages" => opts.messages = args.parse::<usize>(arg)?.max(1),
+            "--rate" => opts.rate = args.parse::<u64>(arg)?.max(1),
+            "--seconds" => opts.seconds = args.parse::<u64>(arg)?.max(1),
+            "--size" => opts.size = args.parse::<usize>(arg)?.max(8),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    if opts.url.is_empty() && opts.cluster.is_empty() {
+        return Err(format!(
+            "redis-hub needs --redis URL or --cluster URL,URL,...\n{USAGE}"
+        ));
+    }
+    redis_hub::run(&opts)
+}
+
+fn history(args: &[String]) -> Result<(), String> {
+    let mut args = Args { rest: args };
+    let mut messages = 100_000;
+    let mut size = 64;
+    let mut redis = None;
+    while let Some(arg) = args.next() {
+        match arg {
+            "--messages" => messages = args.parse(arg)?,
+            "--size" => size = args.parse(arg)?,
+            "--redis" => redis = Some(args.value(arg)?.to_string()),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    if messages == 0 {
+        return Err("--messages must be at least 1".into());
+    }
+    match redis {
+        Some(url) => history::run_redis(&url, messages, size),
+        None => history::run(messages, size),
+    }
 }

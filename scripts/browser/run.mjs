@@ -69,9 +69,9 @@ function canConnect(port) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Starts an example binary on a free port and waits until it accepts connections. */
-async function startServer(name, exe) {
+async function startServer(name, exe, fixedPort = null) {
   if (!fs.existsSync(exe)) throw new Error(`${name}: no binary at ${exe}`);
-  const port = await freePort();
+  const port = fixedPort || (await freePort());
   const logPath = path.join(WORK, `${name}.log`);
   const out = fs.openSync(logPath, 'w');
   // Not detached: it stays in this process group, which `timeout` signals as a whole.
@@ -80,7 +80,7 @@ async function startServer(name, exe) {
     stdio: ['ignore', out, out],
   });
   fs.closeSync(out);
-  const server = { name, child, port, logPath, exited: null };
+  const server = { name, exe, child, port, logPath, exited: null };
   child.on('exit', (code, signal) => {
     server.exited = signal || `exit ${code}`;
   });
@@ -100,6 +100,17 @@ async function stopServer(server) {
   server.child.kill('SIGTERM');
   for (let i = 0; i < 50 && !server.exited; i++) await sleep(100);
   if (!server.exited) server.child.kill('SIGKILL');
+}
+
+/** Stops a server and starts its binary again on the same port, in place: `server` then
+ * stands for the new process. */
+async function restartServer(server) {
+  await stopServer(server);
+  const fresh = await startServer(`${server.name}-restarted`, server.exe, server.port);
+  Object.assign(server, { child: fresh.child, logPath: fresh.logPath, exited: null });
+  fresh.child.on('exit', (code, signal) => {
+    server.exited = signal || `exit ${code}`;
+  });
 }
 
 function killServersNow() {
@@ -238,12 +249,42 @@ async function checkLivePlot(server, run) {
     assert(pixels.line > 100, `the series is not drawn (${pixels.line} pixels in its colour)`);
     await page.screenshot({ path: path.join(WORK, 'live_plot.png') });
 
+    // The socket is lost for 1.5 s (about 15 points): the page resumes after the last point it
+    // drew and gets the missed ones at once, then the live ones, with no gap and no duplicate.
+    const before = await page.evaluate(() => ({ n: window.pointsReceived, offset: window.lastOffset }));
+    await page.evaluate(() => window.dropSocket(1_500));
+    await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'closed');
+    await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'open', null, { timeout: 5_000 });
+    await sleep(400);
+    const after = await page.evaluate(() => ({
+      n: window.pointsReceived, offset: window.lastOffset, gaps: window.gaps,
+      duplicates: window.duplicates, resumes: window.resumes, resyncs: window.resyncs,
+    }));
+    log(`  live_plot: dropped at offset ${before.offset}, resumed, ${after.n - before.n} points within 400 ms of reopening, now at ${after.offset}; ${after.gaps} gaps, ${after.duplicates} duplicates`);
+    assert(after.resumes >= 1 && after.resyncs === 0, `the page did not resume (${JSON.stringify(after)})`);
+    assert(after.n - before.n >= 14, `the missed points were not filled in (${after.n - before.n} points after reopening)`);
+    assert(after.offset === before.offset + (after.n - before.n), `offsets and points disagree (${JSON.stringify({ before, after })})`);
+    assert(after.gaps === 0 && after.duplicates === 0, `${after.gaps} points missing, ${after.duplicates} twice`);
+
+    // The server restarts: its history is gone (a new epoch), so the page is told to resync,
+    // forgets its points and draws the new server's series, again with no gap.
+    await restartServer(server);
+    await page.waitForFunction(() => window.resyncs >= 1, null, { timeout: 5_000 });
+    const fresh = await page.evaluate(() => window.pointsReceived);
+    await sleep(600);
+    const restarted = await page.evaluate(() => ({
+      n: window.pointsReceived, gaps: window.gaps, duplicates: window.duplicates, resyncs: window.resyncs,
+    }));
+    log(`  live_plot: server restarted, the page resynced; ${restarted.n - fresh} points in the next 600 ms, ${restarted.gaps} gaps, ${restarted.duplicates} duplicates`);
+    assert(restarted.n - fresh >= 3, `no points after the restart (${restarted.n - fresh})`);
+    assert(restarted.gaps === 0 && restarted.duplicates === 0, `after the restart: ${restarted.gaps} points missing, ${restarted.duplicates} twice`);
+
     // A second page joining later starts with the recent history, then gets the same points.
     const second = await newPage(run, 'live_plot (second page)');
     try {
       await second.page.goto(server.url + '/');
-      await second.page.waitForFunction(() => window.historyPoints >= 10, null, { timeout: 3_000 });
-      await second.page.waitForFunction(() => window.pointsReceived >= 3, null, { timeout: 3_000 });
+      // Ten points would take a second live: within 800 ms they are the history.
+      await second.page.waitForFunction(() => window.pointsReceived >= 10, null, { timeout: 800 });
       const lastPoint = () => document.querySelector('#last').textContent;
       // Both pages show the same latest point once neither has a message in flight.
       let same = false;
