@@ -3,6 +3,8 @@
 //! publish.
 #![cfg(feature = "testing")]
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,8 @@ use axum::Router;
 use http::Request;
 use tower_websocket::hub::{FeedEvent, HistoryConfig, Hub, Position, ResyncReason};
 use tower_websocket::testing::TestClient;
+
+use common::Rng;
 use tower_websocket::{CloseCode, Message, WebSocket, WebSocketLayer};
 
 const TOPIC: &str = "ticks";
@@ -88,35 +92,14 @@ async fn next(feed: &mut tower_websocket::hub::Feed) -> FeedEvent {
         .expect("the feed gave nothing within 10 s")
 }
 
-/// xorshift64: random moments, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_five_times_under_concurrent_publishing_loses_and_repeats_nothing() {
     const PER_PUBLISHER: u64 = 5_000;
     const TOTAL: u64 = 2 * PER_PUBLISHER;
     const RESUMES: usize = 5;
 
-    let seed = std::env::var("HISTORY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
-    println!("HISTORY_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env_or_clock("HISTORY_SEED");
+    let seed = rng.seed();
     // The moments (counted in messages received) at which the client drops its connection.
     let mut cuts: Vec<u64> = (0..RESUMES).map(|_| 1 + rng.below(TOTAL - 1)).collect();
     cuts.sort_unstable();

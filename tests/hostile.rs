@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use common::{serve, within, RawClient};
+use common::{echo, rss_kib, serve, within, RawClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tower_websocket::{WebSocket, WebSocketLayer};
@@ -23,24 +23,6 @@ mod example_serve;
 /// The tests run one at a time: one test's sockets and allocations would show up in another's
 /// RSS and latencies.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-async fn echo(mut ws: WebSocket) {
-    while let Some(msg) = ws.recv().await {
-        if ws.send(msg).await.is_err() {
-            break;
-        }
-    }
-}
 
 /// One echo round trip on a fresh connection: how long it took.
 async fn echo_round_trip(addr: SocketAddr) -> Duration {

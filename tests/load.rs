@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tower_websocket::{WebSocket, WebSocketLayer};
+use tower_websocket::WebSocketLayer;
 
 #[path = "../examples/common/serve.rs"]
 mod example_serve;
@@ -50,24 +50,6 @@ fn raise_file_limit() -> u64 {
     hard.parse().unwrap_or(u64::MAX)
 }
 
-fn rss_kib_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-async fn echo(mut ws: WebSocket) {
-    while let Some(msg) = ws.recv().await {
-        if ws.send(msg).await.is_err() {
-            break;
-        }
-    }
-}
-
 /// The server side, in the child process: the echo layer with keepalive every
 /// `TOWER_WEBSOCKET_LOAD_PING` seconds, served as the examples serve. Prints `addr ADDR`, then
 /// answers each line on stdin (`live`: the live socket count) until stdin closes.
@@ -88,7 +70,7 @@ fn server_process() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let layer = WebSocketLayer::new(echo)
+        let layer = WebSocketLayer::new(common::echo)
             .ping_interval(Some(Duration::from_secs(ping)))
             .ping_timeout(Duration::from_secs(ping));
         let handle = layer.handle();
@@ -153,7 +135,7 @@ impl Server {
     }
 
     fn rss_kib(&self) -> u64 {
-        rss_kib_of(self.child.id())
+        common::rss_kib_of(&self.child.id().to_string())
     }
 
     fn live(&mut self) -> usize {
@@ -363,7 +345,7 @@ async fn an_idle_socket_costs_the_same_at_the_root_and_at_a_long_path() {
 /// server accepts them as axum does.
 async fn slowest_connect(listener: tokio::net::TcpListener, count: usize) -> Duration {
     let addr = listener.local_addr().unwrap();
-    let app = Router::new().layer(WebSocketLayer::new(echo));
+    let app = Router::new().layer(WebSocketLayer::new(common::echo));
     let server = tokio::spawn(example_serve::serve(listener, app, std::future::pending()));
     let mut connects = tokio::task::JoinSet::new();
     for _ in 0..count {

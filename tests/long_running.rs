@@ -6,6 +6,9 @@
 //! - [`autobahn`]: the Autobahn TestSuite against `examples/echo.rs`.
 //! - [`soak`]: five minutes of connection churn, then no socket, task or memory left over.
 
+#[path = "common/mod.rs"]
+mod common;
+
 #[path = "common/external.rs"]
 mod external;
 

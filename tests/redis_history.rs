@@ -2,6 +2,8 @@
 //! installs it when missing) share each topic's positions; feeds resume from them.
 #![cfg(feature = "redis")]
 
+mod common;
+
 #[path = "common/redis.rs"]
 #[allow(dead_code)]
 mod redis_env;
@@ -16,6 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tower_websocket::hub::redis::{Link, RedisBackend, RedisEvent};
 use tower_websocket::hub::{Feed, FeedEvent, HistoryConfig, Hub, Position, ResyncReason};
 use tower_websocket::Message;
+
+use common::Rng;
 
 const TOPIC: &str = "ticks";
 
@@ -57,35 +61,14 @@ async fn resume(hub: &Hub, since: Option<Position>) -> Feed {
     feed
 }
 
-/// xorshift64: random moments, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_five_times_while_two_nodes_publish_loses_and_repeats_nothing() {
     const PER_PUBLISHER: u64 = 5_000;
     const TOTAL: u64 = 2 * PER_PUBLISHER;
     const RESUMES: usize = 5;
 
-    let seed = std::env::var("HISTORY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
-    println!("HISTORY_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env_or_clock("HISTORY_SEED");
+    let seed = rng.seed();
     let mut cuts: Vec<u64> = (0..RESUMES).map(|_| 1 + rng.below(TOTAL - 1)).collect();
     cuts.sort_unstable();
 

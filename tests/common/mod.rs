@@ -279,3 +279,65 @@ pub fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
     p.extend_from_slice(reason);
     p
 }
+
+/// The echo handler the load and hostile-peer tests serve.
+pub async fn echo(mut ws: tower_websocket::WebSocket) {
+    while let Some(msg) = ws.recv().await {
+        if ws.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The resident set size of process `pid` (`"self"` for this one), in KiB.
+pub fn rss_kib_of(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// This process's resident set size, in KiB.
+pub fn rss_kib() -> u64 {
+    rss_kib_of("self")
+}
+
+/// xorshift64: random moments, reproducible from a printed seed.
+pub struct Rng {
+    seed: u64,
+    state: u64,
+}
+
+impl Rng {
+    /// Seeded from the environment variable `var` when it is set (to replay a failed run), from
+    /// the clock otherwise; prints `VAR=seed` either way.
+    pub fn from_env_or_clock(var: &str) -> Rng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1
+            });
+        println!("{var}={seed}");
+        Rng { seed, state: seed }
+    }
+
+    /// The seed it started from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state % n
+    }
+}

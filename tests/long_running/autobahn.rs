@@ -14,13 +14,8 @@ use super::external;
 #[test]
 fn autobahn_categories_1_to_10_pass_strictly() {
     let out = external::run_script("scripts/autobahn.sh", &["--strict"], "AUTOBAHN_SERVER_CMD");
-    let verdict = verdict(&out);
     // Guard against a run that silently selected nothing.
-    let passed: usize = verdict["autobahn: ".len()..]
-        .split(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .expect("a passed count");
+    let (passed, verdict) = passed(&out);
     assert!(passed >= 290, "only {passed} cases ran: {verdict}");
 }
 
@@ -34,13 +29,19 @@ fn autobahn_compression_categories_12_and_13_pass_strictly() {
         "AUTOBAHN_SERVER_CMD",
         &[("WS_DEFLATE", "1")],
     );
-    let verdict = verdict(&out);
-    let passed: usize = verdict["autobahn: ".len()..]
+    let (passed, verdict) = passed(&out);
+    assert!(passed >= 216, "only {passed} cases ran: {verdict}");
+}
+
+/// How many cases passed, from the script's closing verdict, and the verdict.
+fn passed(out: &str) -> (usize, &str) {
+    let verdict = verdict(out);
+    let passed = verdict["autobahn: ".len()..]
         .split(' ')
         .next()
         .and_then(|n| n.parse().ok())
         .expect("a passed count");
-    assert!(passed >= 216, "only {passed} cases ran: {verdict}");
+    (passed, verdict)
 }
 
 /// The script's closing verdict, checked for failures; its duration line is printed first.

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tower_websocket::{WebSocket, WebSocketLayer};
+use tower_websocket::WebSocketLayer;
 
+use super::common::{echo, encode_frame, rss_kib};
 use super::example_serve;
 
 #[global_allocator]
@@ -37,32 +38,6 @@ fn live_heap_kib() -> i64 {
 /// New connections per second.
 const RATE: u64 = 100;
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-async fn echo(mut ws: WebSocket) {
-    while let Some(msg) = ws.recv().await {
-        if ws.send(msg).await.is_err() {
-            break;
-        }
-    }
-}
-
-fn masked(fin_opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x11, 0x22, 0x33, 0x44];
-    let mut frame = vec![fin_opcode, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
 /// One client: handshake, one echo, then a clean close (or, when `drop_mid_message`, half a
 /// frame and TCP dropped).
 async fn one_client(addr: std::net::SocketAddr, drop_mid_message: bool) -> std::io::Result<()> {
@@ -78,7 +53,13 @@ async fn one_client(addr: std::net::SocketAddr, drop_mid_message: bool) -> std::
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
-    let message = masked(0x81, b"soak message");
+    let message = encode_frame(
+        true,
+        0,
+        0x1,
+        Some([0x11, 0x22, 0x33, 0x44]),
+        b"soak message",
+    );
     if drop_mid_message {
         stream.write_all(&message[..message.len() / 2]).await?;
         // Dropped with unread data in neither direction: the server sees a FIN mid-frame.
@@ -91,7 +72,13 @@ async fn one_client(addr: std::net::SocketAddr, drop_mid_message: bool) -> std::
         return Err(std::io::ErrorKind::InvalidData.into());
     }
     stream
-        .write_all(&masked(0x88, &1000u16.to_be_bytes()))
+        .write_all(&encode_frame(
+            true,
+            0,
+            0x8,
+            Some([0x11, 0x22, 0x33, 0x44]),
+            &1000u16.to_be_bytes(),
+        ))
         .await?;
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).await?;
