@@ -5,14 +5,18 @@
 //! bench run [--quick] [--scenario NAME[,NAME...]] [--rounds R] [--duration S] [--warmup S]
 //!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
 //! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
+//! bench fanout-server <fanout-kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent] [--bun PATH]
 //! bench upgrade-cost <kind> --count N [--messages M]
 //! bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
 //! bench history [--messages N] [--size BYTES] [--redis URL]
 //! ```
 //!
-//! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
+//! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`. Fan-out kinds: `layer`, `bun`,
+//! `axum-broadcast`, `fastwebsockets-broadcast`.
 
 mod client;
+mod fanout;
+mod fanout_servers;
 mod history;
 mod redis_hub;
 mod report;
@@ -32,20 +36,24 @@ const USAGE: &str = "\
 usage:
   bench run [--quick] [--scenario NAME[,NAME...]] [--rounds R] [--duration S] [--warmup S]
             [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
+            [--fanout-kinds K[,K...]]
   bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
+  bench fanout-server <fanout-kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent] [--bun PATH]
   bench upgrade-cost <kind> --count N [--messages M]
   bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
   bench history [--messages N] [--size BYTES] [--redis URL]
 
 kinds: layer, fastwebsockets, axum-ws, tcp
+fan-out kinds: layer, bun, axum-broadcast, fastwebsockets-broadcast
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
-  pipe-100x20Bx8, idle-5000, churn";
+  pipe-100x20Bx8, idle-5000, churn; and only when named: fanout-{1000,10000}-{20B,1KiB}[-slow]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("run") => parse_run(&args[1..]).and_then(|opts| run::run(&opts)),
         Some("server") => server(&args[1..]),
+        Some("fanout-server") => fanout_server(&args[1..]),
         Some("upgrade-cost") => upgrade_cost(&args[1..]),
         Some("redis-hub") => redis_hub(&args[1..]),
         Some("history") => history(&args[1..]),
@@ -124,6 +132,13 @@ fn parse_run(args: &[String]) -> Result<run::Options, String> {
                     .map(str::parse)
                     .collect::<Result<_, _>>()?
             }
+            "--fanout-kinds" => {
+                opts.fanout_kinds = args
+                    .value(arg)?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
@@ -147,6 +162,25 @@ fn server(args: &[String]) -> Result<(), String> {
         }
     }
     servers::serve(kind, addr, cpu).map_err(|e| format!("{kind} server: {e}"))
+}
+
+fn fanout_server(args: &[String]) -> Result<(), String> {
+    let mut args = Args { rest: args };
+    let kind: fanout_servers::FanoutKind = args.value("fanout-server")?.parse()?;
+    let mut addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mut cpu = None;
+    let mut bun = None;
+    while let Some(arg) = args.next() {
+        match arg {
+            "--addr" => addr = args.parse(arg)?,
+            "--cpu" => cpu = Some(args.parse(arg)?),
+            "--bun" => bun = Some(std::path::PathBuf::from(args.value(arg)?)),
+            "--die-with-parent" => sys::die_with_parent(),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    fanout_servers::serve(kind, addr, cpu, bun.as_deref())
+        .map_err(|e| format!("{kind} server: {e}"))
 }
 
 fn upgrade_cost(args: &[String]) -> Result<(), String> {

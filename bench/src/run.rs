@@ -40,6 +40,8 @@ pub struct Options {
     pub kinds: Vec<Kind>,
     /// How long to wait, before each run, for other processes to leave the CPUs alone.
     pub max_quiet_wait: Duration,
+    /// Server kinds of the fan-out scenarios (`crate::fanout`).
+    pub fanout_kinds: Vec<crate::fanout_servers::FanoutKind>,
 }
 
 impl Options {
@@ -54,6 +56,7 @@ impl Options {
             only: Vec::new(),
             kinds: Kind::ALL.to_vec(),
             max_quiet_wait: Duration::from_secs(120),
+            fanout_kinds: crate::fanout_servers::FanoutKind::ALL.to_vec(),
         }
     }
 
@@ -252,7 +255,7 @@ const MAX_RETRIES: usize = 2;
 /// Waits until the rest of the machine is quiet (other processes using under
 /// `QUIET_PERCENT` of one core over a quarter of a second), for at most `max`. Returns how busy it
 /// still was when it gave up.
-fn wait_for_quiet(max: Duration) -> Result<(), f64> {
+pub(crate) fn wait_for_quiet(max: Duration) -> Result<(), f64> {
     let deadline = Instant::now() + max;
     loop {
         let window = Duration::from_millis(250);
@@ -315,7 +318,11 @@ fn run_one(
 
 /// `bench run`.
 pub fn run(opts: &Options) -> Result<(), String> {
+    let fanout = crate::fanout::scenarios(&opts.only);
     let scenarios = scenarios(opts);
+    if scenarios.is_empty() && !fanout.is_empty() {
+        return crate::fanout::run(opts, &fanout);
+    }
     if scenarios.is_empty() {
         return Err(format!("no scenario matches {:?}", opts.only));
     }
@@ -445,6 +452,10 @@ pub fn run(opts: &Options) -> Result<(), String> {
          {retries} runs done again because other processes used over {DISTURBED_PERCENT:.0}% of a core in the window (see other CPU%).",
         quiet_wait.as_secs_f64()
     );
+    if !fanout.is_empty() {
+        println!();
+        crate::fanout::run(opts, &fanout)?;
+    }
     Ok(())
 }
 

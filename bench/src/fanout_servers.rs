@@ -1,0 +1,313 @@
+//! The fan-out servers, one kind per process (`bench fanout-server <kind>`), each on one CPU.
+//! Every kind serves WebSocket upgrades on two paths: a socket opened on [`SUB_PATH`] is
+//! subscribed to one topic and never sends; every message that arrives on a socket opened on
+//! [`PUB_PATH`] is published to that topic, to every subscriber.
+//!
+//! - `layer`: this crate's `WebSocketLayer` (every default, so a send queue of 64 messages
+//!   under `QueuePolicy::Wait`, which the hub's `try_send` turns into "miss the message")
+//!   with a [`Hub`]: `hub.subscribe` and `hub.publish`.
+//! - `bun`: `Bun.serve` with `ws.subscribe(topic)` and `server.publish(topic, msg)`
+//!   (`bench/bun/fanout.js`): this process pins itself and then becomes Bun (`exec`).
+//! - `axum-broadcast`: axum's built-in ws and a `tokio::sync::broadcast` channel, the usual
+//!   axum answer: each subscriber splits its socket and a task forwards `rx.recv()` to the
+//!   sink with `send` (a flush per message).
+//! - `fastwebsockets-broadcast`: raw fastwebsockets with hyper and the same broadcast channel;
+//!   each subscriber's socket is split and a task writes every received message as a frame.
+//!
+//! Both broadcast channels hold [`BROADCAST_CAPACITY`] messages; a subscriber that falls
+//! further behind skips what it missed (`RecvError::Lagged`) and goes on.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+use axum::extract::ws::{Message as AxumMessage, WebSocket as AxumSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use bytes::Bytes;
+use fastwebsockets::{upgrade, Frame, OpCode, Payload, WebSocketError};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tower_websocket::hub::Hub;
+use tower_websocket::{WebSocket, WebSocketLayer};
+
+/// Subscribers open their socket on this path.
+pub const SUB_PATH: &str = "/sub";
+/// The publisher opens its socket on this path.
+pub const PUB_PATH: &str = "/pub";
+/// The one topic.
+const TOPIC: &str = "fanout";
+/// Messages a `tokio::sync::broadcast` channel keeps for its slowest receiver.
+pub const BROADCAST_CAPACITY: usize = 1024;
+
+/// A fan-out server implementation under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FanoutKind {
+    /// This crate's layer with its hub.
+    Layer,
+    /// Bun's built-in publish/subscribe: a reference of the ratios.
+    Bun,
+    /// axum's ws with a broadcast channel: the other reference.
+    AxumBroadcast,
+    /// Raw fastwebsockets with a broadcast channel.
+    FastwebsocketsBroadcast,
+}
+
+impl FanoutKind {
+    /// Every kind, in the order the first round runs them.
+    pub const ALL: [FanoutKind; 4] = [
+        FanoutKind::Layer,
+        FanoutKind::Bun,
+        FanoutKind::AxumBroadcast,
+        FanoutKind::FastwebsocketsBroadcast,
+    ];
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            FanoutKind::Layer => "layer",
+            FanoutKind::Bun => "bun",
+            FanoutKind::AxumBroadcast => "axum-broadcast",
+            FanoutKind::FastwebsocketsBroadcast => "fastwebsockets-broadcast",
+        }
+    }
+}
+
+impl fmt::Display for FanoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for FanoutKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FanoutKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = FanoutKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown fan-out kind {s:?} (one of {})", names.join(", "))
+            })
+    }
+}
+
+/// The script `bun` runs.
+pub fn bun_script() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/bun/fanout.js")
+}
+
+/// Runs one fan-out server until killed: pins it, binds, prints `READY pid=<pid> addr=<addr>`.
+/// For `bun`, pins this process and replaces it with `bun` (the pin, the open-files limit and
+/// the parent-death signal carry over `exec`); `bun` is then the binary to run.
+pub fn serve(
+    kind: FanoutKind,
+    addr: SocketAddr,
+    cpu: Option<usize>,
+    bun: Option<&Path>,
+) -> io::Result<()> {
+    if let Some(cpu) = cpu {
+        crate::sys::pin_to_cpu(cpu)?;
+    }
+    if kind == FanoutKind::Bun {
+        use std::os::unix::process::CommandExt;
+        let bun = bun.ok_or_else(|| io::Error::other("the bun kind needs --bun PATH"))?;
+        let err = std::process::Command::new(bun)
+            .args(["run", bun_script()])
+            .env("FANOUT_PORT", addr.port().to_string())
+            .exec();
+        return Err(io::Error::other(format!("exec {}: {err}", bun.display())));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(addr).await?;
+        println!(
+            "READY pid={} addr={}",
+            std::process::id(),
+            listener.local_addr()?
+        );
+        match kind {
+            FanoutKind::Layer => serve_axum(listener, layer_router()).await,
+            FanoutKind::AxumBroadcast => serve_axum(listener, axum_broadcast_router()).await,
+            FanoutKind::FastwebsocketsBroadcast => serve_fastwebsockets(listener).await,
+            FanoutKind::Bun => unreachable!("bun runs as its own binary"),
+        }
+    })
+}
+
+async fn serve_axum(listener: TcpListener, app: Router) -> io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await
+}
+
+/// `layer`: the layer around a Router that has the two paths, with a hub.
+fn layer_router() -> Router {
+    let hub = Hub::new();
+    let handler = move |ws: WebSocket| layer_connection(hub.clone(), ws);
+    Router::new()
+        .route("/", get(|| async { "not a WebSocket" }))
+        .route(SUB_PATH, get(|| async { "not a WebSocket" }))
+        .route(PUB_PATH, get(|| async { "not a WebSocket" }))
+        .layer(WebSocketLayer::new(handler))
+}
+
+async fn layer_connection(hub: Hub, mut ws: WebSocket) {
+    if ws.path() == PUB_PATH {
+        while let Some(msg) = ws.recv().await {
+            hub.publish(TOPIC, msg);
+        }
+    } else {
+        let (mut rx, tx) = ws.split();
+        let _subscription = hub.subscribe(TOPIC, &tx);
+        while rx.recv().await.is_some() {}
+    }
+}
+
+/// `axum-broadcast`: axum's upgrade extractor on both paths, sharing one broadcast channel.
+fn axum_broadcast_router() -> Router {
+    let (tx, _) = broadcast::channel::<Bytes>(BROADCAST_CAPACITY);
+    Router::new()
+        .route(SUB_PATH, get(axum_subscribe))
+        .route(PUB_PATH, get(axum_publish))
+        .with_state(tx)
+}
+
+async fn axum_subscribe(
+    ws: WebSocketUpgrade,
+    State(tx): State<broadcast::Sender<Bytes>>,
+) -> Response {
+    let rx = tx.subscribe();
+    ws.on_upgrade(move |socket| axum_subscriber(socket, rx))
+}
+
+async fn axum_subscriber(socket: AxumSocket, mut rx: broadcast::Receiver<Bytes>) {
+    let (mut sink, mut stream) = socket.split();
+    let forward = tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(bytes) => {
+                    if sink.send(AxumMessage::Binary(bytes)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    while let Some(Ok(_)) = stream.next().await {}
+    forward.abort();
+}
+
+async fn axum_publish(
+    ws: WebSocketUpgrade,
+    State(tx): State<broadcast::Sender<Bytes>>,
+) -> Response {
+    ws.on_upgrade(move |mut socket| async move {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if let AxumMessage::Binary(bytes) = msg {
+                // An error means no subscriber yet: nothing to deliver.
+                let _ = tx.send(bytes);
+            }
+        }
+    })
+}
+
+async fn serve_fastwebsockets(listener: TcpListener) -> io::Result<()> {
+    let (tx, _) = broadcast::channel::<Bytes>(BROADCAST_CAPACITY);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = service_fn(move |req| fastwebsockets_upgrade(req, tx.clone()));
+            let conn = http1::Builder::new()
+                .serve_connection(io, service)
+                .with_upgrades();
+            let _ = conn.await;
+        });
+    }
+}
+
+async fn fastwebsockets_upgrade(
+    mut req: hyper::Request<Incoming>,
+    tx: broadcast::Sender<Bytes>,
+) -> Result<hyper::Response<Empty<Bytes>>, WebSocketError> {
+    let publisher = req.uri().path() == PUB_PATH;
+    let (response, fut) = upgrade::upgrade(&mut req)?;
+    tokio::task::spawn(async move {
+        let _ = if publisher {
+            fastwebsockets_publisher(fut, tx).await
+        } else {
+            fastwebsockets_subscriber(fut, tx.subscribe()).await
+        };
+    });
+    Ok(response)
+}
+
+async fn fastwebsockets_publisher(
+    fut: upgrade::UpgradeFut,
+    tx: broadcast::Sender<Bytes>,
+) -> Result<(), WebSocketError> {
+    let mut ws = fastwebsockets::FragmentCollector::new(fut.await?);
+    loop {
+        let frame = ws.read_frame().await?;
+        match frame.opcode {
+            OpCode::Close => return Ok(()),
+            OpCode::Binary | OpCode::Text => {
+                let _ = tx.send(Bytes::copy_from_slice(&frame.payload));
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn fastwebsockets_subscriber(
+    fut: upgrade::UpgradeFut,
+    mut rx: broadcast::Receiver<Bytes>,
+) -> Result<(), WebSocketError> {
+    let ws = fut.await?;
+    let (mut read, mut write) = ws.split(tokio::io::split);
+    let forward = tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(bytes) => {
+                    let frame = Frame::binary(Payload::Borrowed(&bytes));
+                    if write.write_frame(frame).await.is_err() {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    // Subscribers send nothing but their close: the read half only waits for the end, and
+    // the frames it would owe (a pong, the close reply) are not sent.
+    let mut no_reply = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
+    let result = loop {
+        match read.read_frame(&mut no_reply).await {
+            Ok(frame) if frame.opcode == OpCode::Close => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    forward.abort();
+    result
+}
