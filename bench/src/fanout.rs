@@ -918,9 +918,12 @@ pub fn run(opts: &Options, scenarios: &[Fanout]) -> Result<(), String> {
 
     let started = Instant::now();
     let mut noisy = 0;
+    // `results[scenario][kind][round]`, filled a round at a time from `this_round[scenario][kind]`.
     let mut results: Vec<Vec<Vec<Option<Sample>>>> =
-        vec![vec![vec![None; opts.rounds]; kinds.len()]; scenarios.len()];
+        vec![vec![Vec::with_capacity(opts.rounds); kinds.len()]; scenarios.len()];
     for round in 0..opts.rounds {
+        let mut this_round: Vec<Vec<Option<Sample>>> =
+            vec![vec![None; kinds.len()]; scenarios.len()];
         let mut order = kinds.clone();
         order.rotate_left(round % kinds.len());
         for (s, scenario) in scenarios.iter().enumerate() {
@@ -935,7 +938,7 @@ pub fn run(opts: &Options, scenarios: &[Fanout]) -> Result<(), String> {
                                 && f.subscribers == scenario.subscribers
                                 && f.size == scenario.size
                         })
-                        .and_then(|f| results[f][k][round].as_ref())
+                        .and_then(|f| this_round[f][k].as_ref())
                         .map(|fast| fast.publish_rate)
                         .filter(|r| *r > 0.0)
                 });
@@ -963,7 +966,12 @@ pub fn run(opts: &Options, scenarios: &[Fanout]) -> Result<(), String> {
                     scenario.name,
                     kind.name(),
                 );
-                results[s][k][round] = outcome.ok();
+                this_round[s][k] = outcome.ok();
+            }
+        }
+        for (s, by_kind) in this_round.into_iter().enumerate() {
+            for (k, sample) in by_kind.into_iter().enumerate() {
+                results[s][k].push(sample);
             }
         }
     }
