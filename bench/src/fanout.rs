@@ -564,7 +564,8 @@ struct Publisher {
 
 impl Publisher {
     /// Publishes at `rate` per second for `window`, each message stamped with its send time
-    /// and `step`. Returns how many it sent and how long that took.
+    /// and `step`. Returns how many it sent and over how long: the nominal window (the last
+    /// message goes out one interval before it ends), or longer when the writes were held up.
     async fn publish(
         &mut self,
         stats: &Stats,
@@ -597,7 +598,8 @@ impl Publisher {
             self.write.write_all(&self.batch).await?;
             sent = due;
         }
-        Ok((sent, start.elapsed()))
+        let nominal = Duration::from_secs_f64(total as f64 / rate);
+        Ok((sent, start.elapsed().max(nominal)))
     }
 }
 
