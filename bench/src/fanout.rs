@@ -1075,7 +1075,7 @@ fn table(
         "oth%"
     );
     if fast.is_some() {
-        let _ = write!(header, "{:>10}{:>10}", "deliv/fast", "p99/fast");
+        let _ = write!(header, "{:>12}{:>10}", "deliv/fast", "p99/fast");
     }
     let _ = writeln!(out, "{header}");
     for (k, kind) in kinds.iter().enumerate() {
@@ -1105,7 +1105,7 @@ fn table(
         if let Some(fast) = fast {
             let _ = write!(
                 row,
-                "{:>10}{:>10}",
+                "{:>12}{:>10}",
                 ratio(s, &fast[k], |x| x.delivered_per_s),
                 ratio(s, &fast[k], |x| x.p99_ms)
             );
