@@ -14,6 +14,7 @@
 
 mod client;
 mod history;
+mod publish_cost;
 mod redis_hub;
 mod report;
 mod run;
@@ -36,6 +37,7 @@ usage:
   bench upgrade-cost <kind> --count N [--messages M]
   bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
   bench history [--messages N] [--size BYTES] [--redis URL]
+  bench publish-cost [--subscribers S] [--publishes N] [--size B] [--deflate off|shared|takeover]
 
 kinds: layer, fastwebsockets, axum-ws, tcp
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Some("upgrade-cost") => upgrade_cost(&args[1..]),
         Some("redis-hub") => redis_hub(&args[1..]),
         Some("history") => history(&args[1..]),
+        Some("publish-cost") => publish_cost::main(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
