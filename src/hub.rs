@@ -62,9 +62,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::error::SendError;
 use crate::message::Message;
-use crate::socket::WebSocketSender;
+use crate::socket::{Undelivered, WebSocketSender};
+use crate::wire::writer::Prepared;
 
 pub mod history;
 #[cfg(feature = "redis")]
@@ -130,15 +130,59 @@ pub struct Hub {
 
 #[derive(Default)]
 struct Inner {
-    topics: RwLock<HashMap<String, Vec<Subscriber>>>,
+    /// Held only to find a topic's subscribers or to change them, never during a fan-out.
+    topics: RwLock<HashMap<String, Subscribers>>,
     next_id: AtomicU64,
     backend: Option<Box<dyn HubBackend>>,
     histories: history::Histories,
 }
 
+#[derive(Clone)]
 struct Subscriber {
     id: u64,
     sender: WebSocketSender,
+}
+
+/// Subscribers per chunk: a change copies at most one chunk (and the list of chunks) when a
+/// fan-out holds the list.
+const CHUNK: usize = 256;
+
+/// A topic's subscribers, copy-on-write: a publish takes the list (an `Arc` clone) under the
+/// topics' lock and fans out after releasing it, so subscribing, leaving and other topics
+/// never wait for a fan-out. A change made while a fan-out holds the list copies the part it
+/// changes; with no fan-out running, it changes the list in place.
+#[derive(Clone, Default)]
+struct Subscribers {
+    chunks: Arc<Vec<Arc<Vec<Subscriber>>>>,
+    len: usize,
+}
+
+impl Subscribers {
+    fn push(&mut self, subscriber: Subscriber) {
+        let chunks = Arc::make_mut(&mut self.chunks);
+        match chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => Arc::make_mut(last).push(subscriber),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(subscriber);
+                chunks.push(Arc::new(chunk));
+            }
+        }
+        self.len += 1;
+    }
+
+    fn remove(&mut self, doomed: impl Fn(u64) -> bool) {
+        let hit = |chunk: &Arc<Vec<Subscriber>>| chunk.iter().any(|s| doomed(s.id));
+        if !self.chunks.iter().any(hit) {
+            return;
+        }
+        let chunks = Arc::make_mut(&mut self.chunks);
+        for chunk in chunks.iter_mut().filter(|chunk| hit(chunk)) {
+            Arc::make_mut(chunk).retain(|s| !doomed(s.id));
+        }
+        chunks.retain(|chunk| !chunk.is_empty());
+        self.len = chunks.iter().map(|chunk| chunk.len()).sum();
+    }
 }
 
 impl Hub {
@@ -179,7 +223,7 @@ impl Hub {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let subscribers = topics.entry(topic.to_string()).or_default();
-        if subscribers.is_empty() {
+        if subscribers.len == 0 {
             if let Some(backend) = &self.inner.backend {
                 // Under the lock, so the backend sees subscribe/unsubscribe in their order.
                 backend.subscribe(topic);
@@ -279,7 +323,7 @@ impl Hub {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(topic)
-            .map_or(0, Vec::len)
+            .map_or(0, |subscribers| subscribers.len)
     }
 
     /// How many topics have at least one subscriber.
@@ -302,8 +346,7 @@ impl Hub {
             position: self.inner.histories.record(topic, message),
             ..Delivery::default()
         };
-        let mut gone = Vec::new();
-        {
+        let chunks = {
             let topics = self
                 .inner
                 .topics
@@ -312,21 +355,26 @@ impl Hub {
             let Some(subscribers) = topics.get(topic) else {
                 return delivery;
             };
-            for subscriber in subscribers {
-                if except.is_some_and(|e| e.same_socket(&subscriber.sender)) {
-                    continue;
-                }
-                // A clone of a message shares its bytes: no payload is copied.
-                match subscriber.sender.try_send(message.clone()) {
-                    Ok(()) => delivery.delivered += 1,
-                    Err(SendError::QueueFull(_)) => delivery.dropped += 1,
-                    Err(_) => {
-                        delivery.closed += 1;
-                        gone.push(subscriber.id);
-                    }
+            Arc::clone(&subscribers.chunks)
+        };
+        // Framed once; every subscriber's connection writes these same bytes.
+        let prepared = Arc::new(Prepared::new(message.clone()));
+        let mut gone = Vec::new();
+        for subscriber in chunks.iter().flat_map(|chunk| chunk.iter()) {
+            if except.is_some_and(|e| e.same_socket(&subscriber.sender)) {
+                continue;
+            }
+            match subscriber.sender.try_send_prepared(&prepared) {
+                Ok(()) => delivery.delivered += 1,
+                Err(Undelivered::Full) => delivery.dropped += 1,
+                Err(Undelivered::Closed) => {
+                    delivery.closed += 1;
+                    gone.push(subscriber.id);
                 }
             }
         }
+        // Released first, so that the removal changes the list in place.
+        drop(chunks);
         if !gone.is_empty() {
             self.inner.remove(topic, |id| gone.contains(&id));
         }
@@ -338,8 +386,8 @@ impl Inner {
     fn remove(&self, topic: &str, doomed: impl Fn(u64) -> bool) {
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(subscribers) = topics.get_mut(topic) {
-            subscribers.retain(|s| !doomed(s.id));
-            if subscribers.is_empty() {
+            subscribers.remove(doomed);
+            if subscribers.len == 0 {
                 topics.remove(topic);
                 if let Some(backend) = &self.backend {
                     backend.unsubscribe(topic);
