@@ -454,3 +454,156 @@ impl fmt::Debug for Subscription {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use crate::socket::queue::{self, Receiver};
+    use crate::socket::{ControlBlock, Environ, Inbound, Outbound, WebSocket};
+    use crate::QueuePolicy;
+
+    fn socket() -> (WebSocket, Receiver<Outbound>) {
+        let environ = Arc::new(Environ {
+            parts: http::Request::new(()).into_parts().0,
+            protocol: None,
+            version: 13,
+        });
+        let (_in_tx, in_rx) = queue::bounded::<Inbound>(1);
+        let (out_tx, out_rx) = queue::bounded(4);
+        let socket = WebSocket::new(
+            environ,
+            in_rx,
+            out_tx,
+            Arc::new(ControlBlock::default()),
+            QueuePolicy::Fail,
+        );
+        (socket, out_rx)
+    }
+
+    /// The waker of a subscriber's connection task, woken by the publish in the middle of its
+    /// fan-out: there it joins and leaves the topic, and publishes to another.
+    struct MidFanOut {
+        hub: Hub,
+        joiner: WebSocketSender,
+        first: Mutex<Receiver<Outbound>>,
+        last: Mutex<Receiver<Outbound>>,
+        /// Whether the first subscriber had the message and the last not yet, when woken.
+        seen: Mutex<Option<(bool, bool)>>,
+        other_topic: Mutex<Option<Delivery>>,
+        woken: AtomicUsize,
+    }
+
+    impl Wake for MidFanOut {
+        fn wake(self: Arc<Self>) {
+            self.woken.fetch_add(1, Ordering::SeqCst);
+            let first = self.first.lock().unwrap().try_recv().is_some();
+            let last = self.last.lock().unwrap().try_recv().is_some();
+            *self.seen.lock().unwrap() = Some((first, last));
+            let joined = self.hub.subscribe("room", &self.joiner);
+            drop(joined);
+            let other = self.hub.publish("other", Message::text("meanwhile"));
+            *self.other_topic.lock().unwrap() = Some(other);
+        }
+    }
+
+    #[test]
+    fn subscribing_leaving_and_other_topics_proceed_during_a_fan_out() {
+        const SUBSCRIBERS: usize = 1000;
+        let hub = Hub::new();
+        let mut sockets = Vec::new();
+        let mut receivers = Vec::new();
+        let mut subscriptions = Vec::new();
+        for _ in 0..SUBSCRIBERS {
+            let (socket, out_rx) = socket();
+            subscriptions.push(hub.subscribe("room", &socket.sender()));
+            sockets.push(socket);
+            receivers.push(out_rx);
+        }
+        let (joiner, _joiner_rx) = socket();
+        let (other, mut other_rx) = socket();
+        let _other_subscription = hub.subscribe("other", &other.sender());
+        let last = receivers.pop().expect("subscribers");
+        let mut middle = receivers.swap_remove(SUBSCRIBERS / 2);
+        let first = receivers.swap_remove(0);
+        let waker = Arc::new(MidFanOut {
+            hub: hub.clone(),
+            joiner: joiner.sender(),
+            first: Mutex::new(first),
+            last: Mutex::new(last),
+            seen: Mutex::new(None),
+            other_topic: Mutex::new(None),
+            woken: AtomicUsize::new(0),
+        });
+        // The middle subscriber's task waits for a message: the publish wakes it.
+        let task = Waker::from(Arc::clone(&waker));
+        assert!(middle
+            .poll_recv(&mut Context::from_waker(&task))
+            .is_pending());
+
+        // Under a lock held for the whole fan-out, the subscribe in the wake would wait
+        // forever: the publish runs on a thread of its own, and the test gives up on it.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let publisher = hub.clone();
+        std::thread::spawn(move || {
+            let delivery = publisher.publish("room", Message::text("hello"));
+            let _ = done_tx.send(delivery);
+        });
+        let delivery = done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the publish finished: subscribing during its fan-out did not wait for it");
+
+        assert_eq!(waker.woken.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            *waker.seen.lock().unwrap(),
+            Some((true, false)),
+            "woken in the middle of the fan-out"
+        );
+        let other_delivery = waker.other_topic.lock().unwrap().take().expect("published");
+        assert_eq!(other_delivery.delivered, 1);
+        assert!(matches!(other_rx.try_recv(), Some(Outbound::Prepared(_))));
+        // The joiner joined after the list was taken: it did not get the message, and the
+        // count is exact.
+        assert_eq!(delivery.delivered, SUBSCRIBERS);
+        assert_eq!((delivery.dropped, delivery.closed), (0, 0));
+        assert_eq!(hub.subscriber_count("room"), SUBSCRIBERS);
+        assert!(matches!(
+            middle.poll_recv(&mut Context::from_waker(&task)),
+            Poll::Ready(Some(Outbound::Prepared(_)))
+        ));
+        drop(subscriptions);
+        assert_eq!(hub.subscriber_count("room"), 0);
+    }
+
+    #[test]
+    fn chunked_subscriber_lists_add_and_remove_exactly() {
+        let hub = Hub::new();
+        let sockets: Vec<_> = (0..3 * CHUNK + 7).map(|_| socket()).collect();
+        let mut subscriptions: Vec<_> = sockets
+            .iter()
+            .map(|(socket, _)| Some(hub.subscribe("room", &socket.sender())))
+            .collect();
+        assert_eq!(hub.subscriber_count("room"), sockets.len());
+        // Leave every third, with a publish's snapshot held meanwhile (copy-on-write).
+        let snapshot = hub.inner.topics.read().unwrap()["room"].chunks.clone();
+        for subscription in subscriptions.iter_mut().step_by(3) {
+            subscription.take();
+        }
+        let left = sockets.len() - sockets.len().div_ceil(3);
+        assert_eq!(hub.subscriber_count("room"), left);
+        assert_eq!(
+            snapshot.iter().map(|c| c.len()).sum::<usize>(),
+            sockets.len()
+        );
+        drop(snapshot);
+        let delivery = hub.publish("room", Message::binary(vec![1u8; 3]));
+        assert_eq!(delivery.delivered, left);
+        for (i, (_, out)) in sockets.into_iter().enumerate() {
+            let mut out = out;
+            assert_eq!(out.try_recv().is_some(), i % 3 != 0, "socket {i}");
+        }
+    }
+}
