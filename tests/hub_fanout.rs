@@ -39,7 +39,11 @@ fn inflate(inflater: &mut Decompress, payload: &[u8]) -> Vec<u8> {
     inflater
         .decompress_vec(&input, &mut out, FlushDecompress::Sync)
         .unwrap();
-    assert_eq!(inflater.total_in() - before, input.len() as u64, "all input taken");
+    assert_eq!(
+        inflater.total_in() - before,
+        input.len() as u64,
+        "all input taken"
+    );
     out
 }
 
@@ -73,7 +77,11 @@ async fn each_subscriber_gets_the_publish_as_it_agreed_to_receive_it() {
 
     let mut plain = Vec::new();
     for _ in 0..2 {
-        plain.push(TestClient::connect(app.clone(), http::Request::get("/").body(()).unwrap()).await.unwrap());
+        plain.push(
+            TestClient::connect(app.clone(), http::Request::get("/").body(()).unwrap())
+                .await
+                .unwrap(),
+        );
     }
     let shared_offer = "permessage-deflate; server_no_context_takeover";
     let small_window = "permessage-deflate; server_no_context_takeover; server_max_window_bits=10";
@@ -93,11 +101,17 @@ async fn each_subscriber_gets_the_publish_as_it_agreed_to_receive_it() {
     })
     .await;
 
-    let large = format!("{{\"news\":\"{}\"}}", "the same words again and again, ".repeat(60));
+    let large = format!(
+        "{{\"news\":\"{}\"}}",
+        "the same words again and again, ".repeat(60)
+    );
     let published = [large.clone(), "hi".to_string(), large.clone()];
     for text in &published {
         let delivery = hub.publish(TOPIC, Message::text(text.clone()));
-        assert_eq!((delivery.delivered, delivery.dropped, delivery.closed), (7, 0, 0));
+        assert_eq!(
+            (delivery.delivered, delivery.dropped, delivery.closed),
+            (7, 0, 0)
+        );
     }
 
     for client in &mut plain {
@@ -123,7 +137,10 @@ async fn each_subscriber_gets_the_publish_as_it_agreed_to_receive_it() {
         shared_frames.push(got);
     }
     assert_eq!(shared_frames[0], shared_frames[1]);
-    assert_eq!(shared_frames[0][0], shared_frames[0][2], "compressed alike, alone");
+    assert_eq!(
+        shared_frames[0][0], shared_frames[0][2],
+        "compressed alike, alone"
+    );
 
     // With context takeover: one inflater per socket, and the repeated message refers back to
     // the first, so it is much smaller than the one compressed alone.
