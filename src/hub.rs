@@ -1,12 +1,15 @@
 //! Topics and broadcast: an in-process hub that fans a message out to every socket subscribed
 //! to a topic (a room).
 //!
-//! Publishing never waits: each subscriber gets the message through
-//! [`WebSocketSender::try_send`], so a slow subscriber is handled by its socket's
+//! Publishing never waits: each subscriber gets the message as
+//! [`WebSocketSender::try_send`] would queue it, so a slow subscriber is handled by its socket's
 //! [`QueuePolicy`](crate::QueuePolicy) (it misses the message, or is closed), never by holding
-//! up the publisher or the other subscribers. The message's bytes are shared, not copied, among
-//! subscribers. A [`Hub`] is a cheap `Clone`: put it in your state and publish from anywhere,
-//! a handler or a plain HTTP route.
+//! up the publisher or the other subscribers. The message is framed once per publish, and
+//! compressed once per set of permessage-deflate settings for the subscribers that agreed on
+//! `server_no_context_takeover`; every subscriber's connection writes those same bytes. No
+//! lock is held while a publish fans out: subscribing, leaving and other topics do not wait
+//! for it. A [`Hub`] is a cheap `Clone`: put it in your state and publish from anywhere, a
+//! handler or a plain HTTP route.
 //!
 //! ```
 //! use axum::{routing::post, Router};
@@ -214,7 +217,8 @@ impl Hub {
     }
 
     /// Subscribes a socket to `topic`, until the returned [`Subscription`] is dropped (or the
-    /// socket closes: closed subscribers are removed at the next publish).
+    /// socket closes: closed subscribers are removed at the next publish). The socket gets
+    /// what is published from then on; a publish already being fanned out is not.
     pub fn subscribe(&self, topic: &str, sender: &WebSocketSender) -> Subscription {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut topics = self
@@ -425,7 +429,8 @@ impl fmt::Debug for WeakHub {
     }
 }
 
-/// A socket's subscription to a topic; dropping it unsubscribes.
+/// A socket's subscription to a topic; dropping it unsubscribes. A publish that was already
+/// being fanned out when it was dropped may still deliver its message.
 #[must_use = "the subscription ends when this is dropped"]
 pub struct Subscription {
     hub: Arc<Inner>,

@@ -85,12 +85,12 @@ async fn each_subscriber_gets_the_publish_as_it_agreed_to_receive_it() {
     }
     let shared_offer = "permessage-deflate; server_no_context_takeover";
     let small_window = "permessage-deflate; server_no_context_takeover; server_max_window_bits=10";
-    let mut shared = vec![
+    let mut shared = [
         deflate_client(addr, shared_offer).await,
         deflate_client(addr, shared_offer).await,
     ];
     let mut windowed = deflate_client(addr, small_window).await;
-    let mut takeover = vec![
+    let mut takeover = [
         deflate_client(addr, "permessage-deflate").await,
         deflate_client(addr, "permessage-deflate").await,
     ];

@@ -83,7 +83,11 @@ fn router(hub: &Hub, deflate: Deflate) -> Router {
             while rx.recv().await.is_some() {}
         }
     };
-    let mut layer = WebSocketLayer::new(handler);
+    // No timers: under callgrind a slow run would see keepalive pings or idle closes.
+    let mut layer = WebSocketLayer::new(handler)
+        .ping_interval(None)
+        .idle_timeout(None)
+        .write_timeout(None);
     if deflate != Deflate::Off {
         layer = layer
             .deflate(DeflateConfig::new().server_no_context_takeover(deflate == Deflate::Shared));
