@@ -69,14 +69,37 @@ fn format_head(head: &mut [u8; MAX_HEAD], opcode: OpCode, payload: &[u8], rsv1: 
     head_len
 }
 
-/// A whole frame, header and payload in one buffer, to be shared.
-fn whole_frame(opcode: OpCode, payload: &[u8], rsv1: bool) -> Bytes {
-    let mut head = [0u8; MAX_HEAD];
-    let head_len = format_head(&mut head, opcode, payload, rsv1);
-    let mut frame = Vec::with_capacity(head_len + payload.len());
-    frame.extend_from_slice(&head[..head_len]);
-    frame.extend_from_slice(payload);
-    Bytes::from(frame)
+/// A frame formatted once, to be queued on many sockets.
+#[derive(Debug, Clone)]
+enum Framed {
+    /// Header and a small payload in one buffer: one copy into each batch's arena.
+    Whole(Bytes),
+    /// The header, and a large payload shared as it is (never copied).
+    Split {
+        head: [u8; MAX_HEAD],
+        head_len: u8,
+        payload: Bytes,
+    },
+}
+
+impl Framed {
+    fn new(opcode: OpCode, payload: &Bytes, rsv1: bool) -> Framed {
+        let mut head = [0u8; MAX_HEAD];
+        let head_len = format_head(&mut head, opcode, payload, rsv1);
+        if payload.len() <= INLINE_MAX {
+            let mut frame = Vec::with_capacity(head_len + payload.len());
+            frame.extend_from_slice(&head[..head_len]);
+            frame.extend_from_slice(payload);
+            Framed::Whole(Bytes::from(frame))
+        } else {
+            Framed::Split {
+                head,
+                // At most `MAX_HEAD`.
+                head_len: head_len as u8,
+                payload: payload.clone(),
+            }
+        }
+    }
 }
 
 /// A data message framed once for many sockets: what a hub's publish hands each subscriber.
@@ -89,12 +112,12 @@ fn whole_frame(opcode: OpCode, payload: &[u8], rsv1: bool) -> Bytes {
 #[derive(Debug)]
 pub(crate) struct Prepared {
     message: Message,
-    /// Header and payload, FIN set, RSV1 clear.
-    frame: Bytes,
+    /// FIN set, RSV1 clear.
+    frame: Framed,
     /// The compressed frames made so far; `None` for settings whose threshold the message
     /// is under.
     #[cfg(feature = "deflate")]
-    compressed: Mutex<Vec<(SharedSettings, Option<Bytes>)>>,
+    compressed: Mutex<Vec<(SharedSettings, Option<Framed>)>>,
 }
 
 impl Prepared {
@@ -102,7 +125,7 @@ impl Prepared {
     pub(crate) fn new(message: Message) -> Self {
         let (opcode, payload) = opcode_and_payload(&message);
         Prepared {
-            frame: whole_frame(opcode, payload, false),
+            frame: Framed::new(opcode, payload, false),
             message,
             #[cfg(feature = "deflate")]
             compressed: Mutex::new(Vec::new()),
@@ -143,7 +166,7 @@ impl Prepared {
     /// The compressed frame for `settings`, made with `compressor` (which has them) unless
     /// another socket made it first; `None` when the message stays uncompressed.
     #[cfg(feature = "deflate")]
-    fn compressed(&self, settings: SharedSettings, compressor: &mut Compressor) -> Option<Bytes> {
+    fn compressed(&self, settings: SharedSettings, compressor: &mut Compressor) -> Option<Framed> {
         let lock = || {
             self.compressed
                 .lock()
@@ -157,7 +180,7 @@ impl Prepared {
         let (opcode, payload) = opcode_and_payload(&self.message);
         let frame = compressor
             .compress(payload)
-            .map(|compressed| whole_frame(opcode, &compressed, true));
+            .map(|compressed| Framed::new(opcode, &compressed, true));
         let mut made = lock();
         match made.iter().find(|(s, _)| *s == settings) {
             Some((_, first)) => first.clone(),
@@ -213,15 +236,26 @@ impl FrameWriter {
         self.pending += head_len + payload.len();
     }
 
-    /// Queues a whole frame framed once for many sockets ([`Prepared`]): a small one is
-    /// copied into the batch like any small frame, a large one is written from where it is.
-    pub(crate) fn push_prepared(&mut self, frame: &Bytes) {
-        if frame.len() <= INLINE_MAX + MAX_HEAD {
-            self.push_inline(frame);
-        } else {
-            self.segments.push(Segment::Shared(frame.clone()));
+    /// Queues a frame formatted once for many sockets ([`Prepared`]): a small one is
+    /// copied into the batch like any small frame, a large one's payload is written from
+    /// where it is.
+    fn push_prepared(&mut self, frame: &Framed) {
+        match frame {
+            Framed::Whole(bytes) => {
+                self.push_inline(bytes);
+                self.pending += bytes.len();
+            }
+            Framed::Split {
+                head,
+                head_len,
+                payload,
+            } => {
+                let head = &head[..usize::from(*head_len)];
+                self.push_inline(head);
+                self.segments.push(Segment::Shared(payload.clone()));
+                self.pending += head.len() + payload.len();
+            }
         }
-        self.pending += frame.len();
     }
 
     fn push_inline(&mut self, bytes: &[u8]) {
@@ -492,13 +526,14 @@ mod tests {
     }
 
     #[test]
-    fn a_large_prepared_frame_is_shared_not_copied() {
-        let frame = Prepared::new(Message::binary(vec![1u8; 4000]));
+    fn a_large_prepared_payload_is_shared_not_copied() {
+        let payload = Bytes::from(vec![1u8; 4000]);
+        let frame = Prepared::new(Message::binary(payload.clone()));
         let mut out = FrameWriter::default();
         out.push(OpCode::Text, &Bytes::from_static(b"a"));
         out.push_prepared(&frame.frame);
         match out.segments.last() {
-            Some(Segment::Shared(bytes)) => assert_eq!(bytes.as_ptr(), frame.frame.as_ptr()),
+            Some(Segment::Shared(bytes)) => assert_eq!(bytes.as_ptr(), payload.as_ptr()),
             other => panic!("{other:?}"),
         }
     }
