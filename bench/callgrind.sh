@@ -16,13 +16,26 @@
 # of 20 bytes, one at a time (`--messages`), so the difference is the cost of one request and
 # its echo, client included.
 #
-# Usage: bench/callgrind.sh            (SMALL=200 LARGE=2200 KINDS="layer fastwebsockets axum-ws")
+# Then one publish to many subscribers (`bench publish-cost`): SUBSCRIBERS in-memory sockets served
+# by the layer, each subscribed to one topic of a Hub, and PUB_SMALL and PUB_LARGE publishes of a
+# 20-byte message, each read by every subscriber's client before the next; the difference over
+# SUBSCRIBERS x (PUB_LARGE - PUB_SMALL) is the cost of one delivered message: the publish, the
+# connection task's write and the client's read. With PUBLISH_DEFLATE=1, also 1 KiB compressible
+# messages to subscribers that agreed on permessage-deflate, without context takeover (one
+# compression per publish, shared) and with it (one per subscriber); these runs are slower.
+#
+# Usage: bench/callgrind.sh            (SMALL=200 LARGE=2200 KINDS="layer fastwebsockets axum-ws"
+#                                       SUBSCRIBERS=1000 PUB_SMALL=20 PUB_LARGE=220 PUBLISH_DEFLATE=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SMALL=${SMALL:-200}
 LARGE=${LARGE:-2200}
 KINDS=${KINDS:-"layer fastwebsockets axum-ws"}
+SUBSCRIBERS=${SUBSCRIBERS:-1000}
+PUB_SMALL=${PUB_SMALL:-20}
+PUB_LARGE=${PUB_LARGE:-220}
+PUBLISH_DEFLATE=${PUBLISH_DEFLATE:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/callgrind}
 
 if ! command -v valgrind >/dev/null; then
@@ -40,11 +53,16 @@ fi
 RUSTFLAGS="-C target-cpu=x86-64-v2" cargo build --release -p tower-websocket-bench
 BIN="$CARGO_TARGET_DIR/release/bench"
 
-# Total instructions (Ir) of one run.
+# Total instructions (Ir) of one run of `bench upgrade-cost`.
 instructions() {
+    bench_instructions upgrade-cost "$@"
+}
+
+# Total instructions (Ir) of one run of a bench subcommand.
+bench_instructions() {
     local out
     out=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-        "$BIN" upgrade-cost "$@" 2>&1) || { echo "$out" >&2; return 1; }
+        "$BIN" "$@" 2>&1) || { echo "$out" >&2; return 1; }
     echo "$out" | sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p'
 }
 
@@ -75,3 +93,21 @@ table() {
 table "" upgrade "in an axum Router" --count N
 echo
 table " msgs" message "per echoed message" --count 1 --messages N
+echo
+# One row of the publish table: $1 names it, the rest are `publish-cost`'s arguments.
+publish_row() {
+    local name=$1 small large
+    shift
+    small=$(bench_instructions publish-cost --subscribers "$SUBSCRIBERS" --publishes "$PUB_SMALL" "$@")
+    large=$(bench_instructions publish-cost --subscribers "$SUBSCRIBERS" --publishes "$PUB_LARGE" "$@")
+    printf '%-22s %14d %14d %16d\n' "$name" "$small" "$large" \
+        $(( (large - small) / (SUBSCRIBERS * (PUB_LARGE - PUB_SMALL)) ))
+}
+printf '%-22s %14s %14s %16s\n' "publish to $SUBSCRIBERS" "Ir ($PUB_SMALL pubs)" \
+    "Ir ($PUB_LARGE pubs)" "Ir per delivery"
+publish_row publish-20B --size 20
+if [[ "$PUBLISH_DEFLATE" == 1 ]]; then
+    publish_row publish-1KiB --size 1024
+    publish_row publish-1KiB-shared --size 1024 --deflate shared
+    publish_row publish-1KiB-takeover --size 1024 --deflate takeover
+fi

@@ -525,8 +525,13 @@ pub fn hub(data: &[u8]) {
                 let mut got = Vec::new();
                 if let Some(out) = sockets[socket].out.as_mut() {
                     while let Some(item) = out.try_recv() {
-                        match item {
-                            Outbound::Message(Message::Binary(b)) if b.len() == 4 => {
+                        let message = match item {
+                            Outbound::Message(message) => message,
+                            Outbound::Prepared(prepared) => prepared.message().clone(),
+                            Outbound::Close(_) => panic!("socket {socket} got a close"),
+                        };
+                        match message {
+                            Message::Binary(b) if b.len() == 4 => {
                                 got.push(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                             }
                             _ => panic!("socket {socket} got something never published"),

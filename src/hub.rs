@@ -1,12 +1,15 @@
 //! Topics and broadcast: an in-process hub that fans a message out to every socket subscribed
 //! to a topic (a room).
 //!
-//! Publishing never waits: each subscriber gets the message through
-//! [`WebSocketSender::try_send`], so a slow subscriber is handled by its socket's
+//! Publishing never waits: each subscriber gets the message as
+//! [`WebSocketSender::try_send`] would queue it, so a slow subscriber is handled by its socket's
 //! [`QueuePolicy`](crate::QueuePolicy) (it misses the message, or is closed), never by holding
-//! up the publisher or the other subscribers. The message's bytes are shared, not copied, among
-//! subscribers. A [`Hub`] is a cheap `Clone`: put it in your state and publish from anywhere,
-//! a handler or a plain HTTP route.
+//! up the publisher or the other subscribers. The message is framed once per publish, and
+//! compressed once per set of permessage-deflate settings for the subscribers that agreed on
+//! `server_no_context_takeover`; every subscriber's connection writes those same bytes. No
+//! lock is held while a publish fans out: subscribing, leaving and other topics do not wait
+//! for it. A [`Hub`] is a cheap `Clone`: put it in your state and publish from anywhere, a
+//! handler or a plain HTTP route.
 //!
 //! ```
 //! use axum::{routing::post, Router};
@@ -62,9 +65,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::error::SendError;
 use crate::message::Message;
-use crate::socket::WebSocketSender;
+use crate::socket::{Undelivered, WebSocketSender};
+use crate::wire::writer::Prepared;
 
 pub mod history;
 #[cfg(feature = "redis")]
@@ -130,15 +133,59 @@ pub struct Hub {
 
 #[derive(Default)]
 struct Inner {
-    topics: RwLock<HashMap<String, Vec<Subscriber>>>,
+    /// Held only to find a topic's subscribers or to change them, never during a fan-out.
+    topics: RwLock<HashMap<String, Subscribers>>,
     next_id: AtomicU64,
     backend: Option<Box<dyn HubBackend>>,
     histories: history::Histories,
 }
 
+#[derive(Clone)]
 struct Subscriber {
     id: u64,
     sender: WebSocketSender,
+}
+
+/// Subscribers per chunk: a change copies at most one chunk (and the list of chunks) when a
+/// fan-out holds the list.
+const CHUNK: usize = 256;
+
+/// A topic's subscribers, copy-on-write: a publish takes the list (an `Arc` clone) under the
+/// topics' lock and fans out after releasing it, so subscribing, leaving and other topics
+/// never wait for a fan-out. A change made while a fan-out holds the list copies the part it
+/// changes; with no fan-out running, it changes the list in place.
+#[derive(Clone, Default)]
+struct Subscribers {
+    chunks: Arc<Vec<Arc<Vec<Subscriber>>>>,
+    len: usize,
+}
+
+impl Subscribers {
+    fn push(&mut self, subscriber: Subscriber) {
+        let chunks = Arc::make_mut(&mut self.chunks);
+        match chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => Arc::make_mut(last).push(subscriber),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(subscriber);
+                chunks.push(Arc::new(chunk));
+            }
+        }
+        self.len += 1;
+    }
+
+    fn remove(&mut self, doomed: impl Fn(u64) -> bool) {
+        let hit = |chunk: &Arc<Vec<Subscriber>>| chunk.iter().any(|s| doomed(s.id));
+        if !self.chunks.iter().any(hit) {
+            return;
+        }
+        let chunks = Arc::make_mut(&mut self.chunks);
+        for chunk in chunks.iter_mut().filter(|chunk| hit(chunk)) {
+            Arc::make_mut(chunk).retain(|s| !doomed(s.id));
+        }
+        chunks.retain(|chunk| !chunk.is_empty());
+        self.len = chunks.iter().map(|chunk| chunk.len()).sum();
+    }
 }
 
 impl Hub {
@@ -170,7 +217,8 @@ impl Hub {
     }
 
     /// Subscribes a socket to `topic`, until the returned [`Subscription`] is dropped (or the
-    /// socket closes: closed subscribers are removed at the next publish).
+    /// socket closes: closed subscribers are removed at the next publish). The socket gets
+    /// what is published from then on; a publish already being fanned out is not.
     pub fn subscribe(&self, topic: &str, sender: &WebSocketSender) -> Subscription {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut topics = self
@@ -179,7 +227,7 @@ impl Hub {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let subscribers = topics.entry(topic.to_string()).or_default();
-        if subscribers.is_empty() {
+        if subscribers.len == 0 {
             if let Some(backend) = &self.inner.backend {
                 // Under the lock, so the backend sees subscribe/unsubscribe in their order.
                 backend.subscribe(topic);
@@ -279,7 +327,7 @@ impl Hub {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(topic)
-            .map_or(0, Vec::len)
+            .map_or(0, |subscribers| subscribers.len)
     }
 
     /// How many topics have at least one subscriber.
@@ -302,8 +350,7 @@ impl Hub {
             position: self.inner.histories.record(topic, message),
             ..Delivery::default()
         };
-        let mut gone = Vec::new();
-        {
+        let chunks = {
             let topics = self
                 .inner
                 .topics
@@ -312,21 +359,26 @@ impl Hub {
             let Some(subscribers) = topics.get(topic) else {
                 return delivery;
             };
-            for subscriber in subscribers {
-                if except.is_some_and(|e| e.same_socket(&subscriber.sender)) {
-                    continue;
-                }
-                // A clone of a message shares its bytes: no payload is copied.
-                match subscriber.sender.try_send(message.clone()) {
-                    Ok(()) => delivery.delivered += 1,
-                    Err(SendError::QueueFull(_)) => delivery.dropped += 1,
-                    Err(_) => {
-                        delivery.closed += 1;
-                        gone.push(subscriber.id);
-                    }
+            Arc::clone(&subscribers.chunks)
+        };
+        // Framed once; every subscriber's connection writes these same bytes.
+        let prepared = Arc::new(Prepared::new(message.clone()));
+        let mut gone = Vec::new();
+        for subscriber in chunks.iter().flat_map(|chunk| chunk.iter()) {
+            if except.is_some_and(|e| e.same_socket(&subscriber.sender)) {
+                continue;
+            }
+            match subscriber.sender.try_send_prepared(&prepared) {
+                Ok(()) => delivery.delivered += 1,
+                Err(Undelivered::Full) => delivery.dropped += 1,
+                Err(Undelivered::Closed) => {
+                    delivery.closed += 1;
+                    gone.push(subscriber.id);
                 }
             }
         }
+        // Released first, so that the removal changes the list in place.
+        drop(chunks);
         if !gone.is_empty() {
             self.inner.remove(topic, |id| gone.contains(&id));
         }
@@ -338,8 +390,8 @@ impl Inner {
     fn remove(&self, topic: &str, doomed: impl Fn(u64) -> bool) {
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(subscribers) = topics.get_mut(topic) {
-            subscribers.retain(|s| !doomed(s.id));
-            if subscribers.is_empty() {
+            subscribers.remove(doomed);
+            if subscribers.len == 0 {
                 topics.remove(topic);
                 if let Some(backend) = &self.backend {
                     backend.unsubscribe(topic);
@@ -377,7 +429,8 @@ impl fmt::Debug for WeakHub {
     }
 }
 
-/// A socket's subscription to a topic; dropping it unsubscribes.
+/// A socket's subscription to a topic; dropping it unsubscribes. A publish that was already
+/// being fanned out when it was dropped may still deliver its message.
 #[must_use = "the subscription ends when this is dropped"]
 pub struct Subscription {
     hub: Arc<Inner>,
@@ -404,5 +457,158 @@ impl fmt::Debug for Subscription {
         f.debug_struct("Subscription")
             .field("topic", &self.topic)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use crate::socket::queue::{self, Receiver};
+    use crate::socket::{ControlBlock, Environ, Inbound, Outbound, WebSocket};
+    use crate::QueuePolicy;
+
+    fn socket() -> (WebSocket, Receiver<Outbound>) {
+        let environ = Arc::new(Environ {
+            parts: http::Request::new(()).into_parts().0,
+            protocol: None,
+            version: 13,
+        });
+        let (_in_tx, in_rx) = queue::bounded::<Inbound>(1);
+        let (out_tx, out_rx) = queue::bounded(4);
+        let socket = WebSocket::new(
+            environ,
+            in_rx,
+            out_tx,
+            Arc::new(ControlBlock::default()),
+            QueuePolicy::Fail,
+        );
+        (socket, out_rx)
+    }
+
+    /// The waker of a subscriber's connection task, woken by the publish in the middle of its
+    /// fan-out: there it joins and leaves the topic, and publishes to another.
+    struct MidFanOut {
+        hub: Hub,
+        joiner: WebSocketSender,
+        first: Mutex<Receiver<Outbound>>,
+        last: Mutex<Receiver<Outbound>>,
+        /// Whether the first subscriber had the message and the last not yet, when woken.
+        seen: Mutex<Option<(bool, bool)>>,
+        other_topic: Mutex<Option<Delivery>>,
+        woken: AtomicUsize,
+    }
+
+    impl Wake for MidFanOut {
+        fn wake(self: Arc<Self>) {
+            self.woken.fetch_add(1, Ordering::SeqCst);
+            let first = self.first.lock().unwrap().try_recv().is_some();
+            let last = self.last.lock().unwrap().try_recv().is_some();
+            *self.seen.lock().unwrap() = Some((first, last));
+            let joined = self.hub.subscribe("room", &self.joiner);
+            drop(joined);
+            let other = self.hub.publish("other", Message::text("meanwhile"));
+            *self.other_topic.lock().unwrap() = Some(other);
+        }
+    }
+
+    #[test]
+    fn subscribing_leaving_and_other_topics_proceed_during_a_fan_out() {
+        const SUBSCRIBERS: usize = 1000;
+        let hub = Hub::new();
+        let mut sockets = Vec::new();
+        let mut receivers = Vec::new();
+        let mut subscriptions = Vec::new();
+        for _ in 0..SUBSCRIBERS {
+            let (socket, out_rx) = socket();
+            subscriptions.push(hub.subscribe("room", &socket.sender()));
+            sockets.push(socket);
+            receivers.push(out_rx);
+        }
+        let (joiner, _joiner_rx) = socket();
+        let (other, mut other_rx) = socket();
+        let _other_subscription = hub.subscribe("other", &other.sender());
+        let last = receivers.pop().expect("subscribers");
+        let mut middle = receivers.swap_remove(SUBSCRIBERS / 2);
+        let first = receivers.swap_remove(0);
+        let waker = Arc::new(MidFanOut {
+            hub: hub.clone(),
+            joiner: joiner.sender(),
+            first: Mutex::new(first),
+            last: Mutex::new(last),
+            seen: Mutex::new(None),
+            other_topic: Mutex::new(None),
+            woken: AtomicUsize::new(0),
+        });
+        // The middle subscriber's task waits for a message: the publish wakes it.
+        let task = Waker::from(Arc::clone(&waker));
+        assert!(middle
+            .poll_recv(&mut Context::from_waker(&task))
+            .is_pending());
+
+        // Under a lock held for the whole fan-out, the subscribe in the wake would wait
+        // forever: the publish runs on a thread of its own, and the test gives up on it.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let publisher = hub.clone();
+        std::thread::spawn(move || {
+            let delivery = publisher.publish("room", Message::text("hello"));
+            let _ = done_tx.send(delivery);
+        });
+        let delivery = done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the publish finished: subscribing during its fan-out did not wait for it");
+
+        assert_eq!(waker.woken.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            *waker.seen.lock().unwrap(),
+            Some((true, false)),
+            "woken in the middle of the fan-out"
+        );
+        let other_delivery = waker.other_topic.lock().unwrap().take().expect("published");
+        assert_eq!(other_delivery.delivered, 1);
+        assert!(matches!(other_rx.try_recv(), Some(Outbound::Prepared(_))));
+        // The joiner joined after the list was taken: it did not get the message, and the
+        // count is exact.
+        assert_eq!(delivery.delivered, SUBSCRIBERS);
+        assert_eq!((delivery.dropped, delivery.closed), (0, 0));
+        assert_eq!(hub.subscriber_count("room"), SUBSCRIBERS);
+        assert!(matches!(
+            middle.poll_recv(&mut Context::from_waker(&task)),
+            Poll::Ready(Some(Outbound::Prepared(_)))
+        ));
+        drop(subscriptions);
+        assert_eq!(hub.subscriber_count("room"), 0);
+    }
+
+    #[test]
+    fn chunked_subscriber_lists_add_and_remove_exactly() {
+        let hub = Hub::new();
+        let sockets: Vec<_> = (0..3 * CHUNK + 7).map(|_| socket()).collect();
+        let mut subscriptions: Vec<_> = sockets
+            .iter()
+            .map(|(socket, _)| Some(hub.subscribe("room", &socket.sender())))
+            .collect();
+        assert_eq!(hub.subscriber_count("room"), sockets.len());
+        // Leave every third, with a publish's snapshot held meanwhile (copy-on-write).
+        let snapshot = hub.inner.topics.read().unwrap()["room"].chunks.clone();
+        for subscription in subscriptions.iter_mut().step_by(3) {
+            subscription.take();
+        }
+        let left = sockets.len() - sockets.len().div_ceil(3);
+        assert_eq!(hub.subscriber_count("room"), left);
+        assert_eq!(
+            snapshot.iter().map(|c| c.len()).sum::<usize>(),
+            sockets.len()
+        );
+        drop(snapshot);
+        let delivery = hub.publish("room", Message::binary(vec![1u8; 3]));
+        assert_eq!(delivery.delivered, left);
+        for (i, (_, out)) in sockets.into_iter().enumerate() {
+            let mut out = out;
+            assert_eq!(out.try_recv().is_some(), i % 3 != 0, "socket {i}");
+        }
     }
 }

@@ -726,6 +726,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 item = self.out_rx.recv(), if !closing => {
                     let result = match item {
                         Some(Outbound::Message(message)) => self.write_message(message).await,
+                        // Not sent to a legacy socket (it gets the message), but as good.
+                        Some(Outbound::Prepared(prepared)) => {
+                            self.write_message(prepared.message().clone()).await
+                        }
                         // `close`, or every handle is gone.
                         Some(Outbound::Close(_)) | None => self.send_closing_frame().await,
                     };
@@ -745,7 +749,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     if !closing {
                         // What the handler queued goes out before the closing frame.
                         let mut result = Ok(());
-                        while let Some(Outbound::Message(message)) = self.out_rx.try_recv() {
+                        while let Some(item) = self.out_rx.try_recv() {
+                            let message = match item {
+                                Outbound::Message(message) => message,
+                                Outbound::Prepared(prepared) => prepared.message().clone(),
+                                Outbound::Close(_) => break,
+                            };
                             result = self.write_message(message).await;
                             if result.is_err() {
                                 break;

@@ -15,6 +15,11 @@ const MAX_UPGRADE_RATIO: f64 = 1.37;
 /// Instructions per echoed 20-byte message, layer / fastwebsockets: 1.742 measured.
 const MAX_MESSAGE_RATIO: f64 = 1.83;
 
+/// Instructions per message delivered by a hub's publish to 1 000 in-memory subscribers
+/// (20 bytes; the publish, the connection task's write and the client's read): an absolute
+/// count, about 15 % above the 2 820 measured, as there is no peer to divide by.
+const MAX_PUBLISH_DELIVERY: u64 = 3_245;
+
 #[test]
 fn upgrade_and_message_instruction_counts_stay_within_their_bounds() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -47,6 +52,18 @@ fn upgrade_and_message_instruction_counts_stay_within_their_bounds() {
         upgrade <= MAX_UPGRADE_RATIO,
         "an upgrade costs {upgrade} x fastwebsockets' instructions, over the bound of \
          {MAX_UPGRADE_RATIO}:\n{stdout}"
+    );
+    let delivery: u64 = stdout
+        .lines()
+        .find(|l| l.starts_with("publish-20B "))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `publish-20B` line in:\n{stdout}"));
+    assert!(delivery > 100, "{stdout}");
+    assert!(
+        delivery <= MAX_PUBLISH_DELIVERY,
+        "a published message costs {delivery} instructions per delivery, over the bound of \
+         {MAX_PUBLISH_DELIVERY}:\n{stdout}"
     );
     assert!(
         message <= MAX_MESSAGE_RATIO,

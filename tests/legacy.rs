@@ -434,3 +434,36 @@ async fn key_bytes_sent_as_a_body_with_content_length_are_read() {
     assert_eq!(&answer, ANSWER);
     expect_text(&mut stream, "version 76").await;
 }
+
+#[tokio::test]
+async fn a_hub_publish_reaches_a_legacy_subscriber_in_its_own_framing() {
+    let hub = tower_websocket::hub::Hub::new();
+    let subscriber = {
+        let hub = hub.clone();
+        move |ws: WebSocket| {
+            let hub = hub.clone();
+            async move {
+                let (mut rx, tx) = ws.split();
+                let _subscription = hub.subscribe("room", &tx);
+                while rx.recv().await.is_some() {}
+            }
+        }
+    };
+    let addr = server(WebSocketLayer::new(subscriber).legacy_drafts(true)).await;
+    let (mut legacy, _) = connect76(addr).await;
+    let mut rfc = common::RawClient::connect(addr, "/").await;
+    within("both to subscribe", async {
+        while hub.subscriber_count("room") < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let delivery = hub.publish("room", "to everyone");
+    assert_eq!((delivery.delivered, delivery.closed), (2, 0));
+    expect_text(&mut legacy, "to everyone").await;
+    let frame = rfc.read_frame().await.expect("a frame");
+    assert_eq!(
+        (frame.opcode, frame.payload.as_slice()),
+        (0x1, &b"to everyone"[..])
+    );
+}

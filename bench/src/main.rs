@@ -18,6 +18,7 @@ mod client;
 mod fanout;
 mod fanout_servers;
 mod history;
+mod publish_cost;
 mod redis_hub;
 mod report;
 mod run;
@@ -42,6 +43,7 @@ usage:
   bench upgrade-cost <kind> --count N [--messages M]
   bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
   bench history [--messages N] [--size BYTES] [--redis URL]
+  bench publish-cost [--subscribers S] [--publishes N] [--size B] [--deflate off|shared|takeover]
 
 kinds: layer, fastwebsockets, axum-ws, tcp
 fan-out kinds: layer, bun, axum-broadcast, fastwebsockets-broadcast
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Some("upgrade-cost") => upgrade_cost(&args[1..]),
         Some("redis-hub") => redis_hub(&args[1..]),
         Some("history") => history(&args[1..]),
+        Some("publish-cost") => publish_cost::main(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())

@@ -52,6 +52,7 @@ use http::HeaderValue;
 use crate::socket::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
 use crate::socket::error::{Error, SendError};
 use crate::socket::message::Message;
+use crate::wire::writer::Prepared;
 use queue::PushError;
 
 /// What the connection task hands the socket.
@@ -66,6 +67,8 @@ pub(crate) enum Inbound {
 #[derive(Debug)]
 pub(crate) enum Outbound {
     Message(Message),
+    /// A message framed once for every subscriber of a hub's topic.
+    Prepared(Arc<Prepared>),
     Close(CloseFrame),
 }
 
@@ -74,9 +77,20 @@ impl Outbound {
     fn into_message(self) -> Message {
         match self {
             Outbound::Message(message) => message,
+            Outbound::Prepared(prepared) => prepared.message().clone(),
             Outbound::Close(_) => unreachable!("a send pushes a message, never a close frame"),
         }
     }
+}
+
+/// Why [`WebSocketSender::try_send_prepared`] did not queue a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Undelivered {
+    /// The queue is full (under [`QueuePolicy::Wait`] or [`QueuePolicy::Fail`]).
+    Full,
+    /// The socket is closed, or was closed now for the overflow ([`QueuePolicy::Close`]),
+    /// or it cannot carry the message (binary, on a legacy draft).
+    Closed,
 }
 
 /// One connection's control block: the state its task, its socket's handles and the registry
@@ -566,6 +580,39 @@ impl WebSocketSender {
                 QueuePolicy::Wait | QueuePolicy::Fail => {
                     Err(SendError::QueueFull(item.into_message()))
                 }
+            },
+        }
+    }
+
+    /// Queues a message framed once for many sockets, as [`try_send`](Self::try_send)
+    /// queues a message: what a hub's publish does for each subscriber.
+    pub(crate) fn try_send_prepared(&self, prepared: &Arc<Prepared>) -> Result<(), Undelivered> {
+        // The queue's own closed flag is checked by the push, under the lock it takes anyway.
+        if self.shared.close_sent.load(Ordering::Acquire) {
+            return Err(Undelivered::Closed);
+        }
+        #[cfg(feature = "hixie76")]
+        if self.shared.legacy {
+            // A legacy draft has its own framing: it gets the message.
+            return self
+                .try_send(prepared.message().clone())
+                .map_err(|error| match error {
+                    SendError::QueueFull(_) => Undelivered::Full,
+                    _ => Undelivered::Closed,
+                });
+        }
+        match self
+            .outbound
+            .try_push(Outbound::Prepared(Arc::clone(prepared)))
+        {
+            Ok(()) => Ok(()),
+            Err(PushError::Closed(_)) => Err(Undelivered::Closed),
+            Err(PushError::Full(_)) => match self.policy {
+                QueuePolicy::Close(code) => {
+                    self.close_for_overflow(code);
+                    Err(Undelivered::Closed)
+                }
+                QueuePolicy::Wait | QueuePolicy::Fail => Err(Undelivered::Full),
             },
         }
     }

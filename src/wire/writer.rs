@@ -20,6 +20,12 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload};
 use tokio::io::AsyncWrite;
 
+use crate::socket::message::Message;
+#[cfg(feature = "deflate")]
+use crate::wire::deflate::{Compressor, SharedSettings};
+#[cfg(feature = "deflate")]
+use std::sync::{Mutex, PoisonError};
+
 /// Payloads up to this size are copied next to their header; larger ones are written from
 /// where they are.
 const INLINE_MAX: usize = 1024;
@@ -45,6 +51,151 @@ impl Segment {
             Segment::Inline { start, end } => end - start,
             Segment::Shared(bytes) => bytes.len(),
         }
+    }
+}
+
+/// The longest header of a server frame: 2 bytes, 8 of extended length, no mask.
+const MAX_HEAD: usize = 14;
+
+/// Formats the header of a whole, unmasked frame (FIN set, RSV1 as given) into `head`;
+/// returns its length.
+fn format_head(head: &mut [u8; MAX_HEAD], opcode: OpCode, payload: &[u8], rsv1: bool) -> usize {
+    let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
+    let head_len = frame.fmt_head(head);
+    if rsv1 {
+        // fastwebsockets' `Frame` has no RSV bits: set RSV1 on the header it formatted.
+        head[0] |= 0x40;
+    }
+    head_len
+}
+
+/// A frame formatted once, to be queued on many sockets.
+#[derive(Debug, Clone)]
+enum Framed {
+    /// Header and a small payload in one buffer: one copy into each batch's arena.
+    Whole(Bytes),
+    /// The header, and a large payload shared as it is (never copied).
+    Split {
+        head: [u8; MAX_HEAD],
+        head_len: u8,
+        payload: Bytes,
+    },
+}
+
+impl Framed {
+    fn new(opcode: OpCode, payload: &Bytes, rsv1: bool) -> Framed {
+        let mut head = [0u8; MAX_HEAD];
+        let head_len = format_head(&mut head, opcode, payload, rsv1);
+        if payload.len() <= INLINE_MAX {
+            let mut frame = Vec::with_capacity(head_len + payload.len());
+            frame.extend_from_slice(&head[..head_len]);
+            frame.extend_from_slice(payload);
+            Framed::Whole(Bytes::from(frame))
+        } else {
+            Framed::Split {
+                head,
+                // At most `MAX_HEAD`.
+                head_len: head_len as u8,
+                payload: payload.clone(),
+            }
+        }
+    }
+}
+
+/// A data message framed once for many sockets: what a hub's publish hands each subscriber.
+///
+/// Every subscriber's connection writes the same bytes: the uncompressed frame, or, for the
+/// sockets that compress without context takeover, one compressed frame per set of
+/// compression settings, made by the first such socket to write it and shared with the
+/// others. A socket that compresses with context takeover still compresses the message
+/// itself, since its output depends on what it sent before.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    message: Message,
+    /// FIN set, RSV1 clear.
+    frame: Framed,
+    /// The compressed frames made so far; `None` for settings whose threshold the message
+    /// is under.
+    #[cfg(feature = "deflate")]
+    compressed: Mutex<Vec<(SharedSettings, Option<Framed>)>>,
+}
+
+impl Prepared {
+    /// Frames `message`.
+    pub(crate) fn new(message: Message) -> Self {
+        let (opcode, payload) = opcode_and_payload(&message);
+        Prepared {
+            frame: Framed::new(opcode, payload, false),
+            message,
+            #[cfg(feature = "deflate")]
+            compressed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The message framed.
+    pub(crate) fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// Queues the frame on a socket without compression.
+    #[cfg(not(feature = "deflate"))]
+    pub(crate) fn push_to(&self, out: &mut FrameWriter) {
+        out.push_prepared(&self.frame);
+    }
+
+    /// Queues the frame on a socket, compressed as the socket's `compressor` (if any)
+    /// compresses it.
+    #[cfg(feature = "deflate")]
+    pub(crate) fn push_to(&self, out: &mut FrameWriter, compressor: Option<&mut Compressor>) {
+        let Some(compressor) = compressor else {
+            return out.push_prepared(&self.frame);
+        };
+        let frame = match compressor.shared_settings() {
+            Some(settings) => self.compressed(settings, compressor),
+            None => {
+                let (opcode, payload) = opcode_and_payload(&self.message);
+                if let Some(compressed) = compressor.compress(payload) {
+                    return out.push_compressed(opcode, &compressed);
+                }
+                None
+            }
+        };
+        out.push_prepared(frame.as_ref().unwrap_or(&self.frame));
+    }
+
+    /// The compressed frame for `settings`, made with `compressor` (which has them) unless
+    /// another socket made it first; `None` when the message stays uncompressed.
+    #[cfg(feature = "deflate")]
+    fn compressed(&self, settings: SharedSettings, compressor: &mut Compressor) -> Option<Framed> {
+        let lock = || {
+            self.compressed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some((_, frame)) = lock().iter().find(|(s, _)| *s == settings) {
+            return frame.clone();
+        }
+        // Compressed outside the lock, so that sockets with other settings do not wait; two
+        // sockets racing here both compress, to the same bytes, and the first one is kept.
+        let (opcode, payload) = opcode_and_payload(&self.message);
+        let frame = compressor
+            .compress(payload)
+            .map(|compressed| Framed::new(opcode, &compressed, true));
+        let mut made = lock();
+        match made.iter().find(|(s, _)| *s == settings) {
+            Some((_, first)) => first.clone(),
+            None => {
+                made.push((settings, frame.clone()));
+                frame
+            }
+        }
+    }
+}
+
+fn opcode_and_payload(message: &Message) -> (OpCode, &Bytes) {
+    match message {
+        Message::Text(text) => (OpCode::Text, text.as_bytes()),
+        Message::Binary(data) => (OpCode::Binary, data),
     }
 }
 
@@ -74,13 +225,8 @@ impl FrameWriter {
     }
 
     fn push_frame(&mut self, opcode: OpCode, payload: &Bytes, rsv1: bool) {
-        let mut head = [0u8; 14];
-        let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
-        let head_len = frame.fmt_head(&mut head);
-        if rsv1 {
-            // fastwebsockets' `Frame` has no RSV bits: set RSV1 on the header it formatted.
-            head[0] |= 0x40;
-        }
+        let mut head = [0u8; MAX_HEAD];
+        let head_len = format_head(&mut head, opcode, payload, rsv1);
         self.push_inline(&head[..head_len]);
         if payload.len() <= INLINE_MAX {
             self.push_inline(payload);
@@ -88,6 +234,28 @@ impl FrameWriter {
             self.segments.push(Segment::Shared(payload.clone()));
         }
         self.pending += head_len + payload.len();
+    }
+
+    /// Queues a frame formatted once for many sockets ([`Prepared`]): a small one is
+    /// copied into the batch like any small frame, a large one's payload is written from
+    /// where it is.
+    fn push_prepared(&mut self, frame: &Framed) {
+        match frame {
+            Framed::Whole(bytes) => {
+                self.push_inline(bytes);
+                self.pending += bytes.len();
+            }
+            Framed::Split {
+                head,
+                head_len,
+                payload,
+            } => {
+                let head = &head[..usize::from(*head_len)];
+                self.push_inline(head);
+                self.segments.push(Segment::Shared(payload.clone()));
+                self.pending += head.len() + payload.len();
+            }
+        }
     }
 
     fn push_inline(&mut self, bytes: &[u8]) {
@@ -308,6 +476,141 @@ mod tests {
         match &out.segments[1] {
             Segment::Shared(bytes) => assert_eq!(bytes.as_ptr(), large.as_ptr()),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// What a batch holds, in order, as one buffer.
+    fn batch_bytes(out: &FrameWriter) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for segment in &out.segments[out.done..] {
+            match segment {
+                Segment::Inline { start, end } => bytes.extend_from_slice(&out.arena[*start..*end]),
+                Segment::Shared(shared) => bytes.extend_from_slice(shared),
+            }
+        }
+        assert_eq!(bytes.len(), out.pending());
+        bytes
+    }
+
+    fn messages() -> Vec<Message> {
+        let text: String = "{\"user\":\"ada\",\"text\":\"hello\"} ".repeat(60);
+        vec![
+            Message::text(""),
+            Message::text("hello"),
+            Message::binary(vec![5u8; 125]),
+            Message::binary(vec![6u8; 126]),
+            Message::text(text),
+            Message::binary(vec![7u8; 70_000]),
+        ]
+    }
+
+    #[test]
+    fn a_prepared_frame_is_exactly_what_push_writes() {
+        for message in messages() {
+            let (opcode, payload) = opcode_and_payload(&message);
+            let mut pushed = FrameWriter::default();
+            pushed.push(opcode, payload);
+            let mut prepared = FrameWriter::default();
+            let frame = Prepared::new(message.clone());
+            #[cfg(feature = "deflate")]
+            frame.push_to(&mut prepared, None);
+            #[cfg(not(feature = "deflate"))]
+            frame.push_to(&mut prepared);
+            assert_eq!(
+                batch_bytes(&prepared),
+                batch_bytes(&pushed),
+                "{} bytes",
+                message.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_prepared_payload_is_shared_not_copied() {
+        let payload = Bytes::from(vec![1u8; 4000]);
+        let frame = Prepared::new(Message::binary(payload.clone()));
+        let mut out = FrameWriter::default();
+        out.push(OpCode::Text, &Bytes::from_static(b"a"));
+        out.push_prepared(&frame.frame);
+        match out.segments.last() {
+            Some(Segment::Shared(bytes)) => assert_eq!(bytes.as_ptr(), payload.as_ptr()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[cfg(feature = "deflate")]
+    mod compressed {
+        use super::*;
+        use crate::wire::deflate::{Agreed, DeflateConfig};
+
+        fn compressor(no_context_takeover: bool, level: u32) -> Compressor {
+            let agreed = Agreed {
+                server_no_context_takeover: no_context_takeover,
+                client_no_context_takeover: false,
+                server_max_window_bits: 15,
+                client_max_window_bits: 15,
+            };
+            Compressor::new(&agreed, &DeflateConfig::new().level(level))
+        }
+
+        /// What a socket's own compressor makes of `messages`, one after the other.
+        fn pushed(messages: &[Message], mut compressor: Compressor) -> Vec<u8> {
+            let mut out = FrameWriter::default();
+            for message in messages {
+                let (opcode, payload) = opcode_and_payload(message);
+                match compressor.compress(payload) {
+                    Some(compressed) => out.push_compressed(opcode, &compressed),
+                    None => out.push(opcode, payload),
+                }
+            }
+            batch_bytes(&out)
+        }
+
+        #[test]
+        fn prepared_frames_are_what_each_socket_would_have_compressed() {
+            let messages = messages();
+            let frames: Vec<Prepared> = messages.iter().cloned().map(Prepared::new).collect();
+            // Sockets with two sets of settings without context takeover, twice each (the
+            // second of each writes the shared frame), and two with context takeover.
+            for (no_context_takeover, level) in [
+                (true, 1),
+                (true, 9),
+                (true, 1),
+                (true, 9),
+                (false, 1),
+                (false, 1),
+            ] {
+                let mut mine = compressor(no_context_takeover, level);
+                let mut out = FrameWriter::default();
+                for frame in &frames {
+                    frame.push_to(&mut out, Some(&mut mine));
+                }
+                assert_eq!(
+                    batch_bytes(&out),
+                    pushed(&messages, compressor(no_context_takeover, level)),
+                    "no_context_takeover {no_context_takeover}, level {level}"
+                );
+            }
+            // One compressed frame per message and set of settings, and none for the short ones.
+            for (frame, message) in frames.iter().zip(&messages) {
+                let made = frame.compressed.lock().unwrap();
+                assert_eq!(made.len(), 2);
+                let compressed = message.len() >= crate::wire::deflate::DEFAULT_THRESHOLD;
+                assert!(made.iter().all(|(_, f)| f.is_some() == compressed));
+            }
+        }
+
+        #[test]
+        fn a_shared_compressed_frame_is_made_once() {
+            let frame = Prepared::new(Message::text("abc ".repeat(100)));
+            let (mut a, mut b) = (compressor(true, 1), compressor(true, 1));
+            let (mut out_a, mut out_b) = (FrameWriter::default(), FrameWriter::default());
+            frame.push_to(&mut out_a, Some(&mut a));
+            frame.push_to(&mut out_b, Some(&mut b));
+            assert_eq!(batch_bytes(&out_a), batch_bytes(&out_b));
+            // The second socket never made a deflate stream of its own.
+            assert_eq!((a.compressions, b.compressions), (1, 0));
+            assert_eq!(batch_bytes(&out_a)[0], 0x80 | 0x40 | 0x1, "FIN, RSV1, text");
         }
     }
 

@@ -13,6 +13,9 @@ pub(crate) struct Compressor {
     no_context_takeover: bool,
     /// Made at the first compressed message; without context takeover, dropped after each.
     pub(super) deflater: Option<Compress>,
+    /// Messages compressed, for tests that check a shared frame was compressed once.
+    #[cfg(test)]
+    pub(crate) compressions: usize,
 }
 
 impl std::fmt::Debug for Compressor {
@@ -35,7 +38,20 @@ impl Compressor {
             threshold: config.threshold,
             no_context_takeover: agreed.server_no_context_takeover,
             deflater: None,
+            #[cfg(test)]
+            compressions: 0,
         }
+    }
+
+    /// For a compressor without context takeover, the settings that decide its output (with
+    /// the message): sockets whose settings are equal can share one compressed copy of a
+    /// message. `None` with context takeover, where the output depends on earlier messages.
+    pub(crate) fn shared_settings(&self) -> Option<SharedSettings> {
+        self.no_context_takeover.then_some(SharedSettings {
+            level: self.level.level(),
+            window_bits: self.window_bits,
+            threshold: self.threshold,
+        })
     }
 
     /// The compressed payload of a whole message (deflate output with the trailing
@@ -47,6 +63,10 @@ impl Compressor {
     pub(crate) fn compress(&mut self, payload: &[u8]) -> Option<Bytes> {
         if payload.len() < self.threshold {
             return None;
+        }
+        #[cfg(test)]
+        {
+            self.compressions += 1;
         }
         let (level, bits) = (self.level, self.window_bits);
         let deflater = self
@@ -73,6 +93,15 @@ impl Compressor {
             }
         }
     }
+}
+
+/// What decides a compressor's output when it keeps no context between messages: see
+/// [`Compressor::shared_settings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SharedSettings {
+    level: u32,
+    window_bits: u8,
+    threshold: usize,
 }
 
 /// Compresses all of `input` and sync-flushes: the output ends at a byte boundary, with an

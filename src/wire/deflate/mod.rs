@@ -184,7 +184,7 @@ mod compressor;
 mod inflater;
 mod negotiation;
 
-pub(crate) use compressor::Compressor;
+pub(crate) use compressor::{Compressor, SharedSettings};
 pub(crate) use inflater::InflateRead;
 pub(crate) use negotiation::{negotiate, Agreed};
 
