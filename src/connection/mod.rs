@@ -289,6 +289,12 @@ where
     }
 }
 
+/// A frame of a data message, which the pass may act on inline.
+#[inline]
+fn is_data(opcode: OpCode) -> bool {
+    matches!(opcode, OpCode::Text | OpCode::Binary | OpCode::Continuation)
+}
+
 pub(crate) type HandlerOutcome = Result<Result<(), HandlerError>, Box<dyn Any + Send>>;
 
 pub(crate) fn flatten(outcome: HandlerOutcome) -> Result<(), HandlerError> {
@@ -338,6 +344,11 @@ enum Step {
     Frame(Result<RawFrame, WebSocketError>),
     /// An overflow or a shutdown request: acted on at the top of the loop.
     Signal,
+    /// The pass acted on what it found, and the top of the loop has work: a batch to write
+    /// now, or the closing handshake to start.
+    Continue,
+    /// The pass acted on a frame, and it ended the connection.
+    Ended(Ending),
     Timer,
     FlushFailed(io::Error),
 }
@@ -552,6 +563,13 @@ impl Conn {
         pending >= FLUSH_AT || (pending > 0 && self.closing.is_some())
     }
 
+    /// Whether a pass that acted inline must hand over to the top of the loop: the batch is
+    /// to be written now, or the closing handshake began.
+    #[inline]
+    fn must_return<W>(&self, writer: &Writer<'_, W>) -> bool {
+        self.closing.is_some() || writer.out.pending() >= FLUSH_AT
+    }
+
     /// Sets the one timer to the earliest deadline: the close deadline once closing, else
     /// keepalive and idle. It is reset only when that deadline changes, never per message.
     fn set_timer<F, R>(&self, pass: &mut Pass<'_, F, R>, close_by: Option<Instant>) {
@@ -595,6 +613,13 @@ impl Conn {
 
     /// One pass over the arms, in order; the first with something to act on wins. A plain
     /// `poll_fn`, not `select!`: no future is built per branch and per turn.
+    ///
+    /// The two steps of every echoed message, a reply taken from the send queue and a data
+    /// frame read, are acted on inside the pass when they neither end nor start anything
+    /// (closing, a batch that must be written now): the pass then goes on from the handler,
+    /// so a request and its reply cost one turn of the loop, not three. At most
+    /// [`WRITE_BATCH`] of them per pass, so that the top of the turn (signals, the timer's
+    /// deadline) is not put off for long under a stream of pipelined messages.
     fn poll_pass<F, R, W, H>(
         &mut self,
         cx: &mut Context<'_>,
@@ -613,21 +638,46 @@ impl Conn {
         // Wakes of every arm go to this task. A wake hands the task's waker over, so it is
         // given again on every poll.
         arms.register(cx);
-        let handler = (!self.handler_done).then_some(handler);
-        let outbound = open.then_some(&mut self.out_rx);
-        if let Poll::Ready(step) = arms.poll_socket(handler, outbound) {
-            return Poll::Ready(step);
-        }
-        if self.parked.is_some() {
-            if let Poll::Ready(room) = pass.in_tx.poll_ready(&mut arms.socket_cx()) {
-                return Poll::Ready(Step::Room(room));
+        let mut inline = 0;
+        loop {
+            let handler = (!self.handler_done).then_some(&mut *handler);
+            let outbound = open.then_some(&mut self.out_rx);
+            match arms.poll_socket(handler, outbound) {
+                Poll::Ready(Step::Queued(Some(item))) if inline < WRITE_BATCH => {
+                    inline += 1;
+                    self.write_queued(Some(item), writer);
+                    if self.must_return(writer) {
+                        return Poll::Ready(Step::Continue);
+                    }
+                }
+                Poll::Ready(step) => return Poll::Ready(step),
+                Poll::Pending => {}
             }
-        } else if let Poll::Ready((reader, result)) =
-            arms.poll_arm(Arms::READ, |cx| pass.read.as_mut().poll(cx))
-        {
-            pass.read.set((pass.next)(reader));
-            arms.force(Arms::READ);
-            return Poll::Ready(Step::Frame(result));
+            if self.parked.is_some() {
+                if let Poll::Ready(room) = pass.in_tx.poll_ready(&mut arms.socket_cx()) {
+                    return Poll::Ready(Step::Room(room));
+                }
+            } else if let Poll::Ready((reader, result)) =
+                arms.poll_arm(Arms::READ, |cx| pass.read.as_mut().poll(cx))
+            {
+                pass.read.set((pass.next)(reader));
+                arms.force(Arms::READ);
+                match result {
+                    Ok(frame) if is_data(frame.opcode) && inline < WRITE_BATCH => {
+                        inline += 1;
+                        if let Err(ending) = self.on_frame(frame, writer, arms) {
+                            return Poll::Ready(Step::Ended(ending));
+                        }
+                        if self.must_return(writer) {
+                            return Poll::Ready(Step::Continue);
+                        }
+                        // Delivered: the handler is polled again at once.
+                        continue;
+                    }
+                    result => return Poll::Ready(Step::Frame(result)),
+                }
+            }
+            break;
         }
         if open {
             if let Poll::Ready(()) = arms.poll_arm(Arms::SIGNAL, |cx| self.shared.poll_signal(cx)) {
@@ -685,7 +735,8 @@ impl Conn {
                 Ok(violation) => Err(self.fail(violation.close_frame(), writer)),
                 Err(reason) => Err(Ending::Lost { reason }),
             },
-            Step::Signal => Ok(()),
+            Step::Signal | Step::Continue => Ok(()),
+            Step::Ended(ending) => Err(ending),
             Step::Timer => {
                 pass.armed = None;
                 match self.closing.take() {
