@@ -31,7 +31,7 @@ mod write;
 
 use arms::Arms;
 use close_log::Record;
-use read::{frame_reader, next_frame, RawFrame};
+use read::{next_frame, RawFrame, ReadFuture, Unread};
 use write::{lost_io, queue_close, TimedWrite, Writer};
 
 pub(crate) use settings::Settings;
@@ -215,9 +215,20 @@ where
                     Box::new(crate::wire::deflate::Compressor::new(agreed, &deflate))
                 }),
             };
-            let read = pin!(next_frame(frame_reader(&mut read_io, extensions, settings)));
+            let unread = Unread::new(&mut read_io, extensions, settings);
+            let read = pin!(ReadFuture::Unread {
+                unread: Some(unread),
+                read: next_frame,
+            });
             let ending = conn
-                .drive(read, next_frame, &mut writer, &mut handler)
+                .drive(
+                    read,
+                    |reader| ReadFuture::Reading {
+                        frame: next_frame(reader),
+                    },
+                    &mut writer,
+                    &mut handler,
+                )
                 .await;
             (ending, writer.io.close_by)
         };
@@ -319,7 +330,7 @@ struct Pass<'p, F, R> {
     /// safe.
     read: Pin<&'p mut F>,
     /// Makes the next read future from the reader the last one gave back.
-    next: fn(WebSocketRead<R>) -> F,
+    next: fn(Box<WebSocketRead<R>>) -> F,
     /// One timer for every deadline: keepalive, idle, and the close timeout once closing.
     timer: Pin<&'p mut Sleep>,
     /// The deadline the timer is set to, if any.
@@ -480,13 +491,13 @@ impl Conn {
     async fn drive<R, F, W, H>(
         &mut self,
         read: Pin<&mut F>,
-        next: fn(WebSocketRead<R>) -> F,
+        next: fn(Box<WebSocketRead<R>>) -> F,
         writer: &mut Writer<'_, W>,
         handler: &mut H,
     ) -> Ending
     where
         R: AsyncRead + Unpin,
-        F: Future<Output = (WebSocketRead<R>, Result<RawFrame, WebSocketError>)>,
+        F: Future<Output = (Box<WebSocketRead<R>>, Result<RawFrame, WebSocketError>)>,
         W: AsyncWrite + Unpin,
         H: Future<Output = HandlerOutcome> + Unpin,
     {
@@ -630,7 +641,7 @@ impl Conn {
     ) -> Poll<Step>
     where
         R: AsyncRead + Unpin,
-        F: Future<Output = (WebSocketRead<R>, Result<RawFrame, WebSocketError>)>,
+        F: Future<Output = (Box<WebSocketRead<R>>, Result<RawFrame, WebSocketError>)>,
         W: AsyncWrite + Unpin,
         H: Future<Output = HandlerOutcome> + Unpin,
     {
@@ -649,6 +660,9 @@ impl Conn {
                     if self.must_return(writer) {
                         return Poll::Ready(Step::Continue);
                     }
+                    // More may be queued: the queue is polled until it is pending, which
+                    // registers the wake-up of the next send.
+                    continue;
                 }
                 Poll::Ready(step) => return Poll::Ready(step),
                 Poll::Pending => {}
@@ -1158,6 +1172,47 @@ mod tests {
         );
         drop(client);
         let _ = server.await;
+    }
+
+    #[tokio::test]
+    async fn first_frame_arriving_a_byte_at_a_time_is_read_whole() {
+        // The first read is made before fastwebsockets' reader exists, into a small buffer
+        // that the reader reads first: a frame cut anywhere must still come out whole.
+        let (io, mut client) = tokio::io::duplex(1024);
+        let config = crate::layer::tests_config_with(|mut ws: crate::WebSocket| async move {
+            while let Some(msg) = ws.recv().await {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let parts = http::Request::new(()).into_parts().0;
+        let shared = Arc::new(crate::socket::ControlBlock::default());
+        let server = tokio::spawn(super::serve(
+            io,
+            accepted(parts),
+            &config.handler,
+            config.connection,
+            shared,
+        ));
+        let text = "a first message longer than the first read";
+        let mut requests = masked_text(text.as_bytes());
+        requests.extend(masked_text(b"and a second"));
+        for byte in &requests {
+            client.write_all(std::slice::from_ref(byte)).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        let mut replies = vec![0u8; 2 + text.len() + 2 + "and a second".len()];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.read_exact(&mut replies),
+        )
+        .await
+        .expect("both replies came")
+        .unwrap();
+        assert_eq!(&replies[2..2 + text.len()], text.as_bytes());
+        assert_eq!(&replies[replies.len() - 12..], b"and a second");
+        server.abort();
     }
 
     #[tokio::test(start_paused = true)]
