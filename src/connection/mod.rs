@@ -31,7 +31,7 @@ mod write;
 
 use arms::Arms;
 use close_log::Record;
-use read::{frame_reader, next_frame, RawFrame};
+use read::{next_frame, RawFrame, ReadFuture, Unread};
 use write::{lost_io, queue_close, TimedWrite, Writer};
 
 pub(crate) use settings::Settings;
@@ -215,9 +215,20 @@ where
                     Box::new(crate::wire::deflate::Compressor::new(agreed, &deflate))
                 }),
             };
-            let read = pin!(next_frame(frame_reader(&mut read_io, extensions, settings)));
+            let unread = Unread::new(&mut read_io, extensions, settings);
+            let read = pin!(ReadFuture::Unread {
+                unread: Some(unread),
+                read: next_frame,
+            });
             let ending = conn
-                .drive(read, next_frame, &mut writer, &mut handler)
+                .drive(
+                    read,
+                    |reader| ReadFuture::Reading {
+                        frame: next_frame(reader),
+                    },
+                    &mut writer,
+                    &mut handler,
+                )
                 .await;
             (ending, writer.io.close_by)
         };
@@ -289,6 +300,12 @@ where
     }
 }
 
+/// A frame of a data message, which the pass may act on inline.
+#[inline]
+fn is_data(opcode: OpCode) -> bool {
+    matches!(opcode, OpCode::Text | OpCode::Binary | OpCode::Continuation)
+}
+
 pub(crate) type HandlerOutcome = Result<Result<(), HandlerError>, Box<dyn Any + Send>>;
 
 pub(crate) fn flatten(outcome: HandlerOutcome) -> Result<(), HandlerError> {
@@ -313,7 +330,7 @@ struct Pass<'p, F, R> {
     /// safe.
     read: Pin<&'p mut F>,
     /// Makes the next read future from the reader the last one gave back.
-    next: fn(WebSocketRead<R>) -> F,
+    next: fn(Box<WebSocketRead<R>>) -> F,
     /// One timer for every deadline: keepalive, idle, and the close timeout once closing.
     timer: Pin<&'p mut Sleep>,
     /// The deadline the timer is set to, if any.
@@ -338,6 +355,11 @@ enum Step {
     Frame(Result<RawFrame, WebSocketError>),
     /// An overflow or a shutdown request: acted on at the top of the loop.
     Signal,
+    /// The pass acted on what it found, and the top of the loop has work: a batch to write
+    /// now, or the closing handshake to start.
+    Continue,
+    /// The pass acted on a frame, and it ended the connection.
+    Ended(Ending),
     Timer,
     FlushFailed(io::Error),
 }
@@ -469,13 +491,13 @@ impl Conn {
     async fn drive<R, F, W, H>(
         &mut self,
         read: Pin<&mut F>,
-        next: fn(WebSocketRead<R>) -> F,
+        next: fn(Box<WebSocketRead<R>>) -> F,
         writer: &mut Writer<'_, W>,
         handler: &mut H,
     ) -> Ending
     where
         R: AsyncRead + Unpin,
-        F: Future<Output = (WebSocketRead<R>, Result<RawFrame, WebSocketError>)>,
+        F: Future<Output = (Box<WebSocketRead<R>>, Result<RawFrame, WebSocketError>)>,
         W: AsyncWrite + Unpin,
         H: Future<Output = HandlerOutcome> + Unpin,
     {
@@ -552,6 +574,13 @@ impl Conn {
         pending >= FLUSH_AT || (pending > 0 && self.closing.is_some())
     }
 
+    /// Whether a pass that acted inline must hand over to the top of the loop: the batch is
+    /// to be written now, or the closing handshake began.
+    #[inline]
+    fn must_return<W>(&self, writer: &Writer<'_, W>) -> bool {
+        self.closing.is_some() || writer.out.pending() >= FLUSH_AT
+    }
+
     /// Sets the one timer to the earliest deadline: the close deadline once closing, else
     /// keepalive and idle. It is reset only when that deadline changes, never per message.
     fn set_timer<F, R>(&self, pass: &mut Pass<'_, F, R>, close_by: Option<Instant>) {
@@ -595,6 +624,13 @@ impl Conn {
 
     /// One pass over the arms, in order; the first with something to act on wins. A plain
     /// `poll_fn`, not `select!`: no future is built per branch and per turn.
+    ///
+    /// The two steps of every echoed message, a reply taken from the send queue and a data
+    /// frame read, are acted on inside the pass when they neither end nor start anything
+    /// (closing, a batch that must be written now): the pass then goes on from the handler,
+    /// so a request and its reply cost one turn of the loop, not three. At most
+    /// [`WRITE_BATCH`] of them per pass, so that the top of the turn (signals, the timer's
+    /// deadline) is not put off for long under a stream of pipelined messages.
     fn poll_pass<F, R, W, H>(
         &mut self,
         cx: &mut Context<'_>,
@@ -605,7 +641,7 @@ impl Conn {
     ) -> Poll<Step>
     where
         R: AsyncRead + Unpin,
-        F: Future<Output = (WebSocketRead<R>, Result<RawFrame, WebSocketError>)>,
+        F: Future<Output = (Box<WebSocketRead<R>>, Result<RawFrame, WebSocketError>)>,
         W: AsyncWrite + Unpin,
         H: Future<Output = HandlerOutcome> + Unpin,
     {
@@ -613,21 +649,49 @@ impl Conn {
         // Wakes of every arm go to this task. A wake hands the task's waker over, so it is
         // given again on every poll.
         arms.register(cx);
-        let handler = (!self.handler_done).then_some(handler);
-        let outbound = open.then_some(&mut self.out_rx);
-        if let Poll::Ready(step) = arms.poll_socket(handler, outbound) {
-            return Poll::Ready(step);
-        }
-        if self.parked.is_some() {
-            if let Poll::Ready(room) = pass.in_tx.poll_ready(&mut arms.socket_cx()) {
-                return Poll::Ready(Step::Room(room));
+        let mut inline = 0;
+        loop {
+            let handler = (!self.handler_done).then_some(&mut *handler);
+            let outbound = open.then_some(&mut self.out_rx);
+            match arms.poll_socket(handler, outbound) {
+                Poll::Ready(Step::Queued(Some(item))) if inline < WRITE_BATCH => {
+                    inline += 1;
+                    self.write_queued(Some(item), writer);
+                    if self.must_return(writer) {
+                        return Poll::Ready(Step::Continue);
+                    }
+                    // More may be queued: the queue is polled until it is pending, which
+                    // registers the wake-up of the next send.
+                    continue;
+                }
+                Poll::Ready(step) => return Poll::Ready(step),
+                Poll::Pending => {}
             }
-        } else if let Poll::Ready((reader, result)) =
-            arms.poll_arm(Arms::READ, |cx| pass.read.as_mut().poll(cx))
-        {
-            pass.read.set((pass.next)(reader));
-            arms.force(Arms::READ);
-            return Poll::Ready(Step::Frame(result));
+            if self.parked.is_some() {
+                if let Poll::Ready(room) = pass.in_tx.poll_ready(&mut arms.socket_cx()) {
+                    return Poll::Ready(Step::Room(room));
+                }
+            } else if let Poll::Ready((reader, result)) =
+                arms.poll_arm(Arms::READ, |cx| pass.read.as_mut().poll(cx))
+            {
+                pass.read.set((pass.next)(reader));
+                arms.force(Arms::READ);
+                match result {
+                    Ok(frame) if is_data(frame.opcode) && inline < WRITE_BATCH => {
+                        inline += 1;
+                        if let Err(ending) = self.on_frame(frame, writer, arms) {
+                            return Poll::Ready(Step::Ended(ending));
+                        }
+                        if self.must_return(writer) {
+                            return Poll::Ready(Step::Continue);
+                        }
+                        // Delivered: the handler is polled again at once.
+                        continue;
+                    }
+                    result => return Poll::Ready(Step::Frame(result)),
+                }
+            }
+            break;
         }
         if open {
             if let Poll::Ready(()) = arms.poll_arm(Arms::SIGNAL, |cx| self.shared.poll_signal(cx)) {
@@ -685,7 +749,8 @@ impl Conn {
                 Ok(violation) => Err(self.fail(violation.close_frame(), writer)),
                 Err(reason) => Err(Ending::Lost { reason }),
             },
-            Step::Signal => Ok(()),
+            Step::Signal | Step::Continue => Ok(()),
+            Step::Ended(ending) => Err(ending),
             Step::Timer => {
                 pass.armed = None;
                 match self.closing.take() {
@@ -1118,6 +1183,47 @@ mod tests {
         );
         drop(client);
         let _ = server.await;
+    }
+
+    #[tokio::test]
+    async fn first_frame_arriving_a_byte_at_a_time_is_read_whole() {
+        // The first read is made before fastwebsockets' reader exists, into a small buffer
+        // that the reader reads first: a frame cut anywhere must still come out whole.
+        let (io, mut client) = tokio::io::duplex(1024);
+        let config = crate::layer::tests_config_with(|mut ws: crate::WebSocket| async move {
+            while let Some(msg) = ws.recv().await {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let parts = http::Request::new(()).into_parts().0;
+        let shared = Arc::new(crate::socket::ControlBlock::default());
+        let server = tokio::spawn(super::serve(
+            io,
+            accepted(parts),
+            &config.handler,
+            config.connection,
+            shared,
+        ));
+        let text = "a first message longer than the first read";
+        let mut requests = masked_text(text.as_bytes());
+        requests.extend(masked_text(b"and a second"));
+        for byte in &requests {
+            client.write_all(std::slice::from_ref(byte)).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        let mut replies = vec![0u8; 2 + text.len() + 2 + "and a second".len()];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.read_exact(&mut replies),
+        )
+        .await
+        .expect("both replies came")
+        .unwrap();
+        assert_eq!(&replies[2..2 + text.len()], text.as_bytes());
+        assert_eq!(&replies[replies.len() - 12..], b"and a second");
+        server.abort();
     }
 
     #[tokio::test(start_paused = true)]

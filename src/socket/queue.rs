@@ -28,6 +28,9 @@ struct Queue<T> {
     len: AtomicUsize,
     /// `state.receiver.is_some()`, written under the lock.
     receiver_waiting: AtomicBool,
+    /// `state.closed`, written under the lock: lets a sender see a closed queue without
+    /// taking it (every `send` asks first).
+    closed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -73,6 +76,7 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         }),
         len: AtomicUsize::new(0),
         receiver_waiting: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
     });
     (
         Sender {
@@ -250,7 +254,7 @@ impl<T> Sender<T> {
 
     /// Whether pushes fail: the receiver closed the queue or is gone.
     pub(crate) fn is_closed(&self) -> bool {
-        self.queue.lock().closed
+        self.queue.closed.load(Ordering::Acquire)
     }
 }
 
@@ -334,6 +338,7 @@ impl<T> Receiver<T> {
         let senders = {
             let mut state = self.queue.lock();
             state.closed = true;
+            self.queue.closed.store(true, Ordering::Release);
             std::mem::take(&mut state.waiting_senders)
         };
         wake_all(senders);
@@ -345,6 +350,7 @@ impl<T> Drop for Receiver<T> {
         let (senders, items) = {
             let mut state = self.queue.lock();
             state.closed = true;
+            self.queue.closed.store(true, Ordering::Release);
             self.queue.len.store(0, Ordering::Release);
             (
                 std::mem::take(&mut state.waiting_senders),

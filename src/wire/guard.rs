@@ -93,8 +93,11 @@ impl<R> FrameGuard<R> {
                     bytes[*len..*len + take].copy_from_slice(&data[..take]);
                     *len += take;
                     data = &data[take..];
-                    if let Some(header) = Header::parse(&bytes[..*len]) {
-                        self.start_payload(header, data.len() as u64)?;
+                    // Parsed once, when complete: the first two bytes alone tell its length.
+                    if header_len(&bytes[..*len]) == Some(*len) {
+                        if let Some(header) = Header::parse(&bytes[..*len]) {
+                            self.start_payload(header, data.len() as u64)?;
+                        }
                     }
                 }
                 Position::Payload {
