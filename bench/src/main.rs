@@ -3,14 +3,16 @@
 //!
 //! ```text
 //! bench run [--quick] [--scenario NAME[,NAME...]] [--rounds R] [--duration S] [--warmup S]
-//!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
-//! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
+//!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--runtime current|multi|both]
+//!           [--max-quiet-wait S] [--retries N]
+//! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--runtime current|multi] [--die-with-parent]
 //! bench upgrade-cost <kind> --count N [--messages M]
 //! bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
 //! bench history [--messages N] [--size BYTES] [--redis URL]
 //! ```
 //!
-//! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`.
+//! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`, and `fastwebsockets-aa` (the reference
+//! again, for the run's A/A noise).
 
 mod client;
 mod history;
@@ -26,18 +28,23 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use servers::Kind;
+use servers::{Flavour, Kind};
 
 const USAGE: &str = "\
 usage:
   bench run [--quick] [--scenario NAME[,NAME...]] [--rounds R] [--duration S] [--warmup S]
-            [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
-  bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
+            [--idle N] [--churn-workers N] [--kinds K[,K...]] [--runtime current|multi|both]
+            [--max-quiet-wait S] [--retries N]
+  bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--runtime current|multi] [--die-with-parent]
   bench upgrade-cost <kind> --count N [--messages M]
   bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
   bench history [--messages N] [--size BYTES] [--redis URL]
 
-kinds: layer, fastwebsockets, axum-ws, tcp
+kinds: layer, fastwebsockets, axum-ws, tcp, fastwebsockets-aa; `run` always adds
+  fastwebsockets (the reference of every ratio) and fastwebsockets-aa (the same server again:
+  the A/A ratio, the run's noise)
+runtimes: current (current-thread) and multi (multi-thread, 2 workers); servers are pinned
+  to CPU 0 with either; `run` runs both unless told otherwise
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
   pipe-100x20Bx8, idle-5000, churn";
 
@@ -114,6 +121,13 @@ fn parse_run(args: &[String]) -> Result<run::Options, String> {
             "--idle" => opts.idle_conns = args.parse::<usize>(arg)?.max(1),
             "--churn-workers" => opts.churn_workers = args.parse::<usize>(arg)?.max(1),
             "--max-quiet-wait" => opts.max_quiet_wait = args.seconds(arg)?,
+            "--retries" => opts.retries = args.parse(arg)?,
+            "--runtime" => {
+                opts.flavours = match args.value(arg)? {
+                    "both" => Flavour::ALL.to_vec(),
+                    one => vec![one.parse()?],
+                }
+            }
             "--scenario" => opts
                 .only
                 .extend(args.value(arg)?.split(',').map(str::to_string)),
@@ -138,15 +152,17 @@ fn server(args: &[String]) -> Result<(), String> {
     let kind: Kind = args.value("server")?.parse()?;
     let mut addr: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut cpu = None;
+    let mut flavour = Flavour::Current;
     while let Some(arg) = args.next() {
         match arg {
             "--addr" => addr = args.parse(arg)?,
             "--cpu" => cpu = Some(args.parse(arg)?),
+            "--runtime" => flavour = args.parse(arg)?,
             "--die-with-parent" => sys::die_with_parent(),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
-    servers::serve(kind, addr, cpu).map_err(|e| format!("{kind} server: {e}"))
+    servers::serve(kind, addr, cpu, flavour).map_err(|e| format!("{kind} server: {e}"))
 }
 
 fn upgrade_cost(args: &[String]) -> Result<(), String> {
