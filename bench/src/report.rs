@@ -531,7 +531,7 @@ mod tests {
         ]);
         let table = inside.table(Kind::Fastwebsockets);
         assert!(table.starts_with("## rr-1x20B [multi]:"), "{table}");
-        assert!(table.contains("97.0 (0.97~)"), "{table}");
+        assert!(table.contains("97 (0.97~)"), "{table}");
         assert!(
             table.contains("A/A band (fastwebsockets-aa vs fastwebsockets): msgs/s 0.96-1.04"),
             "{table}"
@@ -543,7 +543,7 @@ mod tests {
             (90.0, 100.0, 100.0),
         ]);
         let table = outside.table(Kind::Fastwebsockets);
-        assert!(table.contains("90.0 (0.90)"), "{table}");
+        assert!(table.contains("90 (0.90)"), "{table}");
         assert!(!table.contains("(0.90~)"), "{table}");
     }
 

@@ -336,3 +336,59 @@ async fn tcp_echo(mut stream: TcpStream) -> io::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPUs the calling thread may run on.
+    fn affinity() -> Vec<usize> {
+        // SAFETY: `set` is a plain bit set on the stack that sched_getaffinity fills.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+                0
+            );
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn multi_flavour_runs_two_workers_on_the_pinned_cpu() {
+        // A thread of its own, so that pinning it leaves the test harness alone.
+        let cpus = std::thread::spawn(|| {
+            crate::sys::pin_to_cpu(0).expect("pin to CPU 0");
+            let runtime = Flavour::Multi.runtime().expect("a multi-thread runtime");
+            runtime.block_on(async {
+                assert_eq!(tokio::runtime::Handle::current().metrics().num_workers(), 2);
+                let mut tasks = Vec::new();
+                for _ in 0..8 {
+                    tasks.push(tokio::spawn(async { affinity() }));
+                }
+                let mut cpus = Vec::new();
+                for task in tasks {
+                    cpus.push(task.await.expect("the task ran"));
+                }
+                cpus
+            })
+        })
+        .join()
+        .expect("the test thread");
+        assert!(cpus.iter().all(|c| c == &[0]), "{cpus:?}");
+    }
+
+    #[test]
+    fn runtime_names_parse_back() {
+        for flavour in Flavour::ALL {
+            assert_eq!(flavour.name().parse::<Flavour>(), Ok(flavour));
+        }
+        assert!("both".parse::<Flavour>().is_err());
+        assert_eq!(
+            "fastwebsockets-aa".parse::<Kind>(),
+            Ok(Kind::FastwebsocketsAa)
+        );
+    }
+}
