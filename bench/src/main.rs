@@ -125,7 +125,9 @@ fn parse_run(args: &[String]) -> Result<run::Options, String> {
             "--runtime" => {
                 opts.flavours = match args.value(arg)? {
                     "both" => Flavour::ALL.to_vec(),
-                    one => vec![one.parse()?],
+                    one => vec![one
+                        .parse::<Flavour>()
+                        .map_err(|e| format!("--runtime: {e}, or both"))?],
                 }
             }
             "--scenario" => opts
