@@ -3,16 +3,18 @@
 //!
 //! ```text
 //! bench run [--quick] [--scenario NAME[,NAME...]] [--rounds R] [--duration S] [--warmup S]
-//!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
-//! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
+//!           [--idle N] [--churn-workers N] [--kinds K[,K...]] [--runtime current|multi|both]
+//!           [--max-quiet-wait S] [--retries N]
+//! bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--runtime current|multi] [--die-with-parent]
 //! bench fanout-server <fanout-kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent] [--bun PATH]
 //! bench upgrade-cost <kind> --count N [--messages M]
 //! bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
 //! bench history [--messages N] [--size BYTES] [--redis URL]
 //! ```
 //!
-//! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`. Fan-out kinds: `layer`, `bun`,
-//! `axum-broadcast`, `fastwebsockets-broadcast`.
+//! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`, and `fastwebsockets-aa` (the reference
+//! again, for the run's A/A noise).
+//! Fan-out kinds: `layer`, `bun`, `axum-broadcast`, `fastwebsockets-broadcast`.
 
 mod client;
 mod fanout;
@@ -31,21 +33,26 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use servers::Kind;
+use servers::{Flavour, Kind};
 
 const USAGE: &str = "\
 usage:
   bench run [--quick] [--scenario NAME[,NAME...]] [--rounds R] [--duration S] [--warmup S]
-            [--idle N] [--churn-workers N] [--kinds K[,K...]] [--max-quiet-wait S]
+            [--idle N] [--churn-workers N] [--kinds K[,K...]] [--runtime current|multi|both]
+            [--max-quiet-wait S] [--retries N]
             [--fanout-kinds K[,K...]]
-  bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent]
+  bench server <kind> [--addr 127.0.0.1:0] [--cpu N] [--runtime current|multi] [--die-with-parent]
   bench fanout-server <fanout-kind> [--addr 127.0.0.1:0] [--cpu N] [--die-with-parent] [--bun PATH]
   bench upgrade-cost <kind> --count N [--messages M]
   bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
   bench history [--messages N] [--size BYTES] [--redis URL]
   bench publish-cost [--subscribers S] [--publishes N] [--size B] [--deflate off|shared|takeover]
 
-kinds: layer, fastwebsockets, axum-ws, tcp
+kinds: layer, fastwebsockets, axum-ws, tcp, fastwebsockets-aa; `run` always adds
+  fastwebsockets (the reference of every ratio) and fastwebsockets-aa (the same server again:
+  the A/A ratio, the run's noise)
+runtimes: current (current-thread) and multi (multi-thread, 2 workers); servers are pinned
+  to CPU 0 with either; `run` runs both unless told otherwise
 fan-out kinds: layer, bun, axum-broadcast, fastwebsockets-broadcast
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
   pipe-100x20Bx8, idle-5000, churn; and only when named: fanout-{1000,10000}-{20B,1KiB}[-slow]";
@@ -125,6 +132,15 @@ fn parse_run(args: &[String]) -> Result<run::Options, String> {
             "--idle" => opts.idle_conns = args.parse::<usize>(arg)?.max(1),
             "--churn-workers" => opts.churn_workers = args.parse::<usize>(arg)?.max(1),
             "--max-quiet-wait" => opts.max_quiet_wait = args.seconds(arg)?,
+            "--retries" => opts.retries = args.parse(arg)?,
+            "--runtime" => {
+                opts.flavours = match args.value(arg)? {
+                    "both" => Flavour::ALL.to_vec(),
+                    one => vec![one
+                        .parse::<Flavour>()
+                        .map_err(|e| format!("--runtime: {e}, or both"))?],
+                }
+            }
             "--scenario" => opts
                 .only
                 .extend(args.value(arg)?.split(',').map(str::to_string)),
@@ -156,15 +172,17 @@ fn server(args: &[String]) -> Result<(), String> {
     let kind: Kind = args.value("server")?.parse()?;
     let mut addr: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut cpu = None;
+    let mut flavour = Flavour::Current;
     while let Some(arg) = args.next() {
         match arg {
             "--addr" => addr = args.parse(arg)?,
             "--cpu" => cpu = Some(args.parse(arg)?),
+            "--runtime" => flavour = args.parse(arg)?,
             "--die-with-parent" => sys::die_with_parent(),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
-    servers::serve(kind, addr, cpu).map_err(|e| format!("{kind} server: {e}"))
+    servers::serve(kind, addr, cpu, flavour).map_err(|e| format!("{kind} server: {e}"))
 }
 
 fn fanout_server(args: &[String]) -> Result<(), String> {

@@ -1,8 +1,10 @@
-//! `bench run`: the orchestrator. For each round, each scenario and each server kind (in an
-//! order rotated by one every round), it starts a fresh server process pinned to CPU 0, runs
-//! the load generator in-process pinned to CPU 1, kills the server, and keeps the figures.
-//! At the end it prints, per scenario, each kind's median over the rounds and the median of
-//! the per-round ratios to raw fastwebsockets.
+//! `bench run`: the orchestrator. For each round, each scenario, each server runtime flavour
+//! and each server kind (in an order rotated by one every round), it starts a fresh server
+//! process pinned to CPU 0, runs the load generator in-process pinned to CPU 1, kills the
+//! server, and keeps the figures. At the end it prints, per scenario and flavour, each kind's
+//! median over the rounds and the median of the per-round ratios to raw fastwebsockets, with
+//! the A/A ratio (fastwebsockets-aa to fastwebsockets) as the noise those ratios are read
+//! against; then a summary of the ratios in one place.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{self, EchoLoad};
 use crate::report::{self, Column, Sample, ScenarioResults};
-use crate::servers::Kind;
+use crate::servers::{Flavour, Kind};
 use crate::sys;
 
 /// The CPU the servers run on.
@@ -36,12 +38,17 @@ pub struct Options {
     pub churn_workers: usize,
     /// Scenario name prefixes to run (all when empty).
     pub only: Vec<String>,
-    /// Server kinds to run; fastwebsockets is always added, as the reference.
+    /// Server kinds to run; fastwebsockets is always added, as the reference, and
+    /// fastwebsockets-aa, as the reference's A/A copy.
     pub kinds: Vec<Kind>,
+    /// The server runtimes to run every scenario on, each with tables of its own.
+    pub flavours: Vec<Flavour>,
     /// How long to wait, before each run, for other processes to leave the CPUs alone.
     pub max_quiet_wait: Duration,
     /// Server kinds of the fan-out scenarios (`crate::fanout`).
     pub fanout_kinds: Vec<crate::fanout_servers::FanoutKind>,
+    /// How many times a run disturbed by other processes is done again.
+    pub retries: usize,
 }
 
 impl Options {
@@ -55,8 +62,10 @@ impl Options {
             churn_workers: 16,
             only: Vec::new(),
             kinds: Kind::ALL.to_vec(),
+            flavours: Flavour::ALL.to_vec(),
             max_quiet_wait: Duration::from_secs(120),
             fanout_kinds: crate::fanout_servers::FanoutKind::ALL.to_vec(),
+            retries: 2,
         }
     }
 
@@ -193,9 +202,10 @@ struct Server {
 }
 
 impl Server {
-    fn spawn(exe: &Path, kind: Kind) -> Result<Server, String> {
+    fn spawn(exe: &Path, kind: Kind, flavour: Flavour) -> Result<Server, String> {
         let mut child = Command::new(exe)
             .args(["server", kind.name(), "--addr", "127.0.0.1:0"])
+            .args(["--runtime", flavour.name()])
             .args(["--cpu", &SERVER_CPU.to_string(), "--die-with-parent"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -247,10 +257,8 @@ impl Drop for Server {
 /// Other processes may use at most this much of one core before a run starts, in percent.
 const QUIET_PERCENT: f64 = 10.0;
 /// A run during which other processes used more than this much of one core (in percent) is
-/// done again, at most `MAX_RETRIES` times.
+/// done again, at most `Options::retries` times.
 const DISTURBED_PERCENT: f64 = 15.0;
-/// How many times a disturbed run is done again.
-const MAX_RETRIES: usize = 2;
 
 /// Waits until the rest of the machine is quiet (other processes using under
 /// `QUIET_PERCENT` of one core over a quarter of a second), for at most `max`. Returns how busy it
@@ -284,9 +292,10 @@ fn run_one(
     exe: &Path,
     scenario: &Scenario,
     kind: Kind,
+    flavour: Flavour,
     opts: &Options,
 ) -> Result<Sample, String> {
-    let server = Server::spawn(exe, kind)?;
+    let server = Server::spawn(exe, kind, flavour)?;
     let (addr, pid) = (server.addr, server.pid);
     let limit = opts.warmup + opts.duration + Duration::from_secs(60);
     let sample = runtime.block_on(async {
@@ -326,9 +335,22 @@ pub fn run(opts: &Options) -> Result<(), String> {
     if scenarios.is_empty() {
         return Err(format!("no scenario matches {:?}", opts.only));
     }
-    let mut kinds = opts.kinds.clone();
+    if opts.flavours.is_empty() {
+        return Err("no server runtime to run".to_string());
+    }
+    let mut kinds: Vec<Kind> = Vec::new();
+    for &kind in &opts.kinds {
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
     if !kinds.contains(&Kind::Fastwebsockets) {
         kinds.insert(0, Kind::Fastwebsockets);
+    }
+    // Last in the list, so that over the rotated rounds it is as often next to the reference
+    // as any other kind is, not always.
+    if !kinds.contains(&Kind::FastwebsocketsAa) {
+        kinds.push(Kind::FastwebsocketsAa);
     }
     let nofile = sys::raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     let idle_max = scenarios
@@ -358,9 +380,14 @@ pub fn run(opts: &Options) -> Result<(), String> {
 
     println!("tower-websocket benchmark");
     println!(
-        "  {} rounds; kinds: {}; server on CPU {SERVER_CPU} (current-thread runtime), load generator on CPU {CLIENT_CPU} (current-thread runtime)",
+        "  {} rounds; kinds: {}; server on CPU {SERVER_CPU} ({}), load generator on CPU {CLIENT_CPU} (current-thread runtime)",
         opts.rounds,
-        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+        opts.flavours
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.describe()))
+            .collect::<Vec<_>>()
+            .join("; "),
     );
     println!("  {}", machine_summary());
     if let Some(revision) = source_revision() {
@@ -374,15 +401,26 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let started = Instant::now();
     let mut noisy = 0;
     let mut retries = 0;
+    let mut disturbed = 0;
     let mut quiet_wait = Duration::ZERO;
+    // One table per (scenario, flavour), flavours of a scenario next to each other.
     let mut results: Vec<ScenarioResults> = scenarios
         .iter()
-        .map(|s| ScenarioResults::new(s.name(), s.describe(opts), s.columns(), &kinds, opts.rounds))
+        .flat_map(|s| {
+            opts.flavours.iter().map(|&flavour| {
+                ScenarioResults::new(s.name(), s.describe(opts), s.columns(), &kinds, opts.rounds)
+                    .runtime(flavour.name())
+                    .noise(Kind::FastwebsocketsAa)
+            })
+        })
         .collect();
+    let runs = scenarios
+        .iter()
+        .flat_map(|s| opts.flavours.iter().map(move |&f| (s, f)));
     for round in 0..opts.rounds {
         let mut order = kinds.clone();
         order.rotate_left(round % kinds.len());
-        for (scenario, result) in scenarios.iter().zip(results.iter_mut()) {
+        for ((scenario, flavour), result) in runs.clone().zip(results.iter_mut()) {
             for &kind in &order {
                 // Attempts disturbed by other processes, with how disturbed each was; the
                 // least disturbed one is kept.
@@ -396,17 +434,18 @@ pub fn run(opts: &Options) -> Result<(), String> {
                         );
                     }
                     quiet_wait += waited.elapsed();
-                    let outcome = run_one(&runtime, &exe, scenario, kind, opts);
+                    let outcome = run_one(&runtime, &exe, scenario, kind, flavour, opts);
                     let line = match &outcome {
                         Ok(sample) => sample.brief(scenario.columns()),
                         Err(e) => format!("FAILED: {e}"),
                     };
                     eprintln!(
-                        "[{:>6.1}s] round {}/{} {:<16} {:<15} {line}",
+                        "[{:>6.1}s] round {}/{} {:<16} {:<7} {:<17} {line}",
                         started.elapsed().as_secs_f64(),
                         round + 1,
                         opts.rounds,
                         scenario.name(),
+                        flavour.name(),
                         kind.name(),
                     );
                     let sample = match outcome {
@@ -420,11 +459,18 @@ pub fn run(opts: &Options) -> Result<(), String> {
                         break Some(sample);
                     }
                     attempts.push((other, sample));
-                    if attempts.len() > MAX_RETRIES {
-                        eprintln!(
-                            "  (kept the least disturbed of {} attempts)",
-                            attempts.len()
-                        );
+                    if attempts.len() > opts.retries {
+                        disturbed += 1;
+                        if attempts.len() > 1 {
+                            eprintln!(
+                                "  (kept the least disturbed of {} attempts)",
+                                attempts.len()
+                            );
+                        } else {
+                            eprintln!(
+                                "  (other processes used {other:.0}% of a core during the window: kept)"
+                            );
+                        }
                         break attempts
                             .into_iter()
                             .min_by(|a, b| a.0.total_cmp(&b.0))
@@ -444,12 +490,18 @@ pub fn run(opts: &Options) -> Result<(), String> {
         println!("{}", result.table(Kind::Fastwebsockets));
     }
     println!(
-        "Whole run: {:.0} s. Each figure is the median over rounds; (x) is the median of the per-round ratios to fastwebsockets.",
+        "{}",
+        report::summary(&results, Kind::Fastwebsockets, Kind::FastwebsocketsAa)
+    );
+    println!(
+        "Whole run: {:.0} s. Each figure is the median over rounds; (x) is the median of the per-round ratios to fastwebsockets \
+         in the same round and runtime; ~ marks a ratio inside the A/A band (not told apart from noise).",
         elapsed.as_secs_f64()
     );
     println!(
         "Waited {:.0} s in all for other processes to leave the CPUs; {noisy} runs started with them still busy; \
-         {retries} runs done again because other processes used over {DISTURBED_PERCENT:.0}% of a core in the window (see other CPU%).",
+         {retries} runs done again because other processes used over {DISTURBED_PERCENT:.0}% of a core in the window (see other CPU%); \
+         {disturbed} runs kept with them over that after the last attempt.",
         quiet_wait.as_secs_f64()
     );
     if !fanout.is_empty() {

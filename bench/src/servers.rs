@@ -1,11 +1,15 @@
-//! The echo servers, one kind per process (`bench server <kind>`), each on a current-thread
-//! tokio runtime pinned to one CPU, with `TCP_NODELAY` on every accepted socket.
+//! The echo servers, one kind per process (`bench server <kind>`), each on a tokio runtime
+//! pinned to one CPU, with `TCP_NODELAY` on every accepted socket. The runtime is either
+//! current-thread or, as `#[tokio::main]` builds it on a 2-core machine, multi-thread with two
+//! workers (see [`Flavour`]); both workers share the one CPU.
 //!
 //! - `layer`: this crate's `WebSocketLayer` around an axum `Router`, with its defaults,
 //!   echoing every message, served by `axum::serve`.
 //! - `fastwebsockets`: raw fastwebsockets + hyper, as fastwebsockets' `echo_server` example
 //!   does it (hyper `http1` with upgrades, `upgrade::upgrade`, a `FragmentCollector`, the
 //!   connection task `unconstrained`), minus its `eprintln!` per connection error.
+//! - `fastwebsockets-aa`: the same server, started as a kind of its own so that a run can
+//!   measure the reference against itself (A/A) and say how far two runs of one server differ.
 //! - `axum-ws`: axum's built-in `extract::ws::WebSocketUpgrade` (tungstenite), served by
 //!   `axum::serve`.
 //! - `tcp`: the ceiling. It answers the opening handshake by hand (reads the head, computes
@@ -40,6 +44,9 @@ pub enum Kind {
     Layer,
     /// Raw fastwebsockets with hyper: the reference for every ratio.
     Fastwebsockets,
+    /// The same server as `Fastwebsockets`, run separately: its ratio to the reference is the
+    /// run's noise.
+    FastwebsocketsAa,
     /// axum's built-in WebSocket support.
     AxumWs,
     /// Raw TCP echo: the ceiling.
@@ -48,13 +55,20 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order the first round runs them.
-    pub const ALL: [Kind; 4] = [Kind::Layer, Kind::Fastwebsockets, Kind::AxumWs, Kind::Tcp];
+    pub const ALL: [Kind; 5] = [
+        Kind::Layer,
+        Kind::Fastwebsockets,
+        Kind::AxumWs,
+        Kind::Tcp,
+        Kind::FastwebsocketsAa,
+    ];
 
     /// The name used on the command line and in tables.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Layer => "layer",
             Kind::Fastwebsockets => "fastwebsockets",
+            Kind::FastwebsocketsAa => "fastwebsockets-aa",
             Kind::AxumWs => "axum-ws",
             Kind::Tcp => "tcp",
         }
@@ -81,14 +95,81 @@ impl FromStr for Kind {
     }
 }
 
-/// Runs one server until killed: pins it, binds, prints `READY pid=<pid> addr=<addr>`.
-pub fn serve(kind: Kind, addr: SocketAddr, cpu: Option<usize>) -> io::Result<()> {
+/// The server's tokio runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// A current-thread runtime: every task on the thread that runs the server.
+    Current,
+    /// A multi-thread runtime with two workers: what `#[tokio::main]` builds on a 2-core
+    /// machine. Pinned like the rest of the process, both workers share one CPU, so the
+    /// server still has one core; what this adds is work stealing and wake-ups across threads.
+    Multi,
+}
+
+impl Flavour {
+    /// Both flavours, in the order a round runs them.
+    pub const ALL: [Flavour; 2] = [Flavour::Current, Flavour::Multi];
+
+    /// Worker threads of the multi-thread flavour.
+    pub const MULTI_WORKERS: usize = 2;
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Current => "current",
+            Flavour::Multi => "multi",
+        }
+    }
+
+    /// What the name means, for headings.
+    pub fn describe(self) -> String {
+        match self {
+            Flavour::Current => "current-thread runtime".to_string(),
+            Flavour::Multi => format!(
+                "multi-thread runtime, {} workers on one CPU",
+                Flavour::MULTI_WORKERS
+            ),
+        }
+    }
+
+    /// Builds the runtime.
+    pub fn runtime(self) -> io::Result<tokio::runtime::Runtime> {
+        match self {
+            Flavour::Current => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Flavour::Multi => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(Flavour::MULTI_WORKERS)
+                .enable_all()
+                .build(),
+        }
+    }
+}
+
+impl fmt::Display for Flavour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Flavour {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Flavour::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| format!("unknown runtime {s:?} (one of current, multi)"))
+    }
+}
+
+/// Runs one server until killed: pins it (before the runtime starts, so that every thread the
+/// runtime creates inherits the pinning), binds, prints `READY pid=<pid> addr=<addr>`.
+pub fn serve(kind: Kind, addr: SocketAddr, cpu: Option<usize>, flavour: Flavour) -> io::Result<()> {
     if let Some(cpu) = cpu {
         crate::sys::pin_to_cpu(cpu)?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = flavour.runtime()?;
     runtime.block_on(async {
         let listener = TcpListener::bind(addr).await?;
         println!(
@@ -99,7 +180,7 @@ pub fn serve(kind: Kind, addr: SocketAddr, cpu: Option<usize>) -> io::Result<()>
         match kind {
             Kind::Layer => serve_axum(listener, layer_router()).await,
             Kind::AxumWs => serve_axum(listener, axum_ws_router()).await,
-            Kind::Fastwebsockets => serve_fastwebsockets(listener).await,
+            Kind::Fastwebsockets | Kind::FastwebsocketsAa => serve_fastwebsockets(listener).await,
             Kind::Tcp => serve_tcp(listener).await,
         }
     })
@@ -253,5 +334,61 @@ async fn tcp_echo(mut stream: TcpStream) -> io::Result<()> {
         if buf[..n] == wire::CLOSE_FRAME {
             return stream.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPUs the calling thread may run on.
+    fn affinity() -> Vec<usize> {
+        // SAFETY: `set` is a plain bit set on the stack that sched_getaffinity fills.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+                0
+            );
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn multi_flavour_runs_two_workers_on_the_pinned_cpu() {
+        // A thread of its own, so that pinning it leaves the test harness alone.
+        let cpus = std::thread::spawn(|| {
+            crate::sys::pin_to_cpu(0).expect("pin to CPU 0");
+            let runtime = Flavour::Multi.runtime().expect("a multi-thread runtime");
+            runtime.block_on(async {
+                assert_eq!(tokio::runtime::Handle::current().metrics().num_workers(), 2);
+                let mut tasks = Vec::new();
+                for _ in 0..8 {
+                    tasks.push(tokio::spawn(async { affinity() }));
+                }
+                let mut cpus = Vec::new();
+                for task in tasks {
+                    cpus.push(task.await.expect("the task ran"));
+                }
+                cpus
+            })
+        })
+        .join()
+        .expect("the test thread");
+        assert!(cpus.iter().all(|c| c == &[0]), "{cpus:?}");
+    }
+
+    #[test]
+    fn runtime_names_parse_back() {
+        for flavour in Flavour::ALL {
+            assert_eq!(flavour.name().parse::<Flavour>(), Ok(flavour));
+        }
+        assert!("both".parse::<Flavour>().is_err());
+        assert_eq!(
+            "fastwebsockets-aa".parse::<Kind>(),
+            Ok(Kind::FastwebsocketsAa)
+        );
     }
 }

@@ -70,9 +70,38 @@ fn clock_ticks_per_second() -> u64 {
     }
 }
 
-/// User plus system CPU time of a whole process (all its threads), from `/proc/<pid>/stat`.
-/// Its resolution is one clock tick (10 ms here).
+/// User plus system CPU time of a whole process (all its threads, those that ended too), read
+/// from its CPU-time clock (`clock_getcpuclockid`) to the nanosecond; from `/proc/<pid>/stat`,
+/// to the clock tick, where that clock cannot be read.
 pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    process_clock(pid).or_else(|_| cpu_time_ticks(pid))
+}
+
+/// A process's CPU time from its CPU-time clock: the kernel's exact runtime sum, where
+/// `/proc/<pid>/stat` rounds it down to a clock tick, which is 1 % of a one-second window.
+fn process_clock(pid: u32) -> io::Result<Duration> {
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: clock_getcpuclockid writes the one clockid_t given; clock_gettime the one
+    // timespec given.
+    unsafe {
+        let mut clock: libc::clockid_t = 0;
+        let err = libc::clock_getcpuclockid(pid, &mut clock);
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+        let mut ts: libc::timespec = std::mem::zeroed();
+        if libc::clock_gettime(clock, &mut ts) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let secs = u64::try_from(ts.tv_sec).map_err(io::Error::other)?;
+        let nanos = u32::try_from(ts.tv_nsec).map_err(io::Error::other)?;
+        Ok(Duration::new(secs, nanos))
+    }
+}
+
+/// User plus system CPU time of a whole process from `/proc/<pid>/stat`, to the clock tick
+/// (10 ms here).
+fn cpu_time_ticks(pid: u32) -> io::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name is in parentheses and may hold spaces: count fields after its end.
     let after = stat

@@ -36,7 +36,9 @@ use crate::wire;
 fn router(kind: Kind) -> Result<Router, String> {
     match kind {
         Kind::Layer => Ok(servers::layer_router()),
-        Kind::Fastwebsockets => Ok(Router::new().route("/", get(fastwebsockets_handler))),
+        Kind::Fastwebsockets | Kind::FastwebsocketsAa => {
+            Ok(Router::new().route("/", get(fastwebsockets_handler)))
+        }
         Kind::AxumWs => Ok(servers::axum_ws_router()),
         Kind::Tcp => {
             Err("upgrade-cost needs a WebSocket kind: layer, fastwebsockets or axum-ws".into())
