@@ -578,7 +578,8 @@ pub(crate) fn detach_from_read_buffer(parts: &mut Parts) {
         at = end;
     }
     let (has_path, has_authority) = (path.is_some(), authority.is_some());
-    let original = parts.uri.clone();
+    // Taken, not cloned: it is put back only if the copy does not convert.
+    let original = std::mem::take(&mut parts.uri);
     let mut uri = original.clone().into_parts();
     if has_path {
         if let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(buf.slice(path_at..authority_at))
