@@ -697,6 +697,42 @@ mod tests {
     }
 
     #[test]
+    fn keys_that_decode_to_more_than_16_bytes_are_refused() {
+        // 17 bytes (one past the nonce), 18 (the decode buffer's size) and 32 (past it).
+        for key in [
+            "AAAAAAAAAAAAAAAAAAAAAAA=",
+            "AAAAAAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ] {
+            let req = Request::get("/")
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", key)
+                .body(())
+                .unwrap();
+            assert_eq!(refusal(req), HandshakeRejection::InvalidKey, "{key}");
+        }
+    }
+
+    #[test]
+    fn tokens_match_alone_in_any_case_or_inside_a_list() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("UpGrade"));
+        assert!(header_has_token(&headers, &header::CONNECTION, "upgrade"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(header_has_token(&headers, &header::CONNECTION, "upgrade"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgraded"));
+        assert!(!header_has_token(&headers, &header::CONNECTION, "upgrade"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        headers.append(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        assert!(header_has_token(&headers, &header::CONNECTION, "upgrade"));
+    }
+
+    #[test]
     fn hixie76_is_refused_with_426() {
         let req = Request::get("/")
             .header("upgrade", "WebSocket")
