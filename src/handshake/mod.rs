@@ -309,6 +309,13 @@ pub(crate) fn is_websocket_attempt(headers: &HeaderMap) -> bool {
 
 /// Whether `name`'s list holds `token` (ASCII case-insensitive).
 pub(crate) fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    // A single line that is the token alone, the usual case, needs no splitting.
+    let mut lines = headers.get_all(name).iter();
+    if let (Some(line), None) = (lines.next(), lines.next()) {
+        if line.as_bytes().eq_ignore_ascii_case(token.as_bytes()) {
+            return true;
+        }
+    }
     list::elements(headers, name).any(|element| element.eq_ignore_ascii_case(token.as_bytes()))
 }
 
@@ -381,8 +388,10 @@ fn validate_http1(request: &Parts) -> Result<HeaderValue, HandshakeRejection> {
         _ => return Err(HandshakeRejection::MissingKey),
     };
     let key = key.as_bytes().trim_ascii();
-    match STANDARD.decode(key) {
-        Ok(raw) if raw.len() == 16 => Ok(accept_key(key)),
+    // On the stack: a key that decodes to more than fits is no 16-byte nonce either.
+    let mut raw = [0u8; 18];
+    match STANDARD.decode_slice(key, &mut raw) {
+        Ok(16) => Ok(accept_key(key)),
         _ => Err(HandshakeRejection::InvalidKey),
     }
 }
@@ -392,8 +401,12 @@ pub(crate) fn accept_key(key: &[u8]) -> HeaderValue {
     let mut sha1 = Sha1::new();
     sha1.update(key);
     sha1.update(ACCEPT_GUID);
-    let encoded = STANDARD.encode(sha1.finalize());
-    HeaderValue::from_str(&encoded).expect("base64 is a valid header value")
+    // The base64 of a 20-byte digest is 28 bytes, written on the stack and copied once.
+    let mut encoded = [0u8; 28];
+    let written = STANDARD
+        .encode_slice(sha1.finalize(), &mut encoded)
+        .expect("28 bytes hold the base64 of a SHA-1 digest");
+    HeaderValue::from_bytes(&encoded[..written]).expect("base64 is a valid header value")
 }
 
 /// A refusal of the [`before_upgrade`](crate::WebSocketLayer::before_upgrade) hook: the
@@ -565,7 +578,8 @@ pub(crate) fn detach_from_read_buffer(parts: &mut Parts) {
         at = end;
     }
     let (has_path, has_authority) = (path.is_some(), authority.is_some());
-    let original = parts.uri.clone();
+    // Taken, not cloned: it is put back only if the copy does not convert.
+    let original = std::mem::take(&mut parts.uri);
     let mut uri = original.clone().into_parts();
     if has_path {
         if let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(buf.slice(path_at..authority_at))
@@ -680,6 +694,42 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(refusal(req), HandshakeRejection::InvalidKey);
+    }
+
+    #[test]
+    fn keys_that_decode_to_more_than_16_bytes_are_refused() {
+        // 17 bytes (one past the nonce), 18 (the decode buffer's size) and 32 (past it).
+        for key in [
+            "AAAAAAAAAAAAAAAAAAAAAAA=",
+            "AAAAAAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ] {
+            let req = Request::get("/")
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", key)
+                .body(())
+                .unwrap();
+            assert_eq!(refusal(req), HandshakeRejection::InvalidKey, "{key}");
+        }
+    }
+
+    #[test]
+    fn tokens_match_alone_in_any_case_or_inside_a_list() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("UpGrade"));
+        assert!(header_has_token(&headers, &header::CONNECTION, "upgrade"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(header_has_token(&headers, &header::CONNECTION, "upgrade"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgraded"));
+        assert!(!header_has_token(&headers, &header::CONNECTION, "upgrade"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        headers.append(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        assert!(header_has_token(&headers, &header::CONNECTION, "upgrade"));
     }
 
     #[test]
