@@ -107,6 +107,8 @@ impl<R: AsyncRead + Unpin> Unread<R> {
         Poll::Ready(result.err())
     }
 
+    // Without the `deflate` feature `Extensions` is `()`, passed on all the same.
+    #[cfg_attr(not(feature = "deflate"), allow(clippy::unit_arg))]
     fn into_reader(self) -> Box<WebSocketRead<Stack<R>>> {
         frame_reader(
             self.io,

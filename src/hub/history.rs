@@ -579,6 +579,7 @@ impl Histories {
 
     /// Makes every history of this hub in `remote` from now on. Returns `false` if another
     /// backend already did.
+    #[cfg(feature = "redis")]
     pub(crate) fn set_remote(&self, remote: Arc<dyn RemoteHistories>) -> bool {
         self.remote.set(remote).is_ok()
     }
@@ -597,6 +598,7 @@ impl Histories {
     }
 
     /// Wakes every feed, after an outage of the remote store's notifications.
+    #[cfg(feature = "redis")]
     pub(crate) fn wake_all(&self) {
         let logs = self.logs.read().unwrap_or_else(PoisonError::into_inner);
         for log in logs.values() {
