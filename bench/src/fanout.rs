@@ -380,8 +380,7 @@ impl Stats {
 /// binary message and skips the rest, and queues a pong for every ping.
 #[derive(Default)]
 struct Parser {
-    header: [u8; 14],
-    have: usize,
+    header: wire::HeaderReader,
     /// Payload bytes of the current frame still to read, once its header is complete.
     left: Option<u64>,
     opcode: u8,
@@ -420,34 +419,16 @@ impl Parser {
                 self.left = None;
                 self.frame_done(now, stats, pongs)?;
             }
-            if data.is_empty() {
+            let Some(header) = self.header.gather(&mut data) else {
                 return Ok(());
-            }
-            let need = if self.have < 2 {
-                2
-            } else {
-                header_len(self.header[1])
             };
-            let k = (need - self.have).min(data.len());
-            self.header[self.have..self.have + k].copy_from_slice(&data[..k]);
-            self.have += k;
-            data = &data[k..];
-            if self.have < 2 || self.have < header_len(self.header[1]) {
-                continue;
-            }
-            let len = match self.header[1] & 0x7f {
-                126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-                127 => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or([0; 8])),
-                n => u64::from(n),
-            };
-            self.opcode = self.header[0] & 0x0f;
-            if self.header[1] & 0x80 != 0 {
+            self.opcode = header.opcode;
+            if header.masked {
                 return Err(io::Error::other("the server sent a masked frame"));
             }
-            self.have = 0;
             self.stamp_have = 0;
             self.control.clear();
-            self.left = Some(len);
+            self.left = Some(header.len);
         }
     }
 
@@ -465,15 +446,6 @@ impl Parser {
 
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xa;
-
-fn header_len(second: u8) -> usize {
-    let extra = match second & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    2 + extra + if second & 0x80 != 0 { 4 } else { 0 }
-}
 
 thread_local! {
     /// The read buffer every subscriber shares: reads happen one at a time on this thread,

@@ -98,11 +98,62 @@ pub const CLOSE_FRAME: [u8; 8] = [
     0xe8 ^ MASK[1],
 ];
 
+/// A frame header, read whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub opcode: u8,
+    pub masked: bool,
+    /// Payload length.
+    pub len: u64,
+}
+
+/// Gathers frame headers from a byte stream fed in arbitrary pieces.
+#[derive(Debug, Default)]
+pub struct HeaderReader {
+    header: [u8; 14],
+    have: usize,
+}
+
+impl HeaderReader {
+    /// Takes header bytes from the front of `data`: the header once it is whole, `None` when
+    /// `data` ran out first (the bytes taken are kept for the next call).
+    pub fn gather(&mut self, data: &mut &[u8]) -> Option<Header> {
+        // 2 bytes, then the extended length and the mask key.
+        loop {
+            let need = if self.have < 2 {
+                2
+            } else {
+                header_len(self.header[1])
+            };
+            if self.have == need {
+                break;
+            }
+            if data.is_empty() {
+                return None;
+            }
+            let k = (need - self.have).min(data.len());
+            self.header[self.have..self.have + k].copy_from_slice(&data[..k]);
+            self.have += k;
+            *data = &data[k..];
+        }
+        self.have = 0;
+        let len = match self.header[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            127 => u64::from_be_bytes(self.header[2..10].try_into().expect("8 bytes")),
+            n => u64::from(n),
+        };
+        Some(Header {
+            opcode: self.header[0] & 0x0f,
+            masked: self.header[1] & 0x80 != 0,
+            len,
+        })
+    }
+}
+
 /// Counts whole frames in a byte stream fed in arbitrary pieces, skipping payloads.
 #[derive(Debug, Default)]
 pub struct FrameCounter {
-    header: [u8; 14],
-    have: usize,
+    header: HeaderReader,
     /// Payload bytes of the current frame still to skip, once its header is read.
     skip: Option<u64>,
     /// The opcode of the last frame whose header was read.
@@ -125,28 +176,11 @@ impl FrameCounter {
                 self.skip = None;
                 frames += 1;
             }
-            if data.is_empty() {
+            let Some(header) = self.header.gather(&mut data) else {
                 return Ok(frames);
-            }
-            // Gather the header: 2 bytes, then the extended length and the mask key.
-            let need = if self.have < 2 {
-                2
-            } else {
-                header_len(self.header[1])
             };
-            let k = (need - self.have).min(data.len());
-            self.header[self.have..self.have + k].copy_from_slice(&data[..k]);
-            self.have += k;
-            data = &data[k..];
-            if self.have < 2 || self.have < header_len(self.header[1]) {
-                continue;
-            }
-            let payload = match self.header[1] & 0x7f {
-                126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-                127 => u64::from_be_bytes(self.header[2..10].try_into().expect("8 bytes")),
-                n => u64::from(n),
-            };
-            self.last_opcode = self.header[0] & 0x0f;
+            let payload = header.len;
+            self.last_opcode = header.opcode;
             if self.last_opcode != opcode {
                 return Err(format!(
                     "expected opcode {opcode:#x}, got {:#x}",
@@ -156,7 +190,6 @@ impl FrameCounter {
             if len.is_some_and(|len| len != payload) {
                 return Err(format!("expected {len:?} payload bytes, got {payload}"));
             }
-            self.have = 0;
             self.skip = Some(payload);
         }
     }
