@@ -437,15 +437,15 @@ impl Parser {
             wire::OP_BINARY if self.stamp_have == STAMP_LEN => stats.arrived(now, &self.stamp),
             wire::OP_BINARY => return Err(io::Error::other("a message shorter than its stamp")),
             wire::OP_CLOSE => return Err(io::Error::other("the server closed a subscriber")),
-            OP_PING => pongs.extend_from_slice(&wire::client_frame(OP_PONG, &self.control)),
+            wire::OP_PING => pongs.extend_from_slice(&wire::client_frame(wire::OP_PONG, &self.control)),
             _ => {}
         }
         Ok(())
     }
 }
 
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xa;
+
+
 
 thread_local! {
     /// The read buffer every subscriber shares: reads happen one at a time on this thread,
@@ -1146,7 +1146,7 @@ mod tests {
         };
         let mut bytes = message(7, 20);
         bytes.extend(message(6, 1024));
-        bytes.extend(server_frame(OP_PING, b"hi"));
+        bytes.extend(server_frame(wire::OP_PING, b"hi"));
         bytes.extend(message(7, 1024));
         let mut parser = Parser::default();
         let mut pongs = Vec::new();
@@ -1156,7 +1156,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(stats.received.get(), 2);
-        assert_eq!(pongs, wire::client_frame(OP_PONG, b"hi"));
+        assert_eq!(pongs, wire::client_frame(wire::OP_PONG, b"hi"));
         assert!(parser
             .feed(
                 &server_frame(wire::OP_CLOSE, &[3, 232]),

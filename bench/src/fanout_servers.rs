@@ -14,13 +14,21 @@
 //! - `fastwebsockets-broadcast`: raw fastwebsockets with hyper and the same broadcast channel;
 //!   each subscriber's socket is split and a task writes every received message as a frame.
 //!
+//! - `stub`: not a server under test but the load generator's yardstick, run only when named
+//!   (`--fanout-kinds stub`): it answers the handshake by hand, frames each published message
+//!   once into a shared buffer, and one loop writes everything framed since its last pass to
+//!   every subscriber in one write each. It does the least a fan-out server can, so its row
+//!   shows how many deliveries the load generator itself can count.
+//!
 //! Both broadcast channels hold [`BROADCAST_CAPACITY`] messages; a subscriber that falls
 //! further behind skips what it missed (`RecvError::Lagged`) and goes on.
 
+use std::cell::RefCell;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::rc::Rc;
 use std::str::FromStr;
 
 use axum::extract::ws::{Message as AxumMessage, WebSocket as AxumSocket, WebSocketUpgrade};
@@ -36,8 +44,10 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, Notify};
+use tokio::task::LocalSet;
 use tower_websocket::hub::Hub;
 use tower_websocket::{WebSocket, WebSocketLayer};
 
@@ -61,6 +71,8 @@ pub enum FanoutKind {
     AxumBroadcast,
     /// Raw fastwebsockets with a broadcast channel.
     FastwebsocketsBroadcast,
+    /// The least a fan-out server can do: the load generator's yardstick.
+    Stub,
 }
 
 impl FanoutKind {
@@ -72,6 +84,16 @@ impl FanoutKind {
         FanoutKind::FastwebsocketsBroadcast,
     ];
 
+    /// Every kind that can be named: [`FanoutKind::ALL`] and the stub, which runs only when
+    /// named.
+    const NAMED: [FanoutKind; 5] = [
+        FanoutKind::Layer,
+        FanoutKind::Bun,
+        FanoutKind::AxumBroadcast,
+        FanoutKind::FastwebsocketsBroadcast,
+        FanoutKind::Stub,
+    ];
+
     /// The name used on the command line and in tables.
     pub fn name(self) -> &'static str {
         match self {
@@ -79,6 +101,7 @@ impl FanoutKind {
             FanoutKind::Bun => "bun",
             FanoutKind::AxumBroadcast => "axum-broadcast",
             FanoutKind::FastwebsocketsBroadcast => "fastwebsockets-broadcast",
+            FanoutKind::Stub => "stub",
         }
     }
 }
@@ -93,11 +116,11 @@ impl FromStr for FanoutKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FanoutKind::ALL
+        FanoutKind::NAMED
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                let names: Vec<_> = FanoutKind::ALL.iter().map(|k| k.name()).collect();
+                let names: Vec<_> = FanoutKind::NAMED.iter().map(|k| k.name()).collect();
                 format!("unknown fan-out kind {s:?} (one of {})", names.join(", "))
             })
     }
@@ -143,6 +166,7 @@ pub fn serve(
             FanoutKind::Layer => serve_axum(listener, layer_router()).await,
             FanoutKind::AxumBroadcast => serve_axum(listener, axum_broadcast_router()).await,
             FanoutKind::FastwebsocketsBroadcast => serve_fastwebsockets(listener).await,
+            FanoutKind::Stub => LocalSet::new().run_until(serve_stub(listener)).await,
             FanoutKind::Bun => unreachable!("bun runs as its own binary"),
         }
     })
@@ -310,4 +334,183 @@ async fn fastwebsockets_subscriber(
     };
     forward.abort();
     result
+}
+
+/// A stub subscriber that falls this far behind misses what does not fit.
+const STUB_BACKLOG: usize = 1 << 20;
+
+/// What the stub's connections share, on its one thread.
+#[derive(Default)]
+struct StubHub {
+    /// Frames published since the writer's last pass.
+    pending: RefCell<Vec<u8>>,
+    subscribers: RefCell<Vec<StubSubscriber>>,
+    published: Notify,
+}
+
+struct StubSubscriber {
+    /// Non-blocking, written without the runtime: the writer tries every socket each pass.
+    stream: std::net::TcpStream,
+    /// Bytes the socket did not take yet.
+    backlog: Vec<u8>,
+}
+
+impl StubSubscriber {
+    /// Writes `chunk` after the backlog; false when the socket failed.
+    fn write(&mut self, chunk: &[u8]) -> bool {
+        if self.backlog.is_empty() {
+            let n = match write_some(&mut self.stream, chunk) {
+                Ok(n) => n,
+                Err(_) => return false,
+            };
+            self.backlog.extend_from_slice(&chunk[n..]);
+            return true;
+        }
+        if self.backlog.len() + chunk.len() <= STUB_BACKLOG {
+            self.backlog.extend_from_slice(chunk);
+        }
+        match write_some(&mut self.stream, &self.backlog) {
+            Ok(n) => {
+                self.backlog.drain(..n);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// One non-blocking write: the bytes taken, 0 when the socket is full.
+fn write_some(stream: &mut std::net::TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    if bytes.is_empty() {
+        return Ok(0);
+    }
+    match stream.write(bytes) {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+async fn serve_stub(listener: TcpListener) -> io::Result<()> {
+    let hub = Rc::new(StubHub::default());
+    tokio::task::spawn_local(stub_writer(Rc::clone(&hub)));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let hub = Rc::clone(&hub);
+        tokio::task::spawn_local(async move {
+            let _ = stub_connection(stream, hub).await;
+        });
+    }
+}
+
+/// Writes what was published to every subscriber, one write per subscriber per pass.
+async fn stub_writer(hub: Rc<StubHub>) {
+    let mut chunk = Vec::new();
+    let mut behind = false;
+    loop {
+        if hub.pending.borrow().is_empty() {
+            if behind {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            } else {
+                hub.published.notified().await;
+            }
+        }
+        chunk.clear();
+        std::mem::swap(&mut chunk, &mut *hub.pending.borrow_mut());
+        {
+            let mut subscribers = hub.subscribers.borrow_mut();
+            subscribers.retain_mut(|s| s.write(&chunk));
+            behind = subscribers.iter().any(|s| !s.backlog.is_empty());
+        }
+        // The publisher's reader and new connections run between passes.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Answers the handshake, then either joins the subscribers or publishes what it reads.
+async fn stub_connection(mut stream: TcpStream, hub: Rc<StubHub>) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut filled = 0;
+    let end = loop {
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+        if let Some(end) = crate::wire::head_end(&buf[..filled]) {
+            break end;
+        }
+        if filled == buf.len() {
+            return Err(io::Error::other("request head too long"));
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let key = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim().to_string())
+        })
+        .ok_or_else(|| io::Error::other("no Sec-WebSocket-Key"))?;
+    let publisher = head.starts_with(&format!("GET {PUB_PATH} "));
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        crate::wire::accept_key(key.as_bytes())
+    );
+    stream.write_all(response.as_bytes()).await?;
+    if !publisher {
+        hub.subscribers.borrow_mut().push(StubSubscriber {
+            stream: stream.into_std()?,
+            backlog: Vec::new(),
+        });
+        return Ok(());
+    }
+    buf.copy_within(end..filled, 0);
+    filled -= end;
+    loop {
+        let mut at = 0;
+        while let Some((header, len)) = crate::wire::Header::parse(&buf[at..filled]) {
+            let size = usize::try_from(header.len).unwrap_or(usize::MAX);
+            if size > buf.len() / 2 {
+                return Err(io::Error::other("a published message too large for the stub"));
+            }
+            if filled - at - len < size {
+                break;
+            }
+            if header.masked {
+                let mask = [
+                    buf[at + len - 4],
+                    buf[at + len - 3],
+                    buf[at + len - 2],
+                    buf[at + len - 1],
+                ];
+                let payload = &mut buf[at + len..at + len + size];
+                payload
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, b)| *b ^= mask[i % 4]);
+            }
+            let payload = &buf[at + len..at + len + size];
+            match header.opcode {
+                crate::wire::OP_CLOSE => return Ok(()),
+                crate::wire::OP_BINARY => {
+                    let frame = crate::wire::server_frame(crate::wire::OP_BINARY, payload);
+                    hub.pending.borrow_mut().extend_from_slice(&frame);
+                    hub.published.notify_one();
+                }
+                _ => {}
+            }
+            at += len + size;
+        }
+        buf.copy_within(at..filled, 0);
+        filled -= at;
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+    }
 }

@@ -19,6 +19,10 @@ const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 pub const OP_BINARY: u8 = 0x2;
 /// Close frame opcode.
 pub const OP_CLOSE: u8 = 0x8;
+/// Ping frame opcode.
+pub const OP_PING: u8 = 0x9;
+/// Pong frame opcode.
+pub const OP_PONG: u8 = 0xa;
 
 /// The opening handshake request for `host` (an `ip:port`).
 pub fn upgrade_request(host: &str) -> Vec<u8> {
@@ -77,6 +81,25 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// One unmasked server frame with a FIN bit, `opcode` and `payload`.
+pub fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    frame.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => frame.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            frame.push(126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    frame
+}
+
 /// A binary message of `size` bytes as a masked frame, repeated `copies` times back to back,
 /// so that sending `k` messages is one write of the first `k` copies.
 pub fn binary_frames(size: usize, copies: usize) -> (Vec<u8>, usize) {
@@ -105,6 +128,30 @@ pub struct Header {
     pub masked: bool,
     /// Payload length.
     pub len: u64,
+}
+
+impl Header {
+    /// Parses a whole header at the start of `data`: the header and its length in bytes
+    /// (mask key included), or `None` when `data` is shorter than the header.
+    #[inline]
+    pub fn parse(data: &[u8]) -> Option<(Header, usize)> {
+        let second = *data.get(1)?;
+        let header_len = header_len(second);
+        let bytes = data.get(..header_len)?;
+        let len = match second & 0x7f {
+            126 => u64::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+            127 => u64::from_be_bytes([
+                bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8], bytes[9],
+            ]),
+            n => u64::from(n),
+        };
+        let header = Header {
+            opcode: bytes[0] & 0x0f,
+            masked: second & 0x80 != 0,
+            len,
+        };
+        Some((header, header_len))
+    }
 }
 
 /// Gathers frame headers from a byte stream fed in arbitrary pieces.
@@ -136,17 +183,13 @@ impl HeaderReader {
             self.have += k;
             *data = &data[k..];
         }
-        self.have = 0;
-        let len = match self.header[1] & 0x7f {
-            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            127 => u64::from_be_bytes(self.header[2..10].try_into().expect("8 bytes")),
-            n => u64::from(n),
-        };
-        Some(Header {
-            opcode: self.header[0] & 0x0f,
-            masked: self.header[1] & 0x80 != 0,
-            len,
-        })
+        let have = std::mem::take(&mut self.have);
+        Header::parse(&self.header[..have]).map(|(header, _)| header)
+    }
+
+    /// Whether no partial header is held.
+    pub fn is_empty(&self) -> bool {
+        self.have == 0
     }
 }
 
@@ -245,6 +288,24 @@ mod tests {
         let mut counter = FrameCounter::default();
         assert_eq!(counter.feed(&frame, OP_BINARY, None).unwrap(), 1);
         assert_eq!(counter.feed(&[0; 200], OP_BINARY, None).unwrap(), 1);
+    }
+
+    #[test]
+    fn whole_headers_parse_like_gathered_ones() {
+        for size in [0, 20, 125, 126, 1024, 65535, 65536, 70000] {
+            for frame in [
+                client_frame(OP_BINARY, &vec![7; size]),
+                server_frame(OP_BINARY, &vec![7; size]),
+            ] {
+                let (header, len) = Header::parse(&frame).unwrap();
+                assert_eq!(header.len, size as u64);
+                assert_eq!(len, frame.len() - size);
+                assert!(Header::parse(&frame[..len - 1]).is_none());
+                let mut data = &frame[..];
+                assert_eq!(HeaderReader::default().gather(&mut data), Some(header));
+                assert_eq!(data.len(), size);
+            }
+        }
     }
 
     #[test]
