@@ -24,7 +24,10 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use std::pin::Pin;
+use std::task::{ready, Poll};
+
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -271,11 +274,21 @@ pub struct Sample {
     pub client_cpu: f64,
     /// See `server_cpu`.
     pub other_cpu: f64,
+    /// The load generator's CPU time per delivered message in that step, in ns: publishing,
+    /// reading and counting.
+    pub client_ns_per_msg: f64,
+    /// Messages per subscriber read in that step: how much the server's writes coalesced by
+    /// the time the load generator read them.
+    pub per_read: f64,
     /// Measured steps.
     pub steps: usize,
     /// The load generator used over 90 % of its core in the first failing step above the
     /// result: the rate found may be the load generator's limit, not the server's.
     pub client_bound: bool,
+    /// Deliveries per second the load generator could count on its core at the coalescing of
+    /// the first failing step above the result: one second over its CPU time per message
+    /// there.
+    pub client_ceiling: f64,
 }
 
 /// One step's figures.
@@ -356,19 +369,40 @@ struct Stats {
     /// The step being measured; deliveries of other steps are not counted.
     step: Cell<u32>,
     received: Cell<u64>,
+    /// Subscriber reads that returned bytes, since the step began.
+    reads: Cell<u64>,
     latencies: RefCell<Histogram>,
     last_arrival: Cell<Instant>,
 }
 
 impl Stats {
-    fn arrived(&self, now: Instant, stamp: &[u8; STAMP_LEN]) {
+    fn new(epoch: Instant) -> Self {
+        Stats {
+            epoch,
+            step: Cell::new(0),
+            received: Cell::new(0),
+            reads: Cell::new(0),
+            latencies: RefCell::new(Histogram::new()),
+            last_arrival: Cell::new(epoch),
+        }
+    }
+
+    /// Bytes arrived now: the time every message in them is stamped with, in ns since the
+    /// epoch. One clock reading per read, not per message.
+    fn read_now(&self) -> u64 {
+        let now = Instant::now();
         self.last_arrival.set(now);
+        u64::try_from(now.duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn arrived(&self, now_ns: u64, stamp: &[u8; STAMP_LEN]) {
         let step = u32::from_le_bytes([stamp[8], stamp[9], stamp[10], stamp[11]]);
         if step != self.step.get() || step == 0 {
             return;
         }
-        let sent = u64::from_le_bytes(stamp[..8].try_into().unwrap_or([0; 8]));
-        let now_ns = u64::try_from(now.duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let sent = u64::from_le_bytes([
+            stamp[0], stamp[1], stamp[2], stamp[3], stamp[4], stamp[5], stamp[6], stamp[7],
+        ]);
         self.received.set(self.received.get() + 1);
         self.latencies
             .borrow_mut()
@@ -390,16 +424,19 @@ struct Parser {
 }
 
 impl Parser {
-    /// Feeds bytes that arrived at `now`; pongs to send go to `pongs`. Fails on a close
-    /// frame, which no server sends in the middle of a run.
+    /// Feeds bytes that arrived at `now_ns` ([`Stats::read_now`]); pongs to send go to
+    /// `pongs`. Fails on a close frame, which no server sends in the middle of a run.
     fn feed(
         &mut self,
         mut data: &[u8],
-        now: Instant,
+        now_ns: u64,
         stats: &Stats,
         pongs: &mut Vec<u8>,
     ) -> io::Result<()> {
         loop {
+            if self.left.is_none() && self.header.is_empty() {
+                self.whole_messages(&mut data, now_ns, stats)?;
+            }
             if let Some(left) = self.left {
                 let k = left.min(data.len() as u64) as usize;
                 let chunk = &data[..k];
@@ -417,7 +454,7 @@ impl Parser {
                     return Ok(());
                 }
                 self.left = None;
-                self.frame_done(now, stats, pongs)?;
+                self.frame_done(now_ns, stats, pongs)?;
             }
             let Some(header) = self.header.gather(&mut data) else {
                 return Ok(());
@@ -432,20 +469,45 @@ impl Parser {
         }
     }
 
-    fn frame_done(&mut self, now: Instant, stats: &Stats, pongs: &mut Vec<u8>) -> io::Result<()> {
+    /// The common case, taken between frames: binary messages that lie whole in `data` are
+    /// read in place, with no copy of their header or stamp. Stops before anything else (a
+    /// control frame, a frame cut by the end of `data`), which [`Parser::feed`] takes a byte
+    /// stream at a time.
+    #[inline]
+    fn whole_messages(&mut self, data: &mut &[u8], now_ns: u64, stats: &Stats) -> io::Result<()> {
+        while let Some((header, len)) = wire::Header::parse(data) {
+            if header.opcode != wire::OP_BINARY || header.masked {
+                break;
+            }
+            let rest = &data[len..];
+            let Some(payload) = usize::try_from(header.len)
+                .ok()
+                .and_then(|size| rest.get(..size))
+            else {
+                break;
+            };
+            let Some(stamp) = payload.first_chunk::<STAMP_LEN>() else {
+                return Err(io::Error::other("a message shorter than its stamp"));
+            };
+            stats.arrived(now_ns, stamp);
+            *data = &rest[payload.len()..];
+        }
+        Ok(())
+    }
+
+    fn frame_done(&mut self, now_ns: u64, stats: &Stats, pongs: &mut Vec<u8>) -> io::Result<()> {
         match self.opcode {
-            wire::OP_BINARY if self.stamp_have == STAMP_LEN => stats.arrived(now, &self.stamp),
+            wire::OP_BINARY if self.stamp_have == STAMP_LEN => stats.arrived(now_ns, &self.stamp),
             wire::OP_BINARY => return Err(io::Error::other("a message shorter than its stamp")),
             wire::OP_CLOSE => return Err(io::Error::other("the server closed a subscriber")),
-            wire::OP_PING => pongs.extend_from_slice(&wire::client_frame(wire::OP_PONG, &self.control)),
+            wire::OP_PING => {
+                pongs.extend_from_slice(&wire::client_frame(wire::OP_PONG, &self.control))
+            }
             _ => {}
         }
         Ok(())
     }
 }
-
-
-
 
 thread_local! {
     /// The read buffer every subscriber shares: reads happen one at a time on this thread,
@@ -454,29 +516,32 @@ thread_local! {
 }
 
 /// A subscriber that reads: counts every message until the connection ends.
-async fn subscriber(stream: TcpStream, rest: Vec<u8>, stats: Rc<Stats>) -> io::Result<()> {
+///
+/// It reads through `poll_read`, which takes a read that did not fill the buffer as the
+/// socket drained: one `recv` per wake-up, where `readable` + `try_read` needs a second one
+/// that says `EAGAIN`.
+async fn subscriber(mut stream: TcpStream, rest: Vec<u8>, stats: Rc<Stats>) -> io::Result<()> {
     let mut parser = Parser::default();
     let mut pongs = Vec::new();
-    parser.feed(&rest, Instant::now(), &stats, &mut pongs)?;
-    let mut stream = stream;
+    parser.feed(&rest, stats.read_now(), &stats, &mut pongs)?;
     loop {
         if !pongs.is_empty() {
             stream.write_all(&pongs).await?;
             pongs.clear();
         }
-        stream.readable().await?;
-        let read = READ_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            match stream.try_read(&mut buf) {
-                Ok(0) => Err(io::Error::other("the server closed a subscriber")),
-                Ok(n) => parser
-                    .feed(&buf[..n], Instant::now(), &stats, &mut pongs)
-                    .map(|()| true),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-                Err(e) => Err(e),
-            }
-        });
-        read?;
+        std::future::poll_fn(|cx| {
+            READ_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let mut buf = ReadBuf::new(&mut buf);
+                ready!(Pin::new(&mut stream).poll_read(cx, &mut buf))?;
+                if buf.filled().is_empty() {
+                    return Poll::Ready(Err(io::Error::other("the server closed a subscriber")));
+                }
+                stats.reads.set(stats.reads.get() + 1);
+                Poll::Ready(parser.feed(buf.filled(), stats.read_now(), &stats, &mut pongs))
+            })
+        })
+        .await?;
     }
 }
 
@@ -491,14 +556,14 @@ async fn publisher_reader(
     let mut parser = Parser::default();
     let mut buf = vec![0u8; 4096];
     let mut out = Vec::new();
-    parser.feed(&rest, Instant::now(), &stats, &mut out)?;
+    parser.feed(&rest, stats.read_now(), &stats, &mut out)?;
     pongs.borrow_mut().append(&mut out);
     loop {
         stream.readable().await?;
         match stream.try_read(&mut buf) {
             Ok(0) => return Err(io::Error::other("the server closed the publisher")),
             Ok(n) => {
-                parser.feed(&buf[..n], Instant::now(), &stats, &mut out)?;
+                parser.feed(&buf[..n], stats.read_now(), &stats, &mut out)?;
                 pongs.borrow_mut().append(&mut out);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -593,8 +658,9 @@ impl CpuMark {
         })
     }
 
-    /// Server, own and other CPU use since `self`, in % of one core.
-    fn percent_since(&self, pid: u32) -> io::Result<(f64, f64, f64, Duration)> {
+    /// Server, own and other CPU use since `self`, in % of one core, and the server's and
+    /// this process's CPU time.
+    fn percent_since(&self, pid: u32) -> io::Result<(f64, f64, f64, Duration, Duration)> {
         let end = CpuMark::now(pid)?;
         let wall = end.at.duration_since(self.at).as_secs_f64().max(1e-6);
         let server = end.server.saturating_sub(self.server);
@@ -602,7 +668,7 @@ impl CpuMark {
         let busy = end.busy.saturating_sub(self.busy);
         let other = busy.saturating_sub(server + own);
         let pct = |d: Duration| 100.0 * d.as_secs_f64() / wall;
-        Ok((pct(server), pct(own), pct(other), server))
+        Ok((pct(server), pct(own), pct(other), server, own))
     }
 }
 
@@ -615,13 +681,7 @@ async fn measure(
     warmup: Duration,
 ) -> io::Result<Sample> {
     let epoch = Instant::now();
-    let stats = Rc::new(Stats {
-        epoch,
-        step: Cell::new(0),
-        received: Cell::new(0),
-        latencies: RefCell::new(Histogram::new()),
-        last_arrival: Cell::new(epoch),
-    });
+    let stats = Rc::new(Stats::new(epoch));
     tokio::time::sleep(Duration::from_millis(250)).await;
     let rss_before = sys::rss_bytes(pid)?;
 
@@ -736,7 +796,10 @@ async fn measure(
     sample.kb_per_subscriber = kb_per_subscriber;
     sample.rss_growth_mb = rss_max.saturating_sub(rss_connected) as f64 / 1e6;
     sample.steps = steps;
-    sample.client_bound = lowest_fail.is_some_and(|f| f.sample.client_cpu > 90.0);
+    sample.client_bound = lowest_fail
+        .as_ref()
+        .is_some_and(|f| f.sample.client_cpu > 90.0);
+    sample.client_ceiling = lowest_fail.map_or(f64::NAN, |f| 1e9 / f.sample.client_ns_per_msg);
     Ok(sample)
 }
 
@@ -761,6 +824,7 @@ async fn run_step(
     rate: f64,
 ) -> io::Result<Step> {
     stats.received.set(0);
+    stats.reads.set(0);
     stats.latencies.borrow_mut().clear();
     stats.step.set(step);
     let mark = CpuMark::now(pid)?;
@@ -770,8 +834,9 @@ async fn run_step(
     while stats.received.get() < expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (server_cpu, client_cpu, other_cpu, server_time) = mark.percent_since(pid)?;
+    let (server_cpu, client_cpu, other_cpu, server_time, client_time) = mark.percent_since(pid)?;
     let received = stats.received.get();
+    let reads = stats.reads.get();
     let (p50_ms, p99_ms) = {
         let h = stats.latencies.borrow();
         (h.percentile_ms(50.0), h.percentile_ms(99.0))
@@ -793,6 +858,8 @@ async fn run_step(
             p50_ms,
             p99_ms,
             cpu_ns_per_msg: server_time.as_nanos() as f64 / received.max(1) as f64,
+            client_ns_per_msg: client_time.as_nanos() as f64 / received.max(1) as f64,
+            per_read: received as f64 / reads.max(1) as f64,
             server_cpu,
             client_cpu,
             other_cpu,
@@ -966,7 +1033,7 @@ pub fn run(opts: &Options, scenarios: &[Fanout]) -> Result<(), String> {
 
 fn brief(s: &Sample) -> String {
     format!(
-        "pub/s={:.0} deliv/s={} delivered={:.1}% p50={:.1}ms p99={:.1}ms cpu/msg={:.0}ns KB/sub={:.1} rss+={:.1}MB srv={:.0}% cli={:.0}% other={:.0}% steps={}{}",
+        "pub/s={:.0} deliv/s={} delivered={:.1}% p50={:.1}ms p99={:.1}ms cpu/msg={:.0}ns KB/sub={:.1} rss+={:.1}MB srv={:.0}% cli={:.0}% other={:.0}% cli/msg={:.0}ns msg/read={:.1} steps={}{}",
         s.publish_rate,
         rate(s.delivered_per_s),
         s.delivered_share * 100.0,
@@ -978,6 +1045,8 @@ fn brief(s: &Sample) -> String {
         s.server_cpu,
         s.client_cpu,
         s.other_cpu,
+        s.client_ns_per_msg,
+        s.per_read,
         s.steps,
         if s.client_bound { " CLIENT-BOUND" } else { "" }
     )
@@ -1088,7 +1157,12 @@ fn table(
         }
         let bound = s.iter().flatten().filter(|x| x.client_bound).count();
         if bound > 0 {
-            let _ = write!(row, "  [load generator at its limit in {bound} rounds]");
+            let ceiling = med(s, |x| x.client_ceiling);
+            let _ = write!(
+                row,
+                "  [load generator at its limit in {bound} rounds: it counts {} deliv/s at most]",
+                rate(ceiling)
+            );
         }
         let _ = writeln!(out, "{row}");
     }
@@ -1116,29 +1190,13 @@ mod tests {
         assert!((0.99..=1.01).contains(&p99), "{p99}");
     }
 
-    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => f.push(n as u8),
-            n => {
-                f.push(126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(payload);
-        f
-    }
+    use wire::server_frame;
 
     #[test]
     fn parser_counts_only_the_current_step_and_answers_pings() {
         let epoch = Instant::now();
-        let stats = Stats {
-            epoch,
-            step: Cell::new(7),
-            received: Cell::new(0),
-            latencies: RefCell::new(Histogram::new()),
-            last_arrival: Cell::new(epoch),
-        };
+        let stats = Stats::new(epoch);
+        stats.step.set(7);
         let message = |step: u32, size: usize| {
             let mut p = vec![0u8; size];
             p[8..12].copy_from_slice(&step.to_le_bytes());
@@ -1152,7 +1210,12 @@ mod tests {
         let mut pongs = Vec::new();
         for b in &bytes {
             parser
-                .feed(std::slice::from_ref(b), Instant::now(), &stats, &mut pongs)
+                .feed(
+                    std::slice::from_ref(b),
+                    stats.read_now(),
+                    &stats,
+                    &mut pongs,
+                )
                 .unwrap();
         }
         assert_eq!(stats.received.get(), 2);
@@ -1160,10 +1223,47 @@ mod tests {
         assert!(parser
             .feed(
                 &server_frame(wire::OP_CLOSE, &[3, 232]),
-                Instant::now(),
+                stats.read_now(),
                 &stats,
                 &mut pongs
             )
+            .is_err());
+    }
+
+    #[test]
+    fn parser_counts_the_same_however_the_bytes_are_cut() {
+        let stats = Stats::new(Instant::now());
+        stats.step.set(3);
+        let mut bytes = Vec::new();
+        let mut expected = 0;
+        for (i, size) in [20usize, 16, 125, 126, 1024, 70_000, 20, 20]
+            .into_iter()
+            .enumerate()
+        {
+            let mut p = vec![0u8; size];
+            p[8..12].copy_from_slice(&3u32.to_le_bytes());
+            bytes.extend(wire::server_frame(wire::OP_BINARY, &p));
+            expected += 1;
+            if i % 3 == 0 {
+                bytes.extend(wire::server_frame(wire::OP_PING, b"p"));
+            }
+        }
+        for cut in (0..bytes.len()).step_by(7) {
+            stats.received.set(0);
+            let mut parser = Parser::default();
+            let mut pongs = Vec::new();
+            for part in [&bytes[..cut], &bytes[cut..]] {
+                parser
+                    .feed(part, stats.read_now(), &stats, &mut pongs)
+                    .unwrap();
+            }
+            assert_eq!(stats.received.get(), expected, "cut at {cut}");
+            assert_eq!(pongs, wire::client_frame(wire::OP_PONG, b"p").repeat(3));
+        }
+        let mut short = wire::server_frame(wire::OP_BINARY, &[0; 15]);
+        short.extend(wire::server_frame(wire::OP_BINARY, &[0; 20]));
+        assert!(Parser::default()
+            .feed(&short, stats.read_now(), &stats, &mut Vec::new())
             .is_err());
     }
 

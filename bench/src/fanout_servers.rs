@@ -475,7 +475,9 @@ async fn stub_connection(mut stream: TcpStream, hub: Rc<StubHub>) -> io::Result<
         while let Some((header, len)) = crate::wire::Header::parse(&buf[at..filled]) {
             let size = usize::try_from(header.len).unwrap_or(usize::MAX);
             if size > buf.len() / 2 {
-                return Err(io::Error::other("a published message too large for the stub"));
+                return Err(io::Error::other(
+                    "a published message too large for the stub",
+                ));
             }
             if filled - at - len < size {
                 break;
