@@ -373,6 +373,9 @@ struct Stats {
     reads: Cell<u64>,
     latencies: RefCell<Histogram>,
     last_arrival: Cell<Instant>,
+    /// `bench fanout-client-cost` waits on this for `received` to reach `awaited`.
+    awaited: Cell<u64>,
+    all_arrived: tokio::sync::Notify,
 }
 
 impl Stats {
@@ -384,6 +387,8 @@ impl Stats {
             reads: Cell::new(0),
             latencies: RefCell::new(Histogram::new()),
             last_arrival: Cell::new(epoch),
+            awaited: Cell::new(u64::MAX),
+            all_arrived: tokio::sync::Notify::new(),
         }
     }
 
@@ -403,7 +408,11 @@ impl Stats {
         let sent = u64::from_le_bytes([
             stamp[0], stamp[1], stamp[2], stamp[3], stamp[4], stamp[5], stamp[6], stamp[7],
         ]);
-        self.received.set(self.received.get() + 1);
+        let received = self.received.get() + 1;
+        self.received.set(received);
+        if received == self.awaited.get() {
+            self.all_arrived.notify_one();
+        }
         self.latencies
             .borrow_mut()
             .record(now_ns.saturating_sub(sent) / 1000);
@@ -1167,6 +1176,111 @@ fn table(
         let _ = writeln!(out, "{row}");
     }
     out
+}
+
+/// `bench fanout-client-cost [--subscribers N] [--rounds R] [--per-read K] [--size B]`: the
+/// load generator's own cost per delivered message, with no server. N subscriber tasks (the
+/// ones `bench run` runs) read N sockets on 127.0.0.1 whose other ends a thread of this
+/// process writes: each round, K frames of B bytes to every socket in one write each, and
+/// the next round once the subscribers counted them all, so a round is one read of K
+/// messages per socket. It prints the main thread's CPU time per message (kernel included).
+///
+/// Under `valgrind --tool=callgrind --separate-threads=yes` at two values of R, the main
+/// thread's instructions at R2 minus those at R1, over N x K x (R2 - R1), is the user-space
+/// cost of one message at K messages per read, the runtime's wake-up included.
+pub fn client_cost(args: &[String]) -> Result<(), String> {
+    let (mut subscribers, mut rounds, mut per_read, mut size) = (1000usize, 100u64, 1usize, 20);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?
+            .parse::<usize>()
+            .map_err(|e| format!("{flag}: {e}"))?;
+        match flag.as_str() {
+            "--subscribers" => subscribers = value.max(1),
+            "--rounds" => rounds = value as u64,
+            "--per-read" => per_read = value.max(1),
+            "--size" => size = value.max(STAMP_LEN),
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    let nofile = sys::raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    if 2 * subscribers as u64 + 100 > nofile {
+        return Err(format!("{subscribers} subscribers need more open files than {nofile}"));
+    }
+    let mut payload = vec![0u8; size];
+    payload[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let batch = wire::server_frame(wire::OP_BINARY, &payload).repeat(per_read);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let local = LocalSet::new();
+    let result: io::Result<(Duration, Duration, u64)> = local.block_on(&runtime, async {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stats = Rc::new(Stats::new(Instant::now()));
+        stats.step.set(1);
+        let mut server_ends = Vec::with_capacity(subscribers);
+        for _ in 0..subscribers {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (server_end, _) = listener.accept()?;
+            server_end.set_nodelay(true)?;
+            server_ends.push(server_end);
+            let stats = Rc::clone(&stats);
+            tokio::task::spawn_local(async move {
+                if let Err(e) = subscriber(stream, Vec::new(), stats).await {
+                    eprintln!("  (a subscriber stopped: {e})");
+                }
+            });
+        }
+        let (go, rounds_rx) = mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || -> io::Result<()> {
+            use std::io::Write;
+            while rounds_rx.recv().is_ok() {
+                for end in &mut server_ends {
+                    end.write_all(&batch)?;
+                }
+            }
+            Ok(())
+        });
+        let per_round = (subscribers * per_read) as u64;
+        // A first round outside the measure: every task has run once and waits on its socket.
+        let mut cpu_start = Duration::ZERO;
+        let mut wall_start = Instant::now();
+        for round in 0..=rounds {
+            if round == 1 {
+                cpu_start = sys::thread_cpu_time()?;
+                wall_start = Instant::now();
+                stats.reads.set(0);
+            }
+            stats.awaited.set(per_round * (round + 1));
+            go.send(()).map_err(io::Error::other)?;
+            stats.all_arrived.notified().await;
+        }
+        let cpu = sys::thread_cpu_time()?.saturating_sub(cpu_start);
+        let wall = wall_start.elapsed();
+        drop(go);
+        writer
+            .join()
+            .map_err(|_| io::Error::other("the writer thread panicked"))??;
+        Ok((cpu, wall, stats.reads.get()))
+    });
+    let (cpu, wall, reads) = result.map_err(|e| e.to_string())?;
+    let messages = rounds * (subscribers * per_read) as u64;
+    println!(
+        "{subscribers} subscribers, {rounds} rounds of {per_read} messages of {size} B per socket: \
+         {messages} messages in {reads} reads ({:.1} per read); main thread CPU {:.0} ns per message \
+         ({:.2}M messages per CPU second), {:.2}M messages/s wall",
+        messages as f64 / reads.max(1) as f64,
+        cpu.as_nanos() as f64 / messages.max(1) as f64,
+        messages as f64 / cpu.as_secs_f64().max(1e-9) / 1e6,
+        messages as f64 / wall.as_secs_f64().max(1e-9) / 1e6,
+    );
+    Ok(())
 }
 
 #[cfg(test)]

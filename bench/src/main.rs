@@ -47,13 +47,15 @@ usage:
   bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
   bench history [--messages N] [--size BYTES] [--redis URL]
   bench publish-cost [--subscribers S] [--publishes N] [--size B] [--deflate off|shared|takeover]
+  bench fanout-client-cost [--subscribers N] [--rounds R] [--per-read K] [--size B]
 
 kinds: layer, fastwebsockets, axum-ws, tcp, fastwebsockets-aa; `run` always adds
   fastwebsockets (the reference of every ratio) and fastwebsockets-aa (the same server again:
   the A/A ratio, the run's noise)
 runtimes: current (current-thread) and multi (multi-thread, 2 workers); servers are pinned
   to CPU 0 with either; `run` runs both unless told otherwise
-fan-out kinds: layer, bun, axum-broadcast, fastwebsockets-broadcast
+fan-out kinds: layer, bun, axum-broadcast, fastwebsockets-broadcast; and only when named:
+  stub (the least a server can do: the load generator's own limit)
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
   pipe-100x20Bx8, idle-5000, churn; and only when named: fanout-{1000,10000}-{20B,1KiB}[-slow]";
 
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Some("redis-hub") => redis_hub(&args[1..]),
         Some("history") => history(&args[1..]),
         Some("publish-cost") => publish_cost::main(&args[1..]),
+        Some("fanout-client-cost") => fanout::client_cost(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())

@@ -175,3 +175,17 @@ pub fn load_average() -> Option<f64> {
         .parse()
         .ok()
 }
+
+/// User plus system CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_time() -> io::Result<Duration> {
+    // SAFETY: clock_gettime writes the one timespec given.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        if libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let secs = u64::try_from(ts.tv_sec).map_err(io::Error::other)?;
+        let nanos = u32::try_from(ts.tv_nsec).map_err(io::Error::other)?;
+        Ok(Duration::new(secs, nanos))
+    }
+}
