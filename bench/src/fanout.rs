@@ -285,9 +285,9 @@ pub struct Sample {
     /// The load generator used over 90 % of its core in the first failing step above the
     /// result: the rate found may be the load generator's limit, not the server's.
     pub client_bound: bool,
-    /// Deliveries per second the load generator could count on its core at the coalescing of
-    /// the first failing step above the result: one second over its CPU time per message
-    /// there.
+    /// Deliveries the load generator counts per second of its CPU in the first failing step
+    /// above the result (one second over its CPU time per message there): what it can count
+    /// on its one core at that step's messages per read. More per read cost it less.
     pub client_ceiling: f64,
 }
 
@@ -1169,7 +1169,7 @@ fn table(
             let ceiling = med(s, |x| x.client_ceiling);
             let _ = write!(
                 row,
-                "  [load generator at its limit in {bound} rounds: it counts {} deliv/s at most]",
+                "  [load generator at its limit in {bound} rounds: {} deliv per CPU second there]",
                 rate(ceiling)
             );
         }
@@ -1207,7 +1207,9 @@ pub fn client_cost(args: &[String]) -> Result<(), String> {
     }
     let nofile = sys::raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     if 2 * subscribers as u64 + 100 > nofile {
-        return Err(format!("{subscribers} subscribers need more open files than {nofile}"));
+        return Err(format!(
+            "{subscribers} subscribers need more open files than {nofile}"
+        ));
     }
     let mut payload = vec![0u8; size];
     payload[8..12].copy_from_slice(&1u32.to_le_bytes());
