@@ -16,10 +16,10 @@
 //! only the other subscribers' deliveries.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ use tokio::task::LocalSet;
 
 use crate::client;
 use crate::fanout_servers::{FanoutKind, PUB_PATH, SUB_PATH};
+use crate::process::ServerProcess;
 use crate::report::median;
 use crate::run::Options;
 use crate::sys;
@@ -151,72 +152,17 @@ pub fn scenarios(only: &[String]) -> Vec<Fanout> {
     all
 }
 
-/// A fan-out server process, killed when dropped; the kernel kills it too if this process
-/// dies first (`PR_SET_PDEATHSIG`).
-struct Server {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn spawn(exe: &Path, kind: FanoutKind, bun: Option<&Path>) -> Result<Server, String> {
-        let mut command = Command::new(exe);
-        command
-            .args(["fanout-server", kind.name(), "--addr", "127.0.0.1:0"])
-            .args(["--cpu", &SERVER_CPU.to_string(), "--die-with-parent"]);
-        if let Some(bun) = bun {
-            command.arg("--bun").arg(bun);
-        }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-        let stdout = child.stdout.take().ok_or_else(|| "no stdout".to_string())?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // The READY line; Bun may say other things first. The pipe stays open (read to
-            // the end) so that a server writing more never gets EPIPE.
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !sent && line.starts_with("READY") {
-                    let _ = tx.send(line);
-                    sent = true;
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            pid: 0,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .map_err(|_| format!("{kind} server did not say READY in 20 s"))?;
-        for field in line.split_whitespace() {
-            if let Some(v) = field.strip_prefix("pid=") {
-                server.pid = v.parse().unwrap_or(0);
-            } else if let Some(v) = field.strip_prefix("addr=") {
-                if let Ok(addr) = v.parse() {
-                    server.addr = addr;
-                }
-            }
-        }
-        if server.pid == 0 || server.addr.port() == 0 {
-            return Err(format!("{kind} server said {line:?}"));
-        }
-        Ok(server)
+/// Starts `bench fanout-server <kind>` on [`SERVER_CPU`]; `bun` is Bun's binary, for the
+/// `bun` kind.
+fn spawn_server(exe: &Path, kind: FanoutKind, bun: Option<&Path>) -> Result<ServerProcess, String> {
+    let mut command = Command::new(exe);
+    command
+        .args(["fanout-server", kind.name(), "--addr", "127.0.0.1:0"])
+        .args(["--cpu", &SERVER_CPU.to_string(), "--die-with-parent"]);
+    if let Some(bun) = bun {
+        command.arg("--bun").arg(bun);
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    ServerProcess::spawn(command, &format!("{kind} server"), Duration::from_secs(20))
 }
 
 /// Installs Bun with `scripts/bun.sh` (or finds it installed) and returns its path.
@@ -887,7 +833,7 @@ fn run_one(
     hint: Option<f64>,
     warmup: Duration,
 ) -> Result<Sample, String> {
-    let server = Server::spawn(exe, kind, bun.filter(|_| kind == FanoutKind::Bun))?;
+    let server = spawn_server(exe, kind, bun.filter(|_| kind == FanoutKind::Bun))?;
     let (addr, pid) = (server.addr, server.pid);
     // Connecting, a warm-up and MAX_STEPS steps at their longest, with room to spare.
     let limit = Duration::from_secs(60)

@@ -24,12 +24,10 @@
 //! further behind skips what it missed (`RecvError::Lagged`) and goes on.
 
 use std::cell::RefCell;
-use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
-use std::str::FromStr;
 
 use axum::extract::ws::{Message as AxumMessage, WebSocket as AxumSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -83,48 +81,15 @@ impl FanoutKind {
         FanoutKind::AxumBroadcast,
         FanoutKind::FastwebsocketsBroadcast,
     ];
-
-    /// Every kind that can be named: [`FanoutKind::ALL`] and the stub, which runs only when
-    /// named.
-    const NAMED: [FanoutKind; 5] = [
-        FanoutKind::Layer,
-        FanoutKind::Bun,
-        FanoutKind::AxumBroadcast,
-        FanoutKind::FastwebsocketsBroadcast,
-        FanoutKind::Stub,
-    ];
-
-    /// The name used on the command line and in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            FanoutKind::Layer => "layer",
-            FanoutKind::Bun => "bun",
-            FanoutKind::AxumBroadcast => "axum-broadcast",
-            FanoutKind::FastwebsocketsBroadcast => "fastwebsockets-broadcast",
-            FanoutKind::Stub => "stub",
-        }
-    }
 }
 
-impl fmt::Display for FanoutKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for FanoutKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FanoutKind::NAMED
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = FanoutKind::NAMED.iter().map(|k| k.name()).collect();
-                format!("unknown fan-out kind {s:?} (one of {})", names.join(", "))
-            })
-    }
-}
+crate::process::named_enum!(FanoutKind, "fan-out kind", {
+    Layer => "layer",
+    Bun => "bun",
+    AxumBroadcast => "axum-broadcast",
+    FastwebsocketsBroadcast => "fastwebsockets-broadcast",
+    Stub => "stub",
+});
 
 /// The script `bun` runs.
 pub fn bun_script() -> &'static str {

@@ -20,6 +20,7 @@ mod client;
 mod fanout;
 mod fanout_servers;
 mod history;
+mod process;
 mod publish_cost;
 mod redis_hub;
 mod report;

@@ -6,14 +6,12 @@
 //! the A/A ratio (fastwebsockets-aa to fastwebsockets) as the noise those ratios are read
 //! against; then a summary of the ratios in one place.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::{self, EchoLoad};
+use crate::process::ServerProcess;
 use crate::report::{self, Column, Sample, ScenarioResults};
 use crate::servers::{Flavour, Kind};
 use crate::sys;
@@ -193,65 +191,14 @@ pub fn scenarios(opts: &Options) -> Vec<Scenario> {
     all
 }
 
-/// A server process, killed when dropped (also on panic); the kernel kills it too if this
-/// process dies first (`PR_SET_PDEATHSIG` in the server).
-struct Server {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn spawn(exe: &Path, kind: Kind, flavour: Flavour) -> Result<Server, String> {
-        let mut child = Command::new(exe)
-            .args(["server", kind.name(), "--addr", "127.0.0.1:0"])
-            .args(["--runtime", flavour.name()])
-            .args(["--cpu", &SERVER_CPU.to_string(), "--die-with-parent"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let mut server = Server {
-            child,
-            pid: 0,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| format!("{kind} server did not say READY in 10 s"))?;
-        let mut pid = None;
-        let mut addr = None;
-        for field in line.split_whitespace() {
-            if let Some(v) = field.strip_prefix("pid=") {
-                pid = v.parse().ok();
-            } else if let Some(v) = field.strip_prefix("addr=") {
-                addr = v.parse().ok();
-            }
-        }
-        match (pid, addr) {
-            (Some(pid), Some(addr)) => {
-                server.pid = pid;
-                server.addr = addr;
-                Ok(server)
-            }
-            _ => Err(format!("{kind} server said {line:?} instead of READY")),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `bench server <kind>` on [`SERVER_CPU`].
+fn spawn_server(exe: &Path, kind: Kind, flavour: Flavour) -> Result<ServerProcess, String> {
+    let mut command = Command::new(exe);
+    command
+        .args(["server", kind.name(), "--addr", "127.0.0.1:0"])
+        .args(["--runtime", flavour.name()])
+        .args(["--cpu", &SERVER_CPU.to_string(), "--die-with-parent"]);
+    ServerProcess::spawn(command, &format!("{kind} server"), Duration::from_secs(10))
 }
 
 /// Other processes may use at most this much of one core before a run starts, in percent.
@@ -295,7 +242,7 @@ fn run_one(
     flavour: Flavour,
     opts: &Options,
 ) -> Result<Sample, String> {
-    let server = Server::spawn(exe, kind, flavour)?;
+    let server = spawn_server(exe, kind, flavour)?;
     let (addr, pid) = (server.addr, server.pid);
     let limit = opts.warmup + opts.duration + Duration::from_secs(60);
     let sample = runtime.block_on(async {

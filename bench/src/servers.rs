@@ -16,10 +16,8 @@
 //!   the accept key, writes a fixed 101), then echoes bytes unchanged: the client's masked
 //!   frames come back masked, which the load generator accepts (see [`crate::wire`]).
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::str::FromStr;
 
 use axum::extract::ws::{Message as AxumMessage, WebSocket as AxumSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -62,38 +60,15 @@ impl Kind {
         Kind::Tcp,
         Kind::FastwebsocketsAa,
     ];
-
-    /// The name used on the command line and in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Layer => "layer",
-            Kind::Fastwebsockets => "fastwebsockets",
-            Kind::FastwebsocketsAa => "fastwebsockets-aa",
-            Kind::AxumWs => "axum-ws",
-            Kind::Tcp => "tcp",
-        }
-    }
 }
 
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Kind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown server kind {s:?} (one of {})", names.join(", "))
-            })
-    }
-}
+crate::process::named_enum!(Kind, "server kind", {
+    Layer => "layer",
+    Fastwebsockets => "fastwebsockets",
+    FastwebsocketsAa => "fastwebsockets-aa",
+    AxumWs => "axum-ws",
+    Tcp => "tcp",
+});
 
 /// The server's tokio runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,14 +87,6 @@ impl Flavour {
 
     /// Worker threads of the multi-thread flavour.
     pub const MULTI_WORKERS: usize = 2;
-
-    /// The name used on the command line and in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Flavour::Current => "current",
-            Flavour::Multi => "multi",
-        }
-    }
 
     /// What the name means, for headings.
     pub fn describe(self) -> String {
@@ -146,22 +113,10 @@ impl Flavour {
     }
 }
 
-impl fmt::Display for Flavour {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Flavour {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Flavour::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| format!("unknown runtime {s:?} (one of current, multi)"))
-    }
-}
+crate::process::named_enum!(Flavour, "runtime", {
+    Current => "current",
+    Multi => "multi",
+});
 
 /// Runs one server until killed: pins it (before the runtime starts, so that every thread the
 /// runtime creates inherits the pinning), binds, prints `READY pid=<pid> addr=<addr>`.
