@@ -10,11 +10,13 @@
 //! bench upgrade-cost <kind> --count N [--messages M]
 //! bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
 //! bench history [--messages N] [--size BYTES] [--redis URL]
+//! bench fanout-client-cost [--subscribers N] [--rounds R] [--per-read K] [--size B]
 //! ```
 //!
 //! Kinds: `layer`, `fastwebsockets`, `axum-ws`, `tcp`, and `fastwebsockets-aa` (the reference
 //! again, for the run's A/A noise).
-//! Fan-out kinds: `layer`, `bun`, `axum-broadcast`, `fastwebsockets-broadcast`.
+//! Fan-out kinds: `layer`, `bun`, `axum-broadcast`, `fastwebsockets-broadcast`, and `stub` (the
+//! load generator's yardstick) when named.
 
 mod client;
 mod fanout;
