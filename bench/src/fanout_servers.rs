@@ -74,7 +74,8 @@ pub enum FanoutKind {
 }
 
 impl FanoutKind {
-    /// Every kind, in the order the first round runs them.
+    /// The kinds `bench run` runs when none is named (every kind but the stub), in the order
+    /// the first round runs them.
     pub const ALL: [FanoutKind; 4] = [
         FanoutKind::Layer,
         FanoutKind::Bun,
