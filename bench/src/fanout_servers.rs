@@ -303,7 +303,7 @@ async fn fastwebsockets_subscriber(
 }
 
 /// A stub subscriber that falls this far behind misses what does not fit.
-const STUB_BACKLOG: usize = 1 << 20;
+const STUB_BACKLOG: usize = 64 * 1024;
 
 /// What the stub's connections share, on its one thread.
 #[derive(Default)]
