@@ -46,7 +46,7 @@ usage:
   bench upgrade-cost <kind> --count N [--messages M]
   bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
   bench history [--messages N] [--size BYTES] [--redis URL]
-  bench publish-cost [--subscribers S] [--publishes N] [--size B] [--deflate off|shared|takeover]
+  bench publish-cost [--subscribers S] [--publishes N] [--burst K] [--size B] [--deflate off|shared|takeover]
 
 kinds: layer, fastwebsockets, axum-ws, tcp, fastwebsockets-aa; `run` always adds
   fastwebsockets (the reference of every ratio) and fastwebsockets-aa (the same server again:
