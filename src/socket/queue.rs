@@ -3,9 +3,10 @@
 //!
 //! A bounded queue of `T` under one uncontended lock, made for this crate's traffic rather
 //! than for every use, as tokio's `mpsc` is:
-//! - nothing is allocated until the first item: an idle connection holds two empty
+//! - nothing is allocated until the first item: an idle connection holds four empty
 //!   `VecDeque`s, where each of tokio's channels holds a block of 32 slots;
-//! - one lock per push or pop, no semaphore;
+//! - one lock per push, no semaphore; the receiver takes everything queued under one lock
+//!   and hands it out without the lock, so a burst of pushes costs one lock on its side;
 //! - a waker is cloned only when a side starts waiting, and a push wakes the receiver only
 //!   when it is waiting, and not when the pusher runs in the receiver's own task (the
 //!   connection task polls the handler inline). What that asks of the connection task is
@@ -36,6 +37,9 @@ struct Queue<T> {
 #[derive(Debug)]
 struct State<T> {
     items: VecDeque<T>,
+    /// Items the receiver took and has not handed out yet: they still count against the
+    /// capacity, until it comes back for more.
+    in_hand: usize,
     capacity: usize,
     /// No more pushes: the receiver closed the queue or is gone.
     closed: bool,
@@ -68,6 +72,7 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let queue = Arc::new(Queue {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            in_hand: 0,
             capacity: capacity.max(1),
             closed: false,
             senders: 1,
@@ -82,7 +87,11 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         Sender {
             queue: Arc::clone(&queue),
         },
-        Receiver { queue },
+        Receiver {
+            queue,
+            taken: VecDeque::new(),
+            holds_room: false,
+        },
     )
 }
 
@@ -136,7 +145,7 @@ impl<T> Sender<T> {
             if state.closed {
                 return Err(PushError::Closed(item));
             }
-            if state.items.len() >= state.capacity {
+            if state.items.len() + state.in_hand >= state.capacity {
                 return Err(PushError::Full(item));
             }
             state.items.push_back(item);
@@ -235,7 +244,7 @@ impl<T> Sender<T> {
         if state.closed {
             return Poll::Ready(Err(Closed));
         }
-        if state.items.len() < state.capacity {
+        if state.items.len() + state.in_hand < state.capacity {
             return Poll::Ready(Ok(()));
         }
         add_waker(&mut state.waiting_senders, cx.waker());
@@ -245,7 +254,7 @@ impl<T> Sender<T> {
     /// Registers `cx` to be woken when room appears; false if there is room already.
     fn register_sender(&self, cx: &Context<'_>) -> bool {
         let mut state = self.queue.lock();
-        if state.closed || state.items.len() < state.capacity {
+        if state.closed || state.items.len() + state.in_hand < state.capacity {
             return false;
         }
         add_waker(&mut state.waiting_senders, cx.waker());
@@ -268,32 +277,25 @@ fn add_waker(wakers: &mut Vec<Waker>, waker: &Waker) {
 #[derive(Debug)]
 pub(crate) struct Receiver<T> {
     queue: Arc<Queue<T>>,
+    /// What the last take moved out of the queue (`State::in_hand` of them when taken),
+    /// handed out from here without the lock.
+    taken: VecDeque<T>,
+    /// `State::in_hand` is not 0: the next take, even of nothing, gives the room back (so
+    /// the lock-free empty check may not skip it).
+    holds_room: bool,
 }
 
 impl<T> Receiver<T> {
     /// The next item; `None` once every sender is gone and the queue is empty.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let (item, senders) = {
-            let mut state = self.queue.lock();
-            match state.items.pop_front() {
-                Some(item) => {
-                    self.queue.len.store(state.items.len(), Ordering::Release);
-                    let senders = room_made(&mut state);
-                    (item, senders)
-                }
-                None if state.senders == 0 => return Poll::Ready(None),
-                None => {
-                    match &state.receiver {
-                        Some(waker) if waker.will_wake(cx.waker()) => {}
-                        _ => state.receiver = Some(cx.waker().clone()),
-                    }
-                    self.queue.receiver_waiting.store(true, Ordering::Release);
-                    return Poll::Pending;
-                }
-            }
-        };
-        wake_all(senders);
-        Poll::Ready(Some(item))
+        if let Some(item) = self.taken.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        match self.take(Some(cx.waker())) {
+            Taken::Item(item) => Poll::Ready(Some(item)),
+            Taken::End => Poll::Ready(None),
+            Taken::Nothing => Poll::Pending,
+        }
     }
 
     /// [`poll_recv`](Self::poll_recv) for a receiver that is always polled with the same
@@ -302,7 +304,9 @@ impl<T> Receiver<T> {
     /// the waker, and the end of the senders clears the waiting flag before it wakes, so
     /// neither is missed.
     pub(crate) fn poll_recv_same_waker(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if self.queue.len.load(Ordering::Acquire) == 0
+        if self.taken.is_empty()
+            && !self.holds_room
+            && self.queue.len.load(Ordering::Acquire) == 0
             && self.queue.receiver_waiting.load(Ordering::Acquire)
         {
             return Poll::Pending;
@@ -318,19 +322,60 @@ impl<T> Receiver<T> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// The next item if one is queued (an empty queue is seen without taking the lock).
+    /// The next item if one is queued (an empty queue is seen without taking the lock once
+    /// the room of the last take is given back).
     pub(crate) fn try_recv(&mut self) -> Option<T> {
-        if self.queue.len.load(Ordering::Acquire) == 0 {
+        if let Some(item) = self.taken.pop_front() {
+            return Some(item);
+        }
+        if !self.holds_room && self.queue.len.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let (item, senders) = {
+        match self.take(None) {
+            Taken::Item(item) => Some(item),
+            Taken::End | Taken::Nothing => None,
+        }
+    }
+
+    /// With nothing left in hand (`taken` empty), takes the lock and moves what is queued
+    /// into `taken` (swapping the two buffers, so neither allocates again) and returns the
+    /// first item. The items handed out since the last take leave the capacity now, so the
+    /// waiting senders are woken. With nothing queued, `waker` (if any) waits for the next
+    /// push.
+    #[inline]
+    fn take(&mut self, waker: Option<&Waker>) -> Taken<T> {
+        debug_assert!(self.taken.is_empty());
+        let (taken, senders) = {
             let mut state = self.queue.lock();
-            let item = state.items.pop_front()?;
+            let item = if state.items.len() > 1 {
+                std::mem::swap(&mut state.items, &mut self.taken);
+                state.in_hand = self.taken.len() - 1;
+                self.taken.pop_front()
+            } else {
+                // Nothing or one item (one publish at a time): no buffers to swap.
+                state.in_hand = 0;
+                state.items.pop_front()
+            };
             self.queue.len.store(state.items.len(), Ordering::Release);
-            (item, room_made(&mut state))
+            self.holds_room = state.in_hand > 0;
+            let taken = match item {
+                Some(item) => Taken::Item(item),
+                None if state.senders == 0 => Taken::End,
+                None => {
+                    if let Some(waker) = waker {
+                        match &state.receiver {
+                            Some(waiting) if waiting.will_wake(waker) => {}
+                            _ => state.receiver = Some(waker.clone()),
+                        }
+                        self.queue.receiver_waiting.store(true, Ordering::Release);
+                    }
+                    Taken::Nothing
+                }
+            };
+            (taken, room_made(&mut state))
         };
         wake_all(senders);
-        Some(item)
+        taken
     }
 
     /// No more pushes; what is queued can still be received.
@@ -363,7 +408,16 @@ impl<T> Drop for Receiver<T> {
     }
 }
 
-/// An item was taken: the waiting senders, to be woken outside the lock.
+/// What a [`Receiver`]'s take found.
+enum Taken<T> {
+    Item(T),
+    /// The queue is empty and every sender gone.
+    End,
+    /// The queue is empty.
+    Nothing,
+}
+
+/// Room was made: the waiting senders, to be woken outside the lock.
 fn room_made<T>(state: &mut State<T>) -> Vec<Waker> {
     if state.waiting_senders.is_empty() {
         Vec::new()
@@ -372,7 +426,12 @@ fn room_made<T>(state: &mut State<T>) -> Vec<Waker> {
     }
 }
 
+#[inline]
 fn wake_all(wakers: Vec<Waker>) {
+    // Most calls have none to wake: no iterator to make and drop then.
+    if wakers.is_empty() {
+        return;
+    }
     for waker in wakers {
         waker.wake();
     }
@@ -505,6 +564,57 @@ mod tests {
         drop(rx);
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
         assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Err(Closed)));
+    }
+
+    #[test]
+    fn a_burst_is_taken_at_once_and_counts_until_handed_out() {
+        let (tx, mut rx) = bounded(3);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        for i in 0..3 {
+            tx.try_push(i).unwrap();
+        }
+        // Taken in one go: the queue is empty, and the two items in hand still count.
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(0)));
+        assert_eq!(rx.queue.len.load(Ordering::Acquire), 0);
+        tx.try_push(3).unwrap();
+        assert_eq!(tx.try_push(9), Err(PushError::Full(9)));
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(2)));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "no room given back yet");
+        // Back for more: the next take gives the room of 1 and 2 back.
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(3)));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        for i in 4..7 {
+            tx.try_push(i).unwrap();
+        }
+        assert_eq!(tx.try_push(9), Err(PushError::Full(9)));
+        assert_eq!(rx.try_recv(), Some(4));
+        assert_eq!(rx.try_recv(), Some(5));
+        assert_eq!(rx.try_recv(), Some(6));
+        tx.try_push(7).unwrap();
+        tx.try_push(9).unwrap_err();
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        // Back with empty hands and nothing new: the room is given back and the waiting
+        // sender woken, though the lock-free empty check would see an empty queue.
+        assert_eq!(rx.try_recv(), Some(7));
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        for i in 8..10 {
+            tx.try_push(i).unwrap();
+        }
+        assert_eq!(rx.try_recv(), Some(8));
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(9)));
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Ok(())));
+        tx.try_push(10).unwrap();
+        tx.try_push(11).unwrap();
+        tx.try_push(12).unwrap_err();
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        assert_eq!(rx.try_recv(), Some(10));
+        // A receiver dropped with an item in hand drops it and wakes the senders.
+        drop(rx);
+        assert_eq!(count.0.load(Ordering::SeqCst), 3);
+        assert_eq!(tx.try_push(9), Err(PushError::Closed(9)));
     }
 
     #[tokio::test]
