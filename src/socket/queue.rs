@@ -3,10 +3,11 @@
 //!
 //! A bounded queue of `T` under one uncontended lock, made for this crate's traffic rather
 //! than for every use, as tokio's `mpsc` is:
-//! - nothing is allocated until the first item: an idle connection holds four empty
+//! - nothing is allocated until the first item: an idle connection holds two empty
 //!   `VecDeque`s, where each of tokio's channels holds a block of 32 slots;
-//! - one lock per push, no semaphore; the receiver takes everything queued under one lock
-//!   and hands it out without the lock, so a burst of pushes costs one lock on its side;
+//! - one lock per push or pop, no semaphore; the connection task's receiver of the outbound
+//!   queue ([`BatchReceiver`]) takes everything queued under one lock and hands it out
+//!   without it, so a burst of sends (a hub's publishes) costs one lock on its side;
 //! - a waker is cloned only when a side starts waiting, and a push wakes the receiver only
 //!   when it is waiting, and not when the pusher runs in the receiver's own task (the
 //!   connection task polls the handler inline). What that asks of the connection task is
@@ -37,8 +38,8 @@ struct Queue<T> {
 #[derive(Debug)]
 struct State<T> {
     items: VecDeque<T>,
-    /// Items the receiver took and has not handed out yet: they still count against the
-    /// capacity, until it comes back for more.
+    /// Items a [`BatchReceiver`] took and has not come back after: they still count against
+    /// the capacity.
     in_hand: usize,
     capacity: usize,
     /// No more pushes: the receiver closed the queue or is gone.
@@ -87,11 +88,7 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         Sender {
             queue: Arc::clone(&queue),
         },
-        Receiver {
-            queue,
-            taken: VecDeque::new(),
-            holds_room: false,
-        },
+        Receiver { queue },
     )
 }
 
@@ -277,41 +274,32 @@ fn add_waker(wakers: &mut Vec<Waker>, waker: &Waker) {
 #[derive(Debug)]
 pub(crate) struct Receiver<T> {
     queue: Arc<Queue<T>>,
-    /// What the last take moved out of the queue (`State::in_hand` of them when taken),
-    /// handed out from here without the lock.
-    taken: VecDeque<T>,
-    /// `State::in_hand` is not 0: the next take, even of nothing, gives the room back (so
-    /// the lock-free empty check may not skip it).
-    holds_room: bool,
 }
 
 impl<T> Receiver<T> {
     /// The next item; `None` once every sender is gone and the queue is empty.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if let Some(item) = self.taken.pop_front() {
-            return Poll::Ready(Some(item));
-        }
-        match self.take(Some(cx.waker())) {
-            Taken::Item(item) => Poll::Ready(Some(item)),
-            Taken::End => Poll::Ready(None),
-            Taken::Nothing => Poll::Pending,
-        }
-    }
-
-    /// [`poll_recv`](Self::poll_recv) for a receiver that is always polled with the same
-    /// waker (the connection task's, for its outgoing queue): an empty queue it already waits
-    /// on answers `Pending` without taking the lock. A push stores the length before it takes
-    /// the waker, and the end of the senders clears the waiting flag before it wakes, so
-    /// neither is missed.
-    pub(crate) fn poll_recv_same_waker(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if self.taken.is_empty()
-            && !self.holds_room
-            && self.queue.len.load(Ordering::Acquire) == 0
-            && self.queue.receiver_waiting.load(Ordering::Acquire)
-        {
-            return Poll::Pending;
-        }
-        self.poll_recv(cx)
+        let (item, senders) = {
+            let mut state = self.queue.lock();
+            match state.items.pop_front() {
+                Some(item) => {
+                    self.queue.len.store(state.items.len(), Ordering::Release);
+                    let senders = room_made(&mut state);
+                    (item, senders)
+                }
+                None if state.senders == 0 => return Poll::Ready(None),
+                None => {
+                    match &state.receiver {
+                        Some(waker) if waker.will_wake(cx.waker()) => {}
+                        _ => state.receiver = Some(cx.waker().clone()),
+                    }
+                    self.queue.receiver_waiting.store(true, Ordering::Release);
+                    return Poll::Pending;
+                }
+            }
+        };
+        wake_all(senders);
+        Poll::Ready(Some(item))
     }
 
     /// The next item; `None` once every sender is gone and the queue is empty.
@@ -322,60 +310,19 @@ impl<T> Receiver<T> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// The next item if one is queued (an empty queue is seen without taking the lock once
-    /// the room of the last take is given back).
+    /// The next item if one is queued (an empty queue is seen without taking the lock).
     pub(crate) fn try_recv(&mut self) -> Option<T> {
-        if let Some(item) = self.taken.pop_front() {
-            return Some(item);
-        }
-        if !self.holds_room && self.queue.len.load(Ordering::Acquire) == 0 {
+        if self.queue.len.load(Ordering::Acquire) == 0 {
             return None;
         }
-        match self.take(None) {
-            Taken::Item(item) => Some(item),
-            Taken::End | Taken::Nothing => None,
-        }
-    }
-
-    /// With nothing left in hand (`taken` empty), takes the lock and moves what is queued
-    /// into `taken` (swapping the two buffers, so neither allocates again) and returns the
-    /// first item. The items handed out since the last take leave the capacity now, so the
-    /// waiting senders are woken. With nothing queued, `waker` (if any) waits for the next
-    /// push.
-    #[inline]
-    fn take(&mut self, waker: Option<&Waker>) -> Taken<T> {
-        debug_assert!(self.taken.is_empty());
-        let (taken, senders) = {
+        let (item, senders) = {
             let mut state = self.queue.lock();
-            let item = if state.items.len() > 1 {
-                std::mem::swap(&mut state.items, &mut self.taken);
-                state.in_hand = self.taken.len() - 1;
-                self.taken.pop_front()
-            } else {
-                // Nothing or one item (one publish at a time): no buffers to swap.
-                state.in_hand = 0;
-                state.items.pop_front()
-            };
+            let item = state.items.pop_front()?;
             self.queue.len.store(state.items.len(), Ordering::Release);
-            self.holds_room = state.in_hand > 0;
-            let taken = match item {
-                Some(item) => Taken::Item(item),
-                None if state.senders == 0 => Taken::End,
-                None => {
-                    if let Some(waker) = waker {
-                        match &state.receiver {
-                            Some(waiting) if waiting.will_wake(waker) => {}
-                            _ => state.receiver = Some(waker.clone()),
-                        }
-                        self.queue.receiver_waiting.store(true, Ordering::Release);
-                    }
-                    Taken::Nothing
-                }
-            };
-            (taken, room_made(&mut state))
+            (item, room_made(&mut state))
         };
         wake_all(senders);
-        taken
+        Some(item)
     }
 
     /// No more pushes; what is queued can still be received.
@@ -388,6 +335,142 @@ impl<T> Receiver<T> {
         };
         wake_all(senders);
     }
+}
+
+/// The outbound queue's receiver in the connection task: takes everything queued under one
+/// lock (the queue's buffer swaps with its own) and hands it out without the lock. What it
+/// took counts against the capacity until it comes back for more, which it does within the
+/// same pass unless its writes must flush first. A separate type, so that the handler's
+/// receiver (held in every `WebSocket`) stays one pointer.
+#[derive(Debug)]
+pub(crate) struct BatchReceiver<T> {
+    inner: Receiver<T>,
+    /// What the last take moved out of the queue, handed out from here.
+    taken: VecDeque<T>,
+    /// `State::in_hand` is not 0: the next take, even of nothing, gives the room back (so
+    /// the lock-free empty check may not skip it).
+    holds_room: bool,
+}
+
+impl<T> Receiver<T> {
+    /// This receiver, taking what is queued in batches.
+    pub(crate) fn in_batches(self) -> BatchReceiver<T> {
+        BatchReceiver {
+            inner: self,
+            taken: VecDeque::new(),
+            holds_room: false,
+        }
+    }
+}
+
+impl<T> BatchReceiver<T> {
+    /// [`Receiver::poll_recv`] for a receiver that is always polled with the same waker (the
+    /// connection task's): an empty queue it already waits on answers `Pending` without
+    /// taking the lock. A push stores the length before it takes the waker, and the end of
+    /// the senders clears the waiting flag before it wakes, so neither is missed.
+    pub(crate) fn poll_recv_same_waker(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if let Some(item) = self.taken.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        let queue = &self.inner.queue;
+        if !self.holds_room
+            && queue.len.load(Ordering::Acquire) == 0
+            && queue.receiver_waiting.load(Ordering::Acquire)
+        {
+            return Poll::Pending;
+        }
+        match self.take(Some(cx.waker())) {
+            Taken::Item(item) => Poll::Ready(Some(item)),
+            Taken::End => Poll::Ready(None),
+            Taken::Nothing => Poll::Pending,
+        }
+    }
+
+    /// The next item if one is queued (an empty queue is seen without taking the lock once
+    /// the room of the last take is given back).
+    pub(crate) fn try_recv(&mut self) -> Option<T> {
+        if let Some(item) = self.taken.pop_front() {
+            return Some(item);
+        }
+        if !self.holds_room && self.inner.queue.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        match self.take(None) {
+            Taken::Item(item) => Some(item),
+            Taken::End | Taken::Nothing => None,
+        }
+    }
+
+    /// No more pushes; what is queued or in hand can still be received.
+    pub(crate) fn close(&mut self) {
+        self.inner.close();
+    }
+
+    /// With nothing left in hand (`taken` empty), takes the lock and moves what is queued
+    /// into `taken` (swapping the two buffers, so neither allocates again) and returns the
+    /// first item. The items handed out since the last take leave the capacity now, so the
+    /// waiting senders are woken. With nothing queued, `waker` (if any) waits for the next
+    /// push.
+    #[inline]
+    fn take(&mut self, waker: Option<&Waker>) -> Taken<T> {
+        debug_assert!(self.taken.is_empty());
+        let (taken, senders) = {
+            let mut state = self.inner.queue.lock();
+            let gives_room = self.holds_room;
+            let item = if state.items.len() > 1 {
+                std::mem::swap(&mut state.items, &mut self.taken);
+                self.inner.queue.len.store(0, Ordering::Release);
+                state.in_hand = self.taken.len() - 1;
+                self.holds_room = true;
+                self.taken.pop_front()
+            } else {
+                // Nothing or one item (one publish at a time): no buffers to swap.
+                if gives_room {
+                    state.in_hand = 0;
+                    self.holds_room = false;
+                }
+                let item = state.items.pop_front();
+                if item.is_some() {
+                    self.inner.queue.len.store(0, Ordering::Release);
+                }
+                item
+            };
+            let senders = if gives_room || item.is_some() {
+                room_made(&mut state)
+            } else {
+                Vec::new()
+            };
+            let taken = match item {
+                Some(item) => Taken::Item(item),
+                None if state.senders == 0 => Taken::End,
+                None => {
+                    if let Some(waker) = waker {
+                        match &state.receiver {
+                            Some(waiting) if waiting.will_wake(waker) => {}
+                            _ => state.receiver = Some(waker.clone()),
+                        }
+                        self.inner
+                            .queue
+                            .receiver_waiting
+                            .store(true, Ordering::Release);
+                    }
+                    Taken::Nothing
+                }
+            };
+            (taken, senders)
+        };
+        wake_all(senders);
+        taken
+    }
+}
+
+/// What a [`BatchReceiver`]'s take found.
+enum Taken<T> {
+    Item(T),
+    /// The queue is empty and every sender gone.
+    End,
+    /// The queue is empty.
+    Nothing,
 }
 
 impl<T> Drop for Receiver<T> {
@@ -408,16 +491,7 @@ impl<T> Drop for Receiver<T> {
     }
 }
 
-/// What a [`Receiver`]'s take found.
-enum Taken<T> {
-    Item(T),
-    /// The queue is empty and every sender gone.
-    End,
-    /// The queue is empty.
-    Nothing,
-}
-
-/// Room was made: the waiting senders, to be woken outside the lock.
+/// An item was taken: the waiting senders, to be woken outside the lock.
 fn room_made<T>(state: &mut State<T>) -> Vec<Waker> {
     if state.waiting_senders.is_empty() {
         Vec::new()
@@ -472,7 +546,8 @@ mod tests {
 
     #[test]
     fn the_lock_free_empty_check_misses_neither_a_push_nor_the_end() {
-        let (tx, mut rx) = bounded(8);
+        let (tx, rx) = bounded(8);
+        let mut rx = rx.in_batches();
         let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         // Not yet waiting: the slow path registers the waker.
@@ -568,7 +643,8 @@ mod tests {
 
     #[test]
     fn a_burst_is_taken_at_once_and_counts_until_handed_out() {
-        let (tx, mut rx) = bounded(3);
+        let (tx, rx) = bounded(3);
+        let mut rx = rx.in_batches();
         let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         for i in 0..3 {
@@ -576,7 +652,7 @@ mod tests {
         }
         // Taken in one go: the queue is empty, and the two items in hand still count.
         assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(0)));
-        assert_eq!(rx.queue.len.load(Ordering::Acquire), 0);
+        assert_eq!(rx.inner.queue.len.load(Ordering::Acquire), 0);
         tx.try_push(3).unwrap();
         assert_eq!(tx.try_push(9), Err(PushError::Full(9)));
         assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
