@@ -23,9 +23,12 @@
 # connection task's write and the client's read. With PUBLISH_DEFLATE=1, also 1 KiB compressible
 # messages to subscribers that agreed on permessage-deflate, without context takeover (one
 # compression per publish, shared) and with it (one per subscriber); these runs are slower.
+# The row publish-20B-burst is the same with the publishes BURST at a time, back to back, before
+# the subscribers' tasks run (`--burst`), as publishes arrive under load.
 #
 # Usage: bench/callgrind.sh            (SMALL=200 LARGE=2200 KINDS="layer fastwebsockets axum-ws"
-#                                       SUBSCRIBERS=1000 PUB_SMALL=20 PUB_LARGE=220 PUBLISH_DEFLATE=0)
+#                                       SUBSCRIBERS=1000 PUB_SMALL=20 PUB_LARGE=220 BURST=16
+#                                       PUBLISH_DEFLATE=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +38,7 @@ KINDS=${KINDS:-"layer fastwebsockets axum-ws"}
 SUBSCRIBERS=${SUBSCRIBERS:-1000}
 PUB_SMALL=${PUB_SMALL:-20}
 PUB_LARGE=${PUB_LARGE:-220}
+BURST=${BURST:-16}
 PUBLISH_DEFLATE=${PUBLISH_DEFLATE:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/callgrind}
 
@@ -106,6 +110,9 @@ publish_row() {
 printf '%-22s %14s %14s %16s\n' "publish to $SUBSCRIBERS" "Ir ($PUB_SMALL pubs)" \
     "Ir ($PUB_LARGE pubs)" "Ir per delivery"
 publish_row publish-20B --size 20
+# PUB_SMALL and PUB_LARGE rounded up to multiples of BURST, as `--burst` does.
+PUB_SMALL=$(( (PUB_SMALL + BURST - 1) / BURST * BURST )) PUB_LARGE=$(( (PUB_LARGE + BURST - 1) / BURST * BURST )) \
+    publish_row publish-20B-burst --size 20 --burst "$BURST"
 if [[ "$PUBLISH_DEFLATE" == 1 ]]; then
     publish_row publish-1KiB --size 1024
     publish_row publish-1KiB-shared --size 1024 --deflate shared

@@ -13,7 +13,7 @@ use common::{serve, within, RawClient, ServerFrame};
 use flate2::{Decompress, FlushDecompress};
 use tower_websocket::hub::Hub;
 use tower_websocket::testing::TestClient;
-use tower_websocket::{DeflateConfig, Message, WebSocket, WebSocketLayer};
+use tower_websocket::{DeflateConfig, Message, QueuePolicy, WebSocket, WebSocketLayer};
 
 const TOPIC: &str = "room";
 
@@ -161,5 +161,68 @@ async fn each_subscriber_gets_the_publish_as_it_agreed_to_receive_it() {
             got[2].payload.len(),
             shared_frames[0][2].payload.len()
         );
+    }
+}
+
+/// Publishes back to back, before any connection task runs: each subscriber's connection
+/// takes the burst at once and writes it in order, the send queue's capacity holds for the
+/// burst, and the room of what was written is back for the next one.
+#[tokio::test]
+async fn a_burst_of_publishes_arrives_in_order_and_the_queue_bound_holds() {
+    const CAPACITY: usize = 4;
+    const SUBSCRIBERS: usize = 3;
+    let hub = Hub::new();
+    let layer = {
+        let hub = hub.clone();
+        WebSocketLayer::new(move |ws: WebSocket| {
+            let hub = hub.clone();
+            async move {
+                let (mut rx, tx) = ws.split();
+                let _subscription = hub.subscribe(TOPIC, &tx);
+                while rx.recv().await.is_some() {}
+            }
+        })
+        .send_queue(CAPACITY, QueuePolicy::Fail)
+    };
+    let app = Router::new().layer(layer);
+    let mut clients = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        clients.push(
+            TestClient::connect(app.clone(), http::Request::get("/").body(()).unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    within("every handler to subscribe", async {
+        while hub.subscriber_count(TOPIC) < SUBSCRIBERS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // No await between the publishes: the queues fill, and the last two are dropped.
+    let first: Vec<_> = (0..CAPACITY + 2)
+        .map(|i| hub.publish(TOPIC, Message::text(format!("m{i}"))))
+        .map(|d| (d.delivered, d.dropped, d.closed))
+        .collect();
+    let mut expected = vec![(SUBSCRIBERS, 0, 0); CAPACITY];
+    expected.extend([(0, SUBSCRIBERS, 0); 2]);
+    assert_eq!(first, expected);
+    for client in &mut clients {
+        for i in 0..CAPACITY {
+            assert_eq!(client.recv_text().await, format!("m{i}"));
+        }
+    }
+
+    // Written: the whole capacity is free again for the next burst.
+    for i in CAPACITY + 2..2 * CAPACITY + 2 {
+        let delivery = hub.publish(TOPIC, Message::text(format!("m{i}")));
+        assert_eq!((delivery.delivered, delivery.dropped), (SUBSCRIBERS, 0));
+    }
+    for client in &mut clients {
+        // The dropped messages never come: the next one is the first of this burst.
+        for i in CAPACITY + 2..2 * CAPACITY + 2 {
+            assert_eq!(client.recv_text().await, format!("m{i}"));
+        }
     }
 }

@@ -9,6 +9,9 @@
 //! delivered message, publish, connection task and the client's read included, with the
 //! start-up, the S upgrades and the tear-down cancelled out.
 //!
+//! - `--burst K`: the publishes go out K at a time, back to back, before the tasks run
+//!   (default 1): under load publishes arrive in bursts, and a subscriber's connection then
+//!   writes every message of the burst in one go. N is rounded up to a multiple of K.
 //! - `--size B`: the message's size (default 20 bytes, binary).
 //! - `--deflate off|shared|takeover`: whether the subscribers agree on permessage-deflate,
 //!   with `server_no_context_takeover` (`shared`) or with context takeover (`takeover`). The
@@ -61,6 +64,7 @@ impl std::str::FromStr for Deflate {
 pub struct Options {
     pub subscribers: usize,
     pub publishes: usize,
+    pub burst: usize,
     pub size: usize,
     pub deflate: Deflate,
 }
@@ -133,8 +137,12 @@ pub fn run(opts: &Options) -> Result<(), String> {
         .block_on(publish_to_all(opts))
         .map_err(|e| e.to_string())?;
     println!(
-        "{} publishes of {} bytes to {} subscribers (deflate {:?})",
-        opts.publishes, opts.size, opts.subscribers, opts.deflate
+        "{} publishes of {} bytes to {} subscribers, {} at a time (deflate {:?})",
+        opts.publishes.div_ceil(opts.burst.max(1)) * opts.burst.max(1),
+        opts.size,
+        opts.subscribers,
+        opts.burst.max(1),
+        opts.deflate
     );
     Ok(())
 }
@@ -180,18 +188,23 @@ async fn publish_to_all(opts: &Options) -> io::Result<()> {
         tokio::task::yield_now().await;
     }
     let message = message(opts.size, opts.deflate);
-    for i in 1..=opts.publishes {
-        received
-            .target
-            .store(i * opts.subscribers, Ordering::Relaxed);
-        let delivery = hub.publish(TOPIC, message.clone());
-        if delivery.delivered != opts.subscribers {
-            return Err(io::Error::other(format!(
-                "publish {i}: {delivery:?}, expected {} delivered",
-                opts.subscribers
-            )));
+    let burst = opts.burst.max(1);
+    let mut published = 0;
+    while published < opts.publishes {
+        let target = (published + burst) * opts.subscribers;
+        received.target.store(target, Ordering::Relaxed);
+        // No await in between: the subscribers' tasks run only after the whole burst.
+        for _ in 0..burst {
+            published += 1;
+            let delivery = hub.publish(TOPIC, message.clone());
+            if delivery.delivered != opts.subscribers {
+                return Err(io::Error::other(format!(
+                    "publish {published}: {delivery:?}, expected {} delivered",
+                    opts.subscribers
+                )));
+            }
         }
-        while received.frames.load(Ordering::Relaxed) < i * opts.subscribers {
+        while received.frames.load(Ordering::Relaxed) < target {
             received.reached.notified().await;
         }
     }
@@ -204,6 +217,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let mut opts = Options {
         subscribers: 1000,
         publishes: 100,
+        burst: 1,
         size: 20,
         deflate: Deflate::Off,
     };
@@ -211,6 +225,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         match arg {
             "--subscribers" => opts.subscribers = args.parse::<usize>(arg)?.max(1),
             "--publishes" => opts.publishes = args.parse(arg)?,
+            "--burst" => opts.burst = args.parse::<usize>(arg)?.max(1),
             "--size" => opts.size = args.parse(arg)?,
             "--deflate" => opts.deflate = args.parse(arg)?,
             other => return Err(format!("unknown option {other:?}\n{}", crate::USAGE)),

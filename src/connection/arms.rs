@@ -117,7 +117,7 @@ impl Arms {
     pub(super) fn poll_socket<H>(
         &self,
         handler: Option<&mut H>,
-        outbound: Option<&mut queue::Receiver<Outbound>>,
+        outbound: Option<&mut queue::BatchReceiver<Outbound>>,
     ) -> Poll<Step>
     where
         H: Future<Output = HandlerOutcome> + Unpin,

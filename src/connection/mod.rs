@@ -175,7 +175,7 @@ where
     let mut handler = AssertUnwindSafe(handler(socket)).catch_unwind();
     let mut conn = Conn {
         in_tx,
-        out_rx,
+        out_rx: out_rx.in_batches(),
         parked: None,
         reassembly: Reassembly::new(settings.max_message_size),
         closing: None,
@@ -420,7 +420,7 @@ impl Ending {
 struct Conn {
     settings: Arc<Settings>,
     in_tx: queue::Sender<Inbound>,
-    out_rx: queue::Receiver<Outbound>,
+    out_rx: queue::BatchReceiver<Outbound>,
     /// A message read while the handler's queue was full; reading waits until it is taken.
     parked: Option<Message>,
     reassembly: Reassembly,

@@ -5,7 +5,9 @@
 //! than for every use, as tokio's `mpsc` is:
 //! - nothing is allocated until the first item: an idle connection holds two empty
 //!   `VecDeque`s, where each of tokio's channels holds a block of 32 slots;
-//! - one lock per push or pop, no semaphore;
+//! - one lock per push or pop, no semaphore; the connection task's receiver of the outbound
+//!   queue ([`BatchReceiver`]) takes everything queued under one lock and hands it out
+//!   without it, so a burst of sends (a hub's publishes) costs one lock on its side;
 //! - a waker is cloned only when a side starts waiting, and a push wakes the receiver only
 //!   when it is waiting, and not when the pusher runs in the receiver's own task (the
 //!   connection task polls the handler inline). What that asks of the connection task is
@@ -36,6 +38,9 @@ struct Queue<T> {
 #[derive(Debug)]
 struct State<T> {
     items: VecDeque<T>,
+    /// Items a [`BatchReceiver`] took and has not come back after: they still count against
+    /// the capacity.
+    in_hand: usize,
     capacity: usize,
     /// No more pushes: the receiver closed the queue or is gone.
     closed: bool,
@@ -68,6 +73,7 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let queue = Arc::new(Queue {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            in_hand: 0,
             capacity: capacity.max(1),
             closed: false,
             senders: 1,
@@ -136,7 +142,7 @@ impl<T> Sender<T> {
             if state.closed {
                 return Err(PushError::Closed(item));
             }
-            if state.items.len() >= state.capacity {
+            if state.items.len() + state.in_hand >= state.capacity {
                 return Err(PushError::Full(item));
             }
             state.items.push_back(item);
@@ -235,7 +241,7 @@ impl<T> Sender<T> {
         if state.closed {
             return Poll::Ready(Err(Closed));
         }
-        if state.items.len() < state.capacity {
+        if state.items.len() + state.in_hand < state.capacity {
             return Poll::Ready(Ok(()));
         }
         add_waker(&mut state.waiting_senders, cx.waker());
@@ -245,7 +251,7 @@ impl<T> Sender<T> {
     /// Registers `cx` to be woken when room appears; false if there is room already.
     fn register_sender(&self, cx: &Context<'_>) -> bool {
         let mut state = self.queue.lock();
-        if state.closed || state.items.len() < state.capacity {
+        if state.closed || state.items.len() + state.in_hand < state.capacity {
             return false;
         }
         add_waker(&mut state.waiting_senders, cx.waker());
@@ -296,20 +302,6 @@ impl<T> Receiver<T> {
         Poll::Ready(Some(item))
     }
 
-    /// [`poll_recv`](Self::poll_recv) for a receiver that is always polled with the same
-    /// waker (the connection task's, for its outgoing queue): an empty queue it already waits
-    /// on answers `Pending` without taking the lock. A push stores the length before it takes
-    /// the waker, and the end of the senders clears the waiting flag before it wakes, so
-    /// neither is missed.
-    pub(crate) fn poll_recv_same_waker(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if self.queue.len.load(Ordering::Acquire) == 0
-            && self.queue.receiver_waiting.load(Ordering::Acquire)
-        {
-            return Poll::Pending;
-        }
-        self.poll_recv(cx)
-    }
-
     /// The next item; `None` once every sender is gone and the queue is empty.
     ///
     /// Cancel safe: a dropped future has taken nothing.
@@ -345,6 +337,142 @@ impl<T> Receiver<T> {
     }
 }
 
+/// The outbound queue's receiver in the connection task: takes everything queued under one
+/// lock (the queue's buffer swaps with its own) and hands it out without the lock. What it
+/// took counts against the capacity until it comes back for more, which it does within the
+/// same pass unless its writes must flush first. A separate type, so that the handler's
+/// receiver (held in every `WebSocket`) stays one pointer.
+#[derive(Debug)]
+pub(crate) struct BatchReceiver<T> {
+    inner: Receiver<T>,
+    /// What the last take moved out of the queue, handed out from here.
+    taken: VecDeque<T>,
+    /// `State::in_hand` is not 0: the next take, even of nothing, gives the room back (so
+    /// the lock-free empty check may not skip it).
+    holds_room: bool,
+}
+
+impl<T> Receiver<T> {
+    /// This receiver, taking what is queued in batches.
+    pub(crate) fn in_batches(self) -> BatchReceiver<T> {
+        BatchReceiver {
+            inner: self,
+            taken: VecDeque::new(),
+            holds_room: false,
+        }
+    }
+}
+
+impl<T> BatchReceiver<T> {
+    /// [`Receiver::poll_recv`] for a receiver that is always polled with the same waker (the
+    /// connection task's): an empty queue it already waits on answers `Pending` without
+    /// taking the lock. A push stores the length before it takes the waker, and the end of
+    /// the senders clears the waiting flag before it wakes, so neither is missed.
+    pub(crate) fn poll_recv_same_waker(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if let Some(item) = self.taken.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        let queue = &self.inner.queue;
+        if !self.holds_room
+            && queue.len.load(Ordering::Acquire) == 0
+            && queue.receiver_waiting.load(Ordering::Acquire)
+        {
+            return Poll::Pending;
+        }
+        match self.take(Some(cx.waker())) {
+            Taken::Item(item) => Poll::Ready(Some(item)),
+            Taken::End => Poll::Ready(None),
+            Taken::Nothing => Poll::Pending,
+        }
+    }
+
+    /// The next item if one is queued (an empty queue is seen without taking the lock once
+    /// the room of the last take is given back).
+    pub(crate) fn try_recv(&mut self) -> Option<T> {
+        if let Some(item) = self.taken.pop_front() {
+            return Some(item);
+        }
+        if !self.holds_room && self.inner.queue.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        match self.take(None) {
+            Taken::Item(item) => Some(item),
+            Taken::End | Taken::Nothing => None,
+        }
+    }
+
+    /// No more pushes; what is queued or in hand can still be received.
+    pub(crate) fn close(&mut self) {
+        self.inner.close();
+    }
+
+    /// With nothing left in hand (`taken` empty), takes the lock and moves what is queued
+    /// into `taken` (swapping the two buffers, so neither allocates again) and returns the
+    /// first item. The items handed out since the last take leave the capacity now, so the
+    /// waiting senders are woken. With nothing queued, `waker` (if any) waits for the next
+    /// push.
+    #[inline]
+    fn take(&mut self, waker: Option<&Waker>) -> Taken<T> {
+        debug_assert!(self.taken.is_empty());
+        let (taken, senders) = {
+            let mut state = self.inner.queue.lock();
+            let gives_room = self.holds_room;
+            let item = if state.items.len() > 1 {
+                std::mem::swap(&mut state.items, &mut self.taken);
+                self.inner.queue.len.store(0, Ordering::Release);
+                state.in_hand = self.taken.len() - 1;
+                self.holds_room = true;
+                self.taken.pop_front()
+            } else {
+                // Nothing or one item (one publish at a time): no buffers to swap.
+                if gives_room {
+                    state.in_hand = 0;
+                    self.holds_room = false;
+                }
+                let item = state.items.pop_front();
+                if item.is_some() {
+                    self.inner.queue.len.store(0, Ordering::Release);
+                }
+                item
+            };
+            let senders = if gives_room || item.is_some() {
+                room_made(&mut state)
+            } else {
+                Vec::new()
+            };
+            let taken = match item {
+                Some(item) => Taken::Item(item),
+                None if state.senders == 0 => Taken::End,
+                None => {
+                    if let Some(waker) = waker {
+                        match &state.receiver {
+                            Some(waiting) if waiting.will_wake(waker) => {}
+                            _ => state.receiver = Some(waker.clone()),
+                        }
+                        self.inner
+                            .queue
+                            .receiver_waiting
+                            .store(true, Ordering::Release);
+                    }
+                    Taken::Nothing
+                }
+            };
+            (taken, senders)
+        };
+        wake_all(senders);
+        taken
+    }
+}
+
+/// What a [`BatchReceiver`]'s take found.
+enum Taken<T> {
+    Item(T),
+    /// The queue is empty and every sender gone.
+    End,
+    /// The queue is empty.
+    Nothing,
+}
+
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let (senders, items) = {
@@ -372,7 +500,12 @@ fn room_made<T>(state: &mut State<T>) -> Vec<Waker> {
     }
 }
 
+#[inline]
 fn wake_all(wakers: Vec<Waker>) {
+    // Most calls have none to wake: no iterator to make and drop then.
+    if wakers.is_empty() {
+        return;
+    }
     for waker in wakers {
         waker.wake();
     }
@@ -413,7 +546,8 @@ mod tests {
 
     #[test]
     fn the_lock_free_empty_check_misses_neither_a_push_nor_the_end() {
-        let (tx, mut rx) = bounded(8);
+        let (tx, rx) = bounded(8);
+        let mut rx = rx.in_batches();
         let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         // Not yet waiting: the slow path registers the waker.
@@ -505,6 +639,58 @@ mod tests {
         drop(rx);
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
         assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Err(Closed)));
+    }
+
+    #[test]
+    fn a_burst_is_taken_at_once_and_counts_until_handed_out() {
+        let (tx, rx) = bounded(3);
+        let mut rx = rx.in_batches();
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        for i in 0..3 {
+            tx.try_push(i).unwrap();
+        }
+        // Taken in one go: the queue is empty, and the two items in hand still count.
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(0)));
+        assert_eq!(rx.inner.queue.len.load(Ordering::Acquire), 0);
+        tx.try_push(3).unwrap();
+        assert_eq!(tx.try_push(9), Err(PushError::Full(9)));
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(2)));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "no room given back yet");
+        // Back for more: the next take gives the room of 1 and 2 back.
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(3)));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        for i in 4..7 {
+            tx.try_push(i).unwrap();
+        }
+        assert_eq!(tx.try_push(9), Err(PushError::Full(9)));
+        assert_eq!(rx.try_recv(), Some(4));
+        assert_eq!(rx.try_recv(), Some(5));
+        assert_eq!(rx.try_recv(), Some(6));
+        tx.try_push(7).unwrap();
+        tx.try_push(9).unwrap_err();
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        // Back with empty hands and nothing new: the room is given back and the waiting
+        // sender woken, though the lock-free empty check would see an empty queue.
+        assert_eq!(rx.try_recv(), Some(7));
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        for i in 8..10 {
+            tx.try_push(i).unwrap();
+        }
+        assert_eq!(rx.try_recv(), Some(8));
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(9)));
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Ok(())));
+        tx.try_push(10).unwrap();
+        tx.try_push(11).unwrap();
+        tx.try_push(12).unwrap_err();
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        assert_eq!(rx.try_recv(), Some(10));
+        // A receiver dropped with an item in hand drops it and wakes the senders.
+        drop(rx);
+        assert_eq!(count.0.load(Ordering::SeqCst), 3);
+        assert_eq!(tx.try_push(9), Err(PushError::Closed(9)));
     }
 
     #[tokio::test]
