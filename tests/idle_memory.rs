@@ -168,7 +168,7 @@ fn report(case: &str, measured: &PerConnection) {
 /// docs/performance.md, with a margin).
 const IDLE_BOUND: f64 = 5400.0;
 /// The most live heap a connection idle after one message each way may keep.
-const SPOKEN_BOUND: f64 = 16000.0;
+const SPOKEN_BOUND: f64 = 6000.0;
 
 #[test]
 fn an_idle_connection_keeps_little_heap() {

@@ -328,8 +328,10 @@ fn run_one(
                     Ok(Sample::measured(&mut m))
                 }
                 Scenario::Idle { conns, spoken, .. } => {
-                    let idle =
-                        client::idle(addr, pid, *conns, Duration::from_secs(1), *spoken).await?;
+                    // A connection that has spoken gives its read buffer back one to two
+                    // seconds after its last frame.
+                    let settle = Duration::from_secs(if *spoken { 3 } else { 1 });
+                    let idle = client::idle(addr, pid, *conns, settle, *spoken).await?;
                     Ok(Sample::idle(&idle))
                 }
                 Scenario::Churn { workers, .. } => {
