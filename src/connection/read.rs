@@ -34,7 +34,7 @@ pin_project_lite::pin_project! {
         #[pin]
         state: ReadState<Half<'a, T>, F>,
         // Makes the frame's read future from the reader.
-        make: fn(Box<WebSocketRead<Stack<Half<'a, T>>>>) -> F,
+        make: fn(Reader<'a, T>) -> F,
         io: Half<'a, T>,
         max_message_size: usize,
         max_frame_size: usize,
@@ -109,7 +109,7 @@ where
         io: Half<'a, T>,
         extensions: Extensions,
         settings: &Settings,
-        make: fn(Box<WebSocketRead<Stack<Half<'a, T>>>>) -> F,
+        make: fn(Reader<'a, T>) -> F,
     ) -> Self {
         #[cfg(feature = "deflate")]
         let plain = extensions.is_none();
@@ -132,7 +132,7 @@ where
     }
 
     /// Makes the next frame's read future from the reader the last one gave back.
-    pub(super) fn rearm(self: Pin<&mut Self>, reader: Box<WebSocketRead<Stack<Half<'a, T>>>>) {
+    pub(super) fn rearm(self: Pin<&mut Self>, reader: Reader<'a, T>) {
         let mut this = self.project();
         let frame = (this.make)(reader);
         this.state.set(ReadState::Reading { frame });
@@ -142,12 +142,7 @@ where
 impl<'a, T, F> Future for ReadFuture<'a, T, F>
 where
     T: AsyncRead + Unpin,
-    F: Future<
-        Output = (
-            Box<WebSocketRead<Stack<Half<'a, T>>>>,
-            Result<RawFrame, WebSocketError>,
-        ),
-    >,
+    F: Future<Output = (Reader<'a, T>, Result<RawFrame, WebSocketError>)>,
 {
     type Output = F::Output;
 
@@ -224,6 +219,9 @@ pub(super) struct Unread<R> {
 
 /// The stream under fastwebsockets' reader.
 pub(super) type Stack<R> = ReadStack<FrameGuard<Replay<R>>>;
+
+/// fastwebsockets' reader over the shared IO, as the read future holds and hands it out.
+pub(super) type Reader<'a, T> = Box<WebSocketRead<Stack<Half<'a, T>>>>;
 
 impl<R: AsyncRead + Unpin> Unread<R> {
     fn new(io: R, extensions: Extensions, settings: &Settings) -> Self {
