@@ -184,8 +184,12 @@ where
                     .reset(tokio::time::Instant::now() + READER_REST);
                 rest.armed = true;
                 rest.frames_at_arm = rest.frames;
-            }
-            if this.timer.as_mut().poll(cx).is_pending() {
+                // Polled once to register: the read arm's waker is the same on every poll,
+                // so a pending read after this only looks at whether the timer has fired.
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            } else if !this.timer.is_elapsed() {
                 return Poll::Pending;
             }
             rest.armed = false;
