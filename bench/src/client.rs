@@ -331,11 +331,33 @@ async fn echo_connection(
 }
 
 /// Opens `n` idle connections and returns the server's RSS growth per connection, in bytes,
-/// after `settle`; also the RSS before and after.
-pub async fn idle(addr: SocketAddr, pid: u32, n: usize, settle: Duration) -> io::Result<Idle> {
+/// measured `settle` after the last one opened. When `spoken`, each connection first has one
+/// 20-byte binary message echoed (one message each way), then idles like the others: what a
+/// connection keeps once it has read and written something.
+pub async fn idle(
+    addr: SocketAddr,
+    pid: u32,
+    n: usize,
+    settle: Duration,
+    spoken: bool,
+) -> io::Result<Idle> {
     tokio::time::sleep(settle / 4).await;
     let before = sys::rss_bytes(pid)?;
-    let conns = connect_many(addr, n).await?;
+    let mut conns = connect_many(addr, n).await?;
+    if spoken {
+        let (frame, frame_len) = wire::binary_frames(IDLE_MESSAGE, 1);
+        for (stream, rest) in &mut conns {
+            stream.write_all(&frame[..frame_len]).await?;
+            // The echo: a 2-byte header and the payload; nothing else comes before it.
+            let echo_len = 2 + IDLE_MESSAGE;
+            while rest.len() < echo_len {
+                if stream.read_buf(rest).await? == 0 {
+                    return Err(io::Error::other("connection closed before the echo"));
+                }
+            }
+            rest.clear();
+        }
+    }
     tokio::time::sleep(settle).await;
     let after = sys::rss_bytes(pid)?;
     drop(conns);
@@ -345,6 +367,9 @@ pub async fn idle(addr: SocketAddr, pid: u32, n: usize, settle: Duration) -> io:
         conns: n,
     })
 }
+
+/// The message a spoken idle connection has echoed, in bytes.
+const IDLE_MESSAGE: usize = 20;
 
 /// What the idle scenario measured.
 #[derive(Debug)]

@@ -60,7 +60,7 @@ runtimes: current (current-thread) and multi (multi-thread, 2 workers); servers 
 fan-out kinds: layer, bun, axum-broadcast, fastwebsockets-broadcast; and only when named:
   stub (the least a server can do: the load generator's own limit)
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
-  pipe-100x20Bx8, idle-5000, churn; and only when named: fanout-{1000,10000}-{20B,1KiB}[-slow]";
+  pipe-100x20Bx8, idle-5000, idle-spoken-5000, churn; and only when named: fanout-{1000,10000}-{20B,1KiB}[-slow]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

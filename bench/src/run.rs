@@ -85,8 +85,13 @@ impl Options {
 pub enum Scenario {
     /// Echo load: request/response when `depth` is 1, pipelined otherwise.
     Echo { name: String, load: EchoLoad },
-    /// Idle connections held open, to weigh the server's memory per connection.
-    Idle { name: String, conns: usize },
+    /// Idle connections held open, to weigh the server's memory per connection; `spoken`:
+    /// each has had one message echoed first.
+    Idle {
+        name: String,
+        conns: usize,
+        spoken: bool,
+    },
     /// Connect, upgrade, close, over parallel workers.
     Churn { name: String, workers: usize },
 }
@@ -120,8 +125,19 @@ impl Scenario {
                 size_name(load.size),
                 load.depth
             ),
-            Scenario::Idle { conns, .. } => format!(
+            Scenario::Idle {
+                conns,
+                spoken: false,
+                ..
+            } => format!(
                 "{conns} idle connections: server RSS growth per connection, (VmRSS after - before) / {conns}"
+            ),
+            Scenario::Idle {
+                conns,
+                spoken: true,
+                ..
+            } => format!(
+                "{conns} connections idle after one 20 B message each way: server RSS growth per connection, (VmRSS after - before) / {conns}"
             ),
             Scenario::Churn { workers, .. } => format!(
                 "upgrade churn: {workers} workers, each looping connect + upgrade + close frame + close reply + server FIN{timing}"
@@ -175,6 +191,12 @@ pub fn scenarios(opts: &Options) -> Vec<Scenario> {
     all.push(Scenario::Idle {
         name: format!("idle-{}", opts.idle_conns),
         conns: opts.idle_conns,
+        spoken: false,
+    });
+    all.push(Scenario::Idle {
+        name: format!("idle-spoken-{}", opts.idle_conns),
+        conns: opts.idle_conns,
+        spoken: true,
     });
     all.push(Scenario::Churn {
         name: "churn".to_string(),
@@ -252,8 +274,11 @@ fn run_one(
                     let mut m = client::echo(addr, pid, *load, opts.warmup, opts.duration).await?;
                     Ok(Sample::measured(&mut m))
                 }
-                Scenario::Idle { conns, .. } => {
-                    let idle = client::idle(addr, pid, *conns, Duration::from_secs(1)).await?;
+                Scenario::Idle { conns, spoken, .. } => {
+                    // A connection that has spoken gives its read buffer back one to two
+                    // seconds after its last frame.
+                    let settle = Duration::from_secs(if *spoken { 3 } else { 1 });
+                    let idle = client::idle(addr, pid, *conns, settle, *spoken).await?;
                     Ok(Sample::idle(&idle))
                 }
                 Scenario::Churn { workers, .. } => {

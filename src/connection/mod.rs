@@ -31,7 +31,7 @@ mod write;
 
 use arms::Arms;
 use close_log::Record;
-use read::{next_frame, RawFrame, ReadFuture, Unread};
+use read::{next_frame, Half, RawFrame, ReadFuture, SharedIo};
 use write::{lost_io, queue_close, TimedWrite, Writer};
 
 pub(crate) use settings::Settings;
@@ -195,7 +195,8 @@ where
             return;
         };
         conn.start_timers();
-        let (mut read_io, mut write_io) = tokio::io::split(io);
+        let io = SharedIo::new(io);
+        let (mut read_io, mut write_io) = (Half(&io), Half(&io));
         let ending = {
             let settings = &*conn.settings;
             let write_sleep = pin!(tokio::time::sleep(Duration::ZERO));
@@ -215,20 +216,9 @@ where
                     Box::new(crate::wire::deflate::Compressor::new(agreed, &deflate))
                 }),
             };
-            let unread = Unread::new(&mut read_io, extensions, settings);
-            let read = pin!(ReadFuture::Unread {
-                unread: Some(unread),
-                read: next_frame,
-            });
+            let read = pin!(ReadFuture::new(read_io, extensions, settings, next_frame));
             let ending = conn
-                .drive(
-                    read,
-                    |reader| ReadFuture::Reading {
-                        frame: next_frame(reader),
-                    },
-                    &mut writer,
-                    &mut handler,
-                )
+                .drive(read, ReadFuture::rearm, &mut writer, &mut handler)
                 .await;
             (ending, writer.io.close_by)
         };
@@ -329,8 +319,8 @@ struct Pass<'p, F, R> {
     /// The one read future, kept across turns: fastwebsockets' `read_frame` is not cancel
     /// safe.
     read: Pin<&'p mut F>,
-    /// Makes the next read future from the reader the last one gave back.
-    next: fn(Box<WebSocketRead<R>>) -> F,
+    /// Makes the next read future, in place, from the reader the last one gave back.
+    next: fn(Pin<&mut F>, Box<WebSocketRead<R>>),
     /// One timer for every deadline: keepalive, idle, and the close timeout once closing.
     timer: Pin<&'p mut Sleep>,
     /// The deadline the timer is set to, if any.
@@ -480,7 +470,7 @@ impl Conn {
     }
 
     /// The connection's loop, until it ends. `read` is the read future the loop keeps alive,
-    /// `next` makes the next one from the reader it returns.
+    /// `next` makes the next one, in place, from the reader it returns.
     ///
     /// Each turn: write a batch that must go out now, set the timer, act on a signal, then
     /// one pass over the arms ([`poll_pass`](Self::poll_pass)) and act on what it found
@@ -491,7 +481,7 @@ impl Conn {
     async fn drive<R, F, W, H>(
         &mut self,
         read: Pin<&mut F>,
-        next: fn(Box<WebSocketRead<R>>) -> F,
+        next: fn(Pin<&mut F>, Box<WebSocketRead<R>>),
         writer: &mut Writer<'_, W>,
         handler: &mut H,
     ) -> Ending
@@ -674,7 +664,7 @@ impl Conn {
             } else if let Poll::Ready((reader, result)) =
                 arms.poll_arm(Arms::READ, |cx| pass.read.as_mut().poll(cx))
             {
-                pass.read.set((pass.next)(reader));
+                (pass.next)(pass.read.as_mut(), reader);
                 arms.force(Arms::READ);
                 match result {
                     Ok(frame) if is_data(frame.opcode) && inline < WRITE_BATCH => {
