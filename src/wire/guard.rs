@@ -85,6 +85,15 @@ impl<R> FrameGuard<R> {
     /// Scans bytes just read.
     fn scan(&mut self, mut data: &[u8]) -> Result<(), Violation> {
         while !data.is_empty() {
+            if let Position::Header { len: 0, .. } = self.position {
+                // A frame whose whole header is in this read, the usual case: parsed in place,
+                // not gathered first.
+                if let Some(header) = Header::parse(data) {
+                    data = &data[header.len..];
+                    self.start_payload(header, data.len() as u64)?;
+                    continue;
+                }
+            }
             match &mut self.position {
                 Position::Header { bytes, len } => {
                     // The first two bytes tell the header's length; then take the rest.
