@@ -317,7 +317,15 @@ fn finish<B: Default>(
         );
         // Boxed first: the future is a few KiB, and tokio moves what it is given through
         // several calls before it lands in the task; a box is moved instead, and copied once.
-        tokio::spawn(Box::pin(task).instrument(tracing::Span::current())).abort_handle()
+        let task = Box::pin(task);
+        let span = tracing::Span::current();
+        // Outside any span (or with no subscriber), spawned bare: `Instrumented` enters and
+        // leaves even a disabled span on every poll.
+        if span.is_disabled() {
+            tokio::spawn(task).abort_handle()
+        } else {
+            tokio::spawn(task.instrument(span)).abort_handle()
+        }
     });
     Ok(response)
 }
