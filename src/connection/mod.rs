@@ -198,7 +198,7 @@ where
         let (mut read_io, mut write_io) = tokio::io::split(io);
         let ending = {
             let settings = &*conn.settings;
-            let write_sleep = pin!(tokio::time::sleep(Duration::ZERO));
+            let write_sleep = pin!(None::<Sleep>);
             let mut writer = Writer {
                 io: TimedWrite {
                     inner: &mut write_io,
