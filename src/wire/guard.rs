@@ -91,6 +91,21 @@ impl<R> FrameGuard<R> {
                 if let Some(header) = Header::parse(data) {
                     data = &data[header.len..];
                     self.start_payload(header, data.len() as u64)?;
+                    // A payload that is all here and not checked as it comes is skipped whole.
+                    if let Position::Payload {
+                        remaining,
+                        check: false,
+                        ..
+                    } = self.position
+                    {
+                        if remaining <= data.len() as u64 {
+                            data = &data[remaining as usize..];
+                            self.position = Position::Header {
+                                bytes: [0; MAX_HEADER_LEN],
+                                len: 0,
+                            };
+                        }
+                    }
                     continue;
                 }
             }
