@@ -114,11 +114,10 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let upgrades = handshake::upgrades_to_websocket(req.headers());
+        let attempt = upgrades || handshake::carries_websocket_headers(req.headers());
         #[cfg(feature = "http2")]
-        let attempt = handshake::is_websocket_attempt(req.headers())
-            || handshake::is_extended_connect(req.method(), req.extensions());
-        #[cfg(not(feature = "http2"))]
-        let attempt = handshake::is_websocket_attempt(req.headers());
+        let attempt = attempt || handshake::is_extended_connect(req.method(), req.extensions());
         if !attempt {
             return ResponseFuture::inner(self.inner.call(req));
         }
@@ -133,7 +132,7 @@ where
                 return ResponseFuture::ready(response.map(ResponseBody::from));
             }
         };
-        let checked = match check(&mut parts, &self.config) {
+        let checked = match check(&mut parts, upgrades, &self.config) {
             Ok(checked) => checked,
             Err(refusal) => {
                 let response = refused(refusal, &self.config.registry);
@@ -237,8 +236,9 @@ fn prepare_then_finish(
 /// answer), the required extensions (500), an upgradable connection (426), shutdown and the
 /// connection limit (503). Then
 /// spawns the connection and answers `101` (or `200` on HTTP/2).
-fn check(parts: &mut Parts, config: &Config) -> Result<Checked, Refusal> {
-    let accept_key = handshake::validate(parts)?;
+/// `upgrades` is what [`handshake::upgrades_to_websocket`] said of the request.
+fn check(parts: &mut Parts, upgrades: bool, config: &Config) -> Result<Checked, Refusal> {
+    let accept_key = handshake::validate_given(parts, upgrades)?;
     config.origin.check(parts)?;
     let protocol = config.subprotocols.choose(parts)?;
     let mut headers = HeaderMap::new();
@@ -317,7 +317,15 @@ fn finish<B: Default>(
         );
         // Boxed first: the future is a few KiB, and tokio moves what it is given through
         // several calls before it lands in the task; a box is moved instead, and copied once.
-        tokio::spawn(Box::pin(task).instrument(tracing::Span::current())).abort_handle()
+        let task = Box::pin(task);
+        let span = tracing::Span::current();
+        // Outside any span (or with no subscriber), spawned bare: `Instrumented` enters and
+        // leaves even a disabled span on every poll.
+        if span.is_disabled() {
+            tokio::spawn(task).abort_handle()
+        } else {
+            tokio::spawn(task.instrument(span)).abort_handle()
+        }
     });
     Ok(response)
 }

@@ -15,8 +15,9 @@ use super::*;
 
 /// Which of the connection loop's futures need polling.
 ///
-/// Each future the loop waits on is polled with a waker of its own ("arm"); waking it sets
-/// the arm's bit and wakes the task. A pass polls only the arms whose bit is set, so a message
+/// Each future the loop waits on is polled with a waker of its own ("arm"), except the timer
+/// and the signal, which are rare and share one; waking it sets the arm's bit and wakes the
+/// task. A pass polls only the arms whose bit is set, so a message
 /// costs one poll of the read side and of the handler, not one per pass of the loop. The
 /// bits start set; the loop also sets one itself when it knows a future has work (a new read
 /// future, a reset timer).
@@ -39,14 +40,35 @@ pub(super) struct Arms {
     pub(super) wakeups: Arc<Wakeups>,
     pub(super) socket: Waker,
     pub(super) read: Waker,
-    pub(super) timer: Waker,
-    pub(super) signal: Waker,
+    pub(super) clock: Waker,
 }
 
+/// The woken arms and the task to wake. Itself the socket arm's waker, so that the arms cost
+/// three allocations, not one more per arm.
 #[derive(Default)]
 pub(super) struct Wakeups {
     pub(super) task: AtomicWaker,
     pub(super) woken: AtomicU8,
+}
+
+impl Wakeups {
+    #[inline]
+    fn wake_arm(&self, arm: u8) {
+        self.woken.fetch_or(arm, Ordering::AcqRel);
+        self.task.wake();
+    }
+}
+
+impl Wake for Wakeups {
+    #[inline]
+    fn wake(self: Arc<Self>) {
+        self.wake_arm(Arms::SOCKET);
+    }
+
+    #[inline]
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_arm(Arms::SOCKET);
+    }
 }
 
 pub(super) struct ArmWaker {
@@ -62,21 +84,20 @@ impl Wake for ArmWaker {
 
     #[inline]
     fn wake_by_ref(self: &Arc<Self>) {
-        self.wakeups.woken.fetch_or(self.arm, Ordering::AcqRel);
-        self.wakeups.task.wake();
+        self.wakeups.wake_arm(self.arm);
     }
 }
 
 impl Arms {
     pub(super) const SOCKET: u8 = 1;
     pub(super) const READ: u8 = 2;
-    pub(super) const TIMER: u8 = 4;
-    pub(super) const SIGNAL: u8 = 8;
+    /// The timer and the overflow or shutdown signal: both rare, so one arm polls both.
+    pub(super) const CLOCK: u8 = 4;
 
     pub(super) fn new() -> Self {
         let wakeups = Arc::new(Wakeups {
             task: AtomicWaker::new(),
-            woken: AtomicU8::new(Self::SOCKET | Self::READ | Self::TIMER | Self::SIGNAL),
+            woken: AtomicU8::new(Self::SOCKET | Self::READ | Self::CLOCK),
         });
         let waker = |arm| {
             Waker::from(Arc::new(ArmWaker {
@@ -85,10 +106,9 @@ impl Arms {
             }))
         };
         Arms {
-            socket: waker(Self::SOCKET),
+            socket: Waker::from(Arc::clone(&wakeups)),
             read: waker(Self::READ),
-            timer: waker(Self::TIMER),
-            signal: waker(Self::SIGNAL),
+            clock: waker(Self::CLOCK),
             wakeups,
         }
     }
@@ -155,8 +175,7 @@ impl Arms {
         match arm {
             Self::SOCKET => &self.socket,
             Self::READ => &self.read,
-            Self::TIMER => &self.timer,
-            _ => &self.signal,
+            _ => &self.clock,
         }
     }
 

@@ -199,7 +199,7 @@ where
         let (mut read_io, mut write_io) = (Half(&io), Half(&io));
         let ending = {
             let settings = &*conn.settings;
-            let write_sleep = pin!(tokio::time::sleep(Duration::ZERO));
+            let write_sleep = pin!(None::<Sleep>);
             let mut writer = Writer {
                 io: TimedWrite {
                     inner: &mut write_io,
@@ -582,7 +582,7 @@ impl Conn {
             if let Some(at) = next_deadline {
                 pass.timer.as_mut().reset(at);
                 // A reset timer must be polled to be registered.
-                pass.arms.force(Arms::TIMER);
+                pass.arms.force(Arms::CLOCK);
             }
             pass.armed = next_deadline;
         }
@@ -683,16 +683,20 @@ impl Conn {
             }
             break;
         }
-        if open {
-            if let Poll::Ready(()) = arms.poll_arm(Arms::SIGNAL, |cx| self.shared.poll_signal(cx)) {
-                // Acted on at the top of the turn; until the next signal, polled again only
-                // when it wakes.
-                return Poll::Ready(Step::Signal);
-            }
-        }
-        if pass.armed.is_some() {
-            if let Poll::Ready(()) = arms.poll_arm(Arms::TIMER, |cx| pass.timer.as_mut().poll(cx)) {
-                return Poll::Ready(Step::Timer);
+        let timer = pass.armed.is_some().then_some(&mut pass.timer);
+        if open || timer.is_some() {
+            // One arm for both: a wake of either polls the two.
+            if let Poll::Ready(step) = arms.poll_arm(Arms::CLOCK, |cx| {
+                if open && self.shared.poll_signal(cx).is_ready() {
+                    // Acted on at the top of the turn.
+                    return Poll::Ready(Step::Signal);
+                }
+                match timer.map(|timer| timer.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Step::Timer),
+                    _ => Poll::Pending,
+                }
+            }) {
+                return Poll::Ready(step);
             }
         }
         // Last, so that it runs only when nothing else is ready: the read side would block

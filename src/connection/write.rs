@@ -80,7 +80,8 @@ pub(super) fn lost_io(error: io::Error) -> Ending {
 pub(super) struct TimedWrite<'s, W> {
     pub(super) inner: W,
     pub(super) timeout: Option<Duration>,
-    pub(super) sleep: Pin<&'s mut Sleep>,
+    /// Made when a write first blocks: most connections never need it.
+    pub(super) sleep: Pin<&'s mut Option<Sleep>>,
     pub(super) armed: bool,
     /// When the closing handshake, TCP's end included, must be over: set once, when it
     /// begins. The connection loop's close timer and the teardown read it too.
@@ -123,19 +124,27 @@ impl<W> TimedWrite<'_, W> {
                 (Some(at), None) | (None, Some(at)) => at,
                 (None, None) => return Poll::Pending,
             };
-            self.sleep.as_mut().reset(at);
+            match self.sleep.as_mut().as_pin_mut() {
+                Some(sleep) => sleep.reset(at),
+                None => self.sleep.set(Some(tokio::time::sleep_until(at))),
+            }
             self.armed = true;
         }
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(self.timed_out())),
-            Poll::Pending => Poll::Pending,
+        match self.sleep.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(self.timed_out())),
+            _ => Poll::Pending,
         }
     }
 
     pub(super) fn timed_out(&self) -> io::Error {
         let message = match (self.timeout, self.close_by) {
             (Some(timeout), close_by)
-                if close_by.is_none_or(|close_by| self.sleep.deadline() < close_by) =>
+                if close_by.is_none_or(|close_by| {
+                    self.sleep
+                        .as_ref()
+                        .as_pin_ref()
+                        .is_none_or(|sleep| sleep.deadline() < close_by)
+                }) =>
             {
                 format!("write timed out: the peer read nothing for {timeout:?}")
             }

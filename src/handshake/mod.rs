@@ -300,23 +300,49 @@ impl std::error::Error for HandshakeRejection {}
 /// Whether a request is a WebSocket attempt at all: `Upgrade: websocket`, or a
 /// `Sec-WebSocket-Key`, `Sec-WebSocket-Version` or `Sec-WebSocket-Key1` header. Anything else
 /// passes through the layer.
+#[cfg(test)]
 pub(crate) fn is_websocket_attempt(headers: &HeaderMap) -> bool {
+    upgrades_to_websocket(headers) || carries_websocket_headers(headers)
+}
+
+/// Whether the `Upgrade` list names `websocket`. The layer looks once and hands the answer to
+/// [`validate_given`], which needs it again.
+#[inline]
+pub(crate) fn upgrades_to_websocket(headers: &HeaderMap) -> bool {
     header_has_token(headers, &header::UPGRADE, "websocket")
-        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+}
+
+/// Whether a request carries a WebSocket key or version header (or hixie-76's first key): a
+/// WebSocket attempt even without `Upgrade: websocket`.
+pub(crate) fn carries_websocket_headers(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::SEC_WEBSOCKET_KEY)
         || headers.contains_key(header::SEC_WEBSOCKET_VERSION)
         || headers.contains_key("sec-websocket-key1")
 }
 
-/// Whether `name`'s list holds `token` (ASCII case-insensitive).
+/// Whether `name`'s list holds `token`, in any letter case. `token` is lowercase ASCII
+/// letters.
 pub(crate) fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     // A single line that is the token alone, the usual case, needs no splitting.
     let mut lines = headers.get_all(name).iter();
     if let (Some(line), None) = (lines.next(), lines.next()) {
-        if line.as_bytes().eq_ignore_ascii_case(token.as_bytes()) {
+        if is_letters_token(line.as_bytes(), token.as_bytes()) {
             return true;
         }
     }
-    list::elements(headers, name).any(|element| element.eq_ignore_ascii_case(token.as_bytes()))
+    list::elements(headers, name).any(|element| is_letters_token(element, token.as_bytes()))
+}
+
+/// `text` is `token` in any letter case, where `token` is lowercase ASCII letters: then
+/// `byte | 0x20` equals the token's byte exactly for its lower and upper case and nothing
+/// else, which is cheaper than `eq_ignore_ascii_case`'s conversion of both sides.
+#[inline]
+fn is_letters_token(text: &[u8], token: &[u8]) -> bool {
+    debug_assert!(token.iter().all(u8::is_ascii_lowercase));
+    text.len() == token.len()
+        && text.iter().zip(token).fold(0, |diff, (&byte, &expected)| {
+            diff | ((byte | 0x20) ^ expected)
+        }) == 0
 }
 
 /// Whether a request is an HTTP/2 WebSocket attempt (RFC 8441): an extended `CONNECT` with
@@ -331,13 +357,22 @@ pub(crate) fn is_extended_connect(method: &Method, extensions: &http::Extensions
 
 /// Checks a WebSocket attempt: RFC 6455 section 4.2.1 on HTTP/1.1, RFC 8441 on HTTP/2.
 /// Returns the `Sec-WebSocket-Accept` value, which HTTP/2 does not use (`None`).
+#[cfg(any(test, feature = "hixie76"))]
 pub(crate) fn validate(request: &Parts) -> Result<Option<HeaderValue>, HandshakeRejection> {
+    validate_given(request, upgrades_to_websocket(&request.headers))
+}
+
+/// [`validate`], given what [`upgrades_to_websocket`] said of the request.
+pub(crate) fn validate_given(
+    request: &Parts,
+    upgrades_to_websocket: bool,
+) -> Result<Option<HeaderValue>, HandshakeRejection> {
     #[cfg(feature = "http2")]
     if is_extended_connect(&request.method, &request.extensions) {
         check_version(&request.headers)?;
         return Ok(None);
     }
-    validate_http1(request).map(Some)
+    validate_http1(request, upgrades_to_websocket).map(Some)
 }
 
 /// `Sec-WebSocket-Version` must be exactly `13`.
@@ -360,7 +395,10 @@ fn check_version(headers: &HeaderMap) -> Result<(), HandshakeRejection> {
     }
 }
 
-fn validate_http1(request: &Parts) -> Result<HeaderValue, HandshakeRejection> {
+fn validate_http1(
+    request: &Parts,
+    upgrades_to_websocket: bool,
+) -> Result<HeaderValue, HandshakeRejection> {
     let headers = &request.headers;
     // Without the feature an extended CONNECT cannot be told apart by its `:protocol` (hyper
     // keeps that behind its own `http2` feature), but a CONNECT on HTTP/2 that carries
@@ -375,7 +413,7 @@ fn validate_http1(request: &Parts) -> Result<HeaderValue, HandshakeRejection> {
     if request.version < Version::HTTP_11 {
         return Err(HandshakeRejection::HttpVersionTooOld);
     }
-    if !header_has_token(headers, &header::UPGRADE, "websocket") {
+    if !upgrades_to_websocket {
         return Err(HandshakeRejection::InvalidUpgradeHeader);
     }
     if !header_has_token(headers, &header::CONNECTION, "upgrade") {

@@ -85,6 +85,30 @@ impl<R> FrameGuard<R> {
     /// Scans bytes just read.
     fn scan(&mut self, mut data: &[u8]) -> Result<(), Violation> {
         while !data.is_empty() {
+            if let Position::Header { len: 0, .. } = self.position {
+                // A frame whose whole header is in this read, the usual case: parsed in place,
+                // not gathered first.
+                if let Some(header) = Header::parse(data) {
+                    data = &data[header.len..];
+                    self.start_payload(header, data.len() as u64)?;
+                    // A payload that is all here and not checked as it comes is skipped whole.
+                    if let Position::Payload {
+                        remaining,
+                        check: false,
+                        ..
+                    } = self.position
+                    {
+                        if remaining <= data.len() as u64 {
+                            data = &data[remaining as usize..];
+                            self.position = Position::Header {
+                                bytes: [0; MAX_HEADER_LEN],
+                                len: 0,
+                            };
+                        }
+                    }
+                    continue;
+                }
+            }
             match &mut self.position {
                 Position::Header { bytes, len } => {
                     // The first two bytes tell the header's length; then take the rest.
