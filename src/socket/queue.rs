@@ -311,6 +311,9 @@ impl<T> Receiver<T> {
     }
 
     /// The next item if one is queued (an empty queue is seen without taking the lock).
+    /// The connection takes its outbound queue in batches ([`BatchReceiver`]); this is for
+    /// the legacy connection and the fuzzing driver.
+    #[cfg(any(test, feature = "hixie76", feature = "fuzzing"))]
     pub(crate) fn try_recv(&mut self) -> Option<T> {
         if self.queue.len.load(Ordering::Acquire) == 0 {
             return None;
