@@ -15,7 +15,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Router;
-use tower_websocket::{WebSocket, WebSocketLayer};
+use tower_websocket::hub::Hub;
+use tower_websocket::{Message, WebSocket, WebSocketLayer};
 
 #[global_allocator]
 static HEAP: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
@@ -58,6 +59,29 @@ async fn echo(mut ws: WebSocket) {
 /// The layer with its defaults, echoing, behind `axum::serve` on a current-thread runtime of
 /// its own thread.
 fn start_server() -> SocketAddr {
+    serve(Router::new().layer(WebSocketLayer::new(echo)))
+}
+
+/// The topic every subscriber of [`start_hub_server`] joins.
+const TOPIC: &str = "t";
+
+/// The layer with its defaults, each socket subscribed to [`TOPIC`] on `hub` until its peer
+/// goes, served like [`start_server`].
+fn start_hub_server(hub: Hub) -> SocketAddr {
+    serve(
+        Router::new().layer(WebSocketLayer::new(move |ws: WebSocket| {
+            let hub = hub.clone();
+            async move {
+                let (mut rx, tx) = ws.split();
+                let _subscription = hub.subscribe(TOPIC, &tx);
+                while rx.recv().await.is_some() {}
+            }
+        })),
+    )
+}
+
+/// Serves `app` behind `axum::serve` on a current-thread runtime of its own thread.
+fn serve(app: Router) -> SocketAddr {
     let listener = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
     listener
         .set_nonblocking(true)
@@ -70,7 +94,6 @@ fn start_server() -> SocketAddr {
             .expect("runtime");
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let app = Router::new().layer(WebSocketLayer::new(echo));
             let _ = axum::serve(listener, app).await;
         });
     });
@@ -157,6 +180,76 @@ fn measure(spoken: bool) -> PerConnection {
     }
 }
 
+/// Publishes per burst: the default send queue's capacity, so that none is dropped however the
+/// server's tasks and this thread interleave.
+const BURST: usize = 64;
+/// The size of each published message.
+const PUBLISHED: usize = 20;
+
+/// Waits until `count` sockets have joined [`TOPIC`].
+fn await_subscribers(hub: &Hub, count: usize) {
+    for _ in 0..1000 {
+        if hub.subscriber_count(TOPIC) == count {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!(
+        "{} of {count} sockets joined the topic in 10 s",
+        hub.subscriber_count(TOPIC)
+    );
+}
+
+/// Publishes [`BURST`] messages back to back, then reads every one of them on every client.
+fn burst(hub: &Hub, clients: &mut [TcpStream]) {
+    for i in 0..BURST {
+        let delivery = hub.publish(TOPIC, Message::binary(vec![i as u8; PUBLISHED]));
+        assert_eq!(
+            delivery.delivered,
+            clients.len(),
+            "publish {i} did not reach every subscriber"
+        );
+    }
+    for client in clients.iter_mut() {
+        for i in 0..BURST {
+            let mut frame = [0u8; 2 + PUBLISHED];
+            client
+                .read_exact(&mut frame)
+                .expect("read a published message");
+            assert_eq!(frame[..2], [0x82, PUBLISHED as u8], "the frame's header");
+            assert!(
+                frame[2..].iter().all(|&b| b == i as u8),
+                "message {i} out of order"
+            );
+        }
+    }
+}
+
+/// What one more subscriber costs once it has written bursts of published messages and gone
+/// quiet.
+fn measure_subscribers_after_bursts() -> PerConnection {
+    let hub = Hub::new();
+    let addr = start_hub_server(hub.clone());
+    let mut clients: Vec<TcpStream> = (0..BATCH).map(|_| open(addr, false)).collect();
+    await_subscribers(&hub, BATCH);
+    burst(&hub, &mut clients);
+    burst(&hub, &mut clients);
+    std::thread::sleep(SETTLE);
+    let before = snapshot();
+    clients.extend((0..BATCH).map(|_| open(addr, false)));
+    await_subscribers(&hub, 2 * BATCH);
+    burst(&hub, &mut clients);
+    burst(&hub, &mut clients);
+    std::thread::sleep(SETTLE);
+    let after = snapshot();
+    drop(clients);
+    let n = BATCH as f64;
+    PerConnection {
+        bytes: (after.bytes - before.bytes) as f64 / n,
+        blocks: (after.blocks - before.blocks) as f64 / n,
+    }
+}
+
 fn report(case: &str, measured: &PerConnection) {
     eprintln!(
         "{case}: {:.0} live bytes in {:.1} allocations per connection ({BATCH} connections)",
@@ -190,6 +283,23 @@ fn a_connection_idle_after_one_message_keeps_little_heap() {
     assert!(
         measured.bytes <= SPOKEN_BOUND,
         "a connection idle after one message keeps {:.0} bytes of heap",
+        measured.bytes
+    );
+}
+
+/// The most live heap a hub subscriber may keep once it has written bursts of published
+/// messages and gone quiet: what a silent connection keeps, its subscription, and no batch
+/// buffers.
+const SUBSCRIBER_BOUND: f64 = 5600.0;
+
+#[test]
+fn a_subscriber_quiet_after_bursts_gives_its_buffers_back() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let measured = measure_subscribers_after_bursts();
+    report("hub subscriber quiet after bursts", &measured);
+    assert!(
+        measured.bytes <= SUBSCRIBER_BOUND,
+        "a subscriber quiet after bursts keeps {:.0} bytes of heap",
         measured.bytes
     );
 }

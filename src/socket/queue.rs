@@ -294,6 +294,7 @@ impl<T> Receiver<T> {
                         _ => state.receiver = Some(cx.waker().clone()),
                     }
                     self.queue.receiver_waiting.store(true, Ordering::Release);
+                    give_back(&mut state.items);
                     return Poll::Pending;
                 }
             }
@@ -447,6 +448,10 @@ impl<T> BatchReceiver<T> {
                 Some(item) => Taken::Item(item),
                 None if state.senders == 0 => Taken::End,
                 None => {
+                    // The batch is drained and nothing is queued: the buffers a burst grew
+                    // go back, so a quiet connection keeps no room for the next burst.
+                    give_back(&mut state.items);
+                    give_back(&mut self.taken);
                     if let Some(waker) = waker {
                         match &state.receiver {
                             Some(waiting) if waiting.will_wake(waker) => {}
@@ -465,6 +470,26 @@ impl<T> BatchReceiver<T> {
         wake_all(senders);
         taken
     }
+}
+
+/// The most items an empty queue's buffer keeps room for; a larger one, grown by a burst, is
+/// given back when its receiver starts waiting.
+const KEEP_ITEMS: usize = 16;
+
+/// Frees the buffer of an empty queue that a burst grew past [`KEEP_ITEMS`].
+#[inline]
+fn give_back<T>(items: &mut VecDeque<T>) {
+    debug_assert!(items.is_empty());
+    if items.capacity() > KEEP_ITEMS {
+        free_buffer(items);
+    }
+}
+
+/// The rare half of [`give_back`], out of the receive path.
+#[cold]
+#[inline(never)]
+fn free_buffer<T>(items: &mut VecDeque<T>) {
+    *items = VecDeque::new();
 }
 
 /// What a [`BatchReceiver`]'s take found.
@@ -576,6 +601,48 @@ mod tests {
         drop(tx);
         assert_eq!(count.0.load(Ordering::SeqCst), woken + 1);
         assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn buffers_a_burst_grew_are_given_back_once_drained() {
+        let burst = 4 * KEEP_ITEMS;
+        let (tx, rx) = bounded(burst);
+        let mut rx = rx.in_batches();
+        let (_, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        for round in 0..2 {
+            for i in 0..burst {
+                tx.try_push(i).unwrap();
+            }
+            // Taken in one go (the queue's buffer swapped into the receiver), then handed out.
+            for i in 0..burst {
+                assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(Some(i)));
+            }
+            assert!(
+                rx.taken.capacity() >= burst || round > 0,
+                "the burst was taken in one swap"
+            );
+            // Drained and waiting: neither buffer keeps room for the burst.
+            assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Pending);
+            assert!(rx.taken.capacity() <= KEEP_ITEMS);
+            assert!(rx.inner.queue.lock().items.capacity() <= KEEP_ITEMS);
+        }
+        // The handler's receiver gives back its buffer when it starts waiting, too.
+        let (tx, mut rx) = bounded(burst);
+        for i in 0..burst {
+            tx.try_push(i).unwrap();
+        }
+        for i in 0..burst {
+            assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(i)));
+        }
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        assert!(rx.queue.lock().items.capacity() <= KEEP_ITEMS);
+        // A small queue keeps its buffer: no allocation per message.
+        tx.try_push(1).unwrap();
+        let kept = rx.queue.lock().items.capacity();
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        assert_eq!(rx.queue.lock().items.capacity(), kept);
     }
 
     #[test]

@@ -33,9 +33,11 @@ const INLINE_MAX: usize = 1024;
 pub(crate) const FLUSH_AT: usize = 64 * 1024;
 /// The most slices handed to one vectored write.
 const MAX_SLICES: usize = 64;
-/// After a flush, a header arena larger than this is given back, so that an idle connection
-/// keeps little memory.
-const KEEP_CAPACITY: usize = 4 * 1024;
+/// After a flush, an arena larger than one inline frame is given back, so that a connection
+/// keeps no room for a past burst; one request and its reply (any inline size) reuse it.
+const KEEP_CAPACITY: usize = INLINE_MAX + MAX_HEAD;
+/// After a flush, a segment list longer than this is given back.
+const KEEP_SEGMENTS: usize = 8;
 
 #[derive(Debug)]
 enum Segment {
@@ -343,11 +345,28 @@ impl FrameWriter {
         }
     }
 
-    /// Everything is written: empty the batch, keeping a small arena for the next one.
+    /// Everything is written: empty the batch, keeping a small arena and segment list for the
+    /// next one.
     fn reset(&mut self) {
-        self.segments.clear();
         self.done = 0;
         self.offset = 0;
+        if self.arena.capacity() > KEEP_CAPACITY || self.segments.capacity() > KEEP_SEGMENTS {
+            self.give_back();
+        } else {
+            self.segments.clear();
+            self.arena.clear();
+        }
+    }
+
+    /// The rare half of [`reset`](Self::reset): a batch grew past what is kept.
+    #[cold]
+    #[inline(never)]
+    fn give_back(&mut self) {
+        if self.segments.capacity() > KEEP_SEGMENTS {
+            self.segments = Vec::new();
+        } else {
+            self.segments.clear();
+        }
         if self.arena.capacity() > KEEP_CAPACITY {
             self.arena = Vec::new();
         } else {
@@ -615,7 +634,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_big_arena_is_given_back_after_the_flush() {
+    async fn a_batch_larger_than_one_inline_frame_is_given_back_after_the_flush() {
         let mut out = FrameWriter::default();
         let payload = Bytes::from(vec![0u8; 1000]);
         for _ in 0..10 {
@@ -624,5 +643,32 @@ mod tests {
         let mut sink = tokio::io::sink();
         out.flush(&mut sink).await.unwrap();
         assert!(out.arena.capacity() <= KEEP_CAPACITY);
+        // A burst of small frames (a hub's publishes) is given back as well.
+        let small = Bytes::from(vec![0u8; 20]);
+        for _ in 0..64 {
+            out.push(OpCode::Binary, &small);
+        }
+        assert!(out.arena.capacity() > KEEP_CAPACITY);
+        out.flush(&mut sink).await.unwrap();
+        assert_eq!(out.arena.capacity(), 0);
+        // So is the segment list of many large payloads.
+        let large = Bytes::from(vec![0u8; 2 * INLINE_MAX]);
+        for _ in 0..4 * KEEP_SEGMENTS {
+            out.push(OpCode::Binary, &large);
+        }
+        out.flush(&mut sink).await.unwrap();
+        assert!(out.segments.capacity() <= KEEP_SEGMENTS);
+        // One frame of the largest inline size at a time keeps its room: no allocation per
+        // message.
+        let inline = Bytes::from(vec![0u8; INLINE_MAX]);
+        out.push(OpCode::Binary, &inline);
+        out.flush(&mut sink).await.unwrap();
+        let kept = out.arena.capacity();
+        assert!(kept > 0);
+        for _ in 0..3 {
+            out.push(OpCode::Binary, &inline);
+            out.flush(&mut sink).await.unwrap();
+            assert_eq!(out.arena.capacity(), kept);
+        }
     }
 }
