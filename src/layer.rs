@@ -52,8 +52,10 @@ pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default for [`WebSocketLayer::ping_timeout`]: 30 seconds for the pong to come back.
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default capacity of [`WebSocketLayer::send_queue`]: 64 messages.
-pub const DEFAULT_SEND_QUEUE_CAPACITY: usize = 64;
+/// Default capacity of [`WebSocketLayer::send_queue`]: 1024 messages.
+pub const DEFAULT_SEND_QUEUE_CAPACITY: usize = 1024;
+/// Default for [`WebSocketLayer::send_queue_bytes`]: 1 MiB of payload.
+pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1 << 20;
 /// Default for [`WebSocketLayer::write_timeout`]: 30 seconds without the peer reading.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -165,6 +167,7 @@ impl WebSocketLayer {
                     idle_timeout: None,
                     write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
                     send_queue_capacity: DEFAULT_SEND_QUEUE_CAPACITY,
+                    send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
                     send_queue_policy: QueuePolicy::Wait,
                     #[cfg(feature = "deflate")]
                     deflate: None,
@@ -401,13 +404,17 @@ impl WebSocketLayer {
     }
 
     /// Each socket's outgoing queue: how many messages may wait to be written, and what a
-    /// send does when they are that many (see [`QueuePolicy`]).
+    /// send does when the queue is full (see [`QueuePolicy`]). The queue is full when it holds
+    /// `capacity` messages, or when the next message would take it past
+    /// [`send_queue_bytes`](Self::send_queue_bytes) of payload.
     ///
-    /// Default: [`DEFAULT_SEND_QUEUE_CAPACITY`] (64) messages and [`QueuePolicy::Wait`]: a
+    /// Default: [`DEFAULT_SEND_QUEUE_CAPACITY`] (1024) messages and [`QueuePolicy::Wait`]: a
     /// handler that replies slows down to its peer's pace instead of losing messages, while a
     /// [`Hub`](crate::hub::Hub) publishing to many sockets never waits for a slow one (that
     /// socket misses the message instead). Choose `QueuePolicy::Close(CloseCode::POLICY_VIOLATION)`
-    /// to drop peers that cannot keep up.
+    /// to drop peers that cannot keep up. The room is what lets a hub's burst of publishes
+    /// reach a subscriber whose task has not run yet: each waiting message costs the queue
+    /// 40 bytes, its payload being shared with every other subscriber.
     ///
     /// # Panics
     ///
@@ -420,6 +427,18 @@ impl WebSocketLayer {
         let settings = self.connection_mut();
         settings.send_queue_capacity = capacity;
         settings.send_queue_policy = policy;
+        self
+    }
+
+    /// The most payload bytes each socket's outgoing queue holds: a send that would take it
+    /// past this finds the queue full, as one past [`send_queue`](Self::send_queue)'s
+    /// capacity does. A message larger than this still goes when the queue is empty, alone.
+    /// This is what bounds the memory a peer that never reads can hold, whatever the size
+    /// of the messages sent to it.
+    ///
+    /// Default: [`DEFAULT_SEND_QUEUE_BYTES`] (1 MiB).
+    pub fn send_queue_bytes(mut self, max_bytes: usize) -> Self {
+        self.connection_mut().send_queue_bytes = max_bytes;
         self
     }
 

@@ -407,7 +407,11 @@ async fn run<ReqBody>(
         }
     }
     let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
-    let (out_tx, out_rx) = queue::bounded(config.connection.send_queue_capacity);
+    let (out_tx, out_rx) = queue::bounded_by_weight(
+        config.connection.send_queue_capacity,
+        config.connection.send_queue_bytes,
+        Outbound::weight,
+    );
     let socket = WebSocket::new(
         environ,
         in_rx,

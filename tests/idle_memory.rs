@@ -180,8 +180,8 @@ fn measure(spoken: bool) -> PerConnection {
     }
 }
 
-/// Publishes per burst: the default send queue's capacity, so that none is dropped however the
-/// server's tasks and this thread interleave.
+/// Publishes per burst: within the default send queue's capacity, so that none is dropped
+/// however the server's tasks and this thread interleave.
 const BURST: usize = 64;
 /// The size of each published message.
 const PUBLISHED: usize = 20;

@@ -800,6 +800,9 @@ async fn run_step(
     stats.step.set(0);
     let share = received as f64 / expected.max(1) as f64;
     let pass = share >= MIN_DELIVERED && p99_ms <= scenario.bar().as_secs_f64() * 1000.0;
+    if std::env::var_os("FANOUT_STEPS").is_some() {
+        eprintln!("    step {step}: rate {:.0} sent {sent} share {share:.4} p50 {p50_ms:.1} p99 {p99_ms:.1} srv {server_cpu:.0}% cli {client_cpu:.0}% pass {pass}", sent as f64 / window.as_secs_f64());
+    }
     if received < expected {
         quiesce(stats, Duration::from_secs(3)).await;
     }

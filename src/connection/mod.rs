@@ -164,7 +164,11 @@ where
     });
     let record = Record::new(Arc::clone(&environ));
     let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
-    let (out_tx, out_rx) = queue::bounded(settings.send_queue_capacity);
+    let (out_tx, out_rx) = queue::bounded_by_weight(
+        settings.send_queue_capacity,
+        settings.send_queue_bytes,
+        Outbound::weight,
+    );
     let socket = WebSocket::new(
         environ,
         in_rx,

@@ -20,6 +20,8 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) send_queue_capacity: usize,
+    /// The most payload bytes the send queue holds.
+    pub(crate) send_queue_bytes: usize,
     pub(crate) send_queue_policy: QueuePolicy,
     #[cfg(feature = "deflate")]
     pub(crate) deflate: Option<crate::wire::deflate::DeflateConfig>,
@@ -38,6 +40,7 @@ impl fmt::Debug for Settings {
             .field("idle_timeout", &self.idle_timeout)
             .field("write_timeout", &self.write_timeout)
             .field("send_queue_capacity", &self.send_queue_capacity)
+            .field("send_queue_bytes", &self.send_queue_bytes)
             .field("send_queue_policy", &self.send_queue_policy);
         #[cfg(feature = "deflate")]
         s.field("deflate", &self.deflate);

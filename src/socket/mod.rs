@@ -73,6 +73,15 @@ pub(crate) enum Outbound {
 }
 
 impl Outbound {
+    /// What the item weighs against the send queue's byte budget: its payload's length.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            Outbound::Message(message) => message.len(),
+            Outbound::Prepared(prepared) => prepared.message().len(),
+            Outbound::Close(_) => 0,
+        }
+    }
+
     /// The message of an item a send pushed, given back when the push failed.
     fn into_message(self) -> Message {
         match self {

@@ -33,6 +33,8 @@ struct Queue<T> {
     /// `state.closed`, written under the lock: lets a sender see a closed queue without
     /// taking it (every `send` asks first).
     closed: AtomicBool,
+    /// What an item weighs against `State::max_bytes` (its payload's length).
+    weigh: fn(&T) -> usize,
 }
 
 #[derive(Debug)]
@@ -42,6 +44,13 @@ struct State<T> {
     /// the capacity.
     in_hand: usize,
     capacity: usize,
+    /// The weight of `items`.
+    bytes: usize,
+    /// The weight of what a [`BatchReceiver`] took and has not come back after.
+    in_hand_bytes: usize,
+    /// The most weight held (queued and in hand): a push that would go past it finds the
+    /// queue full, unless nothing is held (an item heavier than this still goes, alone).
+    max_bytes: usize,
     /// No more pushes: the receiver closed the queue or is gone.
     closed: bool,
     /// Live sending handles; at 0 the receiver sees the end after the last item.
@@ -50,6 +59,16 @@ struct State<T> {
     receiver: Option<Waker>,
     /// Senders waiting for room, each once (by `Waker::will_wake`).
     waiting_senders: Vec<Waker>,
+}
+
+impl<T> State<T> {
+    /// Whether an item weighing `weight` finds no room.
+    #[inline]
+    fn is_full(&self, weight: usize) -> bool {
+        let held = self.bytes + self.in_hand_bytes;
+        self.items.len() + self.in_hand >= self.capacity
+            || (held > 0 && held.saturating_add(weight) > self.max_bytes)
+    }
 }
 
 impl<T> Queue<T> {
@@ -70,10 +89,24 @@ pub(crate) enum PushError<T> {
 
 /// A bounded queue of `capacity` items (at least 1): its sending and receiving ends.
 pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    bounded_by_weight(capacity, usize::MAX, |_| 0)
+}
+
+/// A queue bounded by `capacity` items (at least 1) and by `max_bytes` of their weight, as
+/// `weigh` tells it: full when it holds `capacity` items, or when the next item would take
+/// the weight held past `max_bytes` (an item alone always fits, whatever it weighs).
+pub(crate) fn bounded_by_weight<T>(
+    capacity: usize,
+    max_bytes: usize,
+    weigh: fn(&T) -> usize,
+) -> (Sender<T>, Receiver<T>) {
     let queue = Arc::new(Queue {
         state: Mutex::new(State {
             items: VecDeque::new(),
             in_hand: 0,
+            bytes: 0,
+            in_hand_bytes: 0,
+            max_bytes,
             capacity: capacity.max(1),
             closed: false,
             senders: 1,
@@ -83,6 +116,7 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         len: AtomicUsize::new(0),
         receiver_waiting: AtomicBool::new(false),
         closed: AtomicBool::new(false),
+        weigh,
     });
     (
         Sender {
@@ -142,9 +176,11 @@ impl<T> Sender<T> {
             if state.closed {
                 return Err(PushError::Closed(item));
             }
-            if state.items.len() + state.in_hand >= state.capacity {
+            let weight = (self.queue.weigh)(&item);
+            if state.is_full(weight) {
                 return Err(PushError::Full(item));
             }
+            state.bytes += weight;
             state.items.push_back(item);
             self.queue.len.store(state.items.len(), Ordering::Release);
             match state.receiver.take() {
@@ -180,6 +216,7 @@ impl<T> Sender<T> {
             if state.closed {
                 return Err(item);
             }
+            state.bytes += (self.queue.weigh)(&item);
             state.items.push_back(item);
             self.queue.len.store(state.items.len(), Ordering::Release);
             self.queue.receiver_waiting.store(false, Ordering::Release);
@@ -221,8 +258,9 @@ impl<T> Sender<T> {
                 Ok(()) => Poll::Ready(Ok(())),
                 Err(PushError::Closed(back)) => Poll::Ready(Err(back)),
                 Err(PushError::Full(back)) => {
+                    let weight = (self.queue.weigh)(&back);
                     item = Some(back);
-                    match self.register_sender(cx) {
+                    match self.register_sender(cx, weight) {
                         true => Poll::Pending,
                         // Room appeared (or the queue closed) in between: try again at once.
                         false => {
@@ -241,17 +279,19 @@ impl<T> Sender<T> {
         if state.closed {
             return Poll::Ready(Err(Closed));
         }
-        if state.items.len() + state.in_hand < state.capacity {
+        // Room for a message of at least one byte: the next item's weight is not known yet.
+        if !state.is_full(1) {
             return Poll::Ready(Ok(()));
         }
         add_waker(&mut state.waiting_senders, cx.waker());
         Poll::Pending
     }
 
-    /// Registers `cx` to be woken when room appears; false if there is room already.
-    fn register_sender(&self, cx: &Context<'_>) -> bool {
+    /// Registers `cx` to be woken when room appears for an item weighing `weight`; false if
+    /// there is room already.
+    fn register_sender(&self, cx: &Context<'_>, weight: usize) -> bool {
         let mut state = self.queue.lock();
-        if state.closed || state.items.len() + state.in_hand < state.capacity {
+        if state.closed || !state.is_full(weight) {
             return false;
         }
         add_waker(&mut state.waiting_senders, cx.waker());
@@ -283,6 +323,7 @@ impl<T> Receiver<T> {
             let mut state = self.queue.lock();
             match state.items.pop_front() {
                 Some(item) => {
+                    state.bytes -= (self.queue.weigh)(&item);
                     self.queue.len.store(state.items.len(), Ordering::Release);
                     let senders = room_made(&mut state);
                     (item, senders)
@@ -322,6 +363,7 @@ impl<T> Receiver<T> {
         let (item, senders) = {
             let mut state = self.queue.lock();
             let item = state.items.pop_front()?;
+            state.bytes -= (self.queue.weigh)(&item);
             self.queue.len.store(state.items.len(), Ordering::Release);
             (item, room_made(&mut state))
         };
@@ -424,17 +466,23 @@ impl<T> BatchReceiver<T> {
             let item = if state.items.len() > 1 {
                 std::mem::swap(&mut state.items, &mut self.taken);
                 self.inner.queue.len.store(0, Ordering::Release);
-                state.in_hand = self.taken.len() - 1;
+                let first = self.taken.pop_front();
+                state.in_hand = self.taken.len();
+                let weight = first.as_ref().map_or(0, self.inner.queue.weigh);
+                state.in_hand_bytes = state.bytes - weight;
+                state.bytes = 0;
                 self.holds_room = true;
-                self.taken.pop_front()
+                first
             } else {
                 // Nothing or one item (one publish at a time): no buffers to swap.
                 if gives_room {
                     state.in_hand = 0;
+                    state.in_hand_bytes = 0;
                     self.holds_room = false;
                 }
                 let item = state.items.pop_front();
-                if item.is_some() {
+                if let Some(item) = &item {
+                    state.bytes -= (self.inner.queue.weigh)(item);
                     self.inner.queue.len.store(0, Ordering::Release);
                 }
                 item
@@ -601,6 +649,60 @@ mod tests {
         drop(tx);
         assert_eq!(count.0.load(Ordering::SeqCst), woken + 1);
         assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn the_weight_held_bounds_the_queue_and_a_heavy_item_still_goes_alone() {
+        let (tx, rx) = bounded_by_weight(100, 10, |item: &Vec<u8>| item.len());
+        let mut rx = rx.in_batches();
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        tx.try_push(vec![0; 6]).unwrap();
+        assert_eq!(tx.try_push(vec![1; 6]), Err(PushError::Full(vec![1; 6])));
+        tx.try_push(vec![2; 4]).unwrap();
+        assert_eq!(tx.try_push(vec![3; 1]), Err(PushError::Full(vec![3; 1])));
+        // A push waiting for room registers, and is woken when the receiver takes.
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        // Taken in one go: the item handed out leaves the budget, the one still in hand
+        // counts until the receiver comes back.
+        assert_eq!(
+            rx.poll_recv_same_waker(&mut cx),
+            Poll::Ready(Some(vec![0; 6]))
+        );
+        assert_eq!(tx.try_push(vec![4; 7]), Err(PushError::Full(vec![4; 7])));
+        tx.try_push(vec![4; 6]).unwrap();
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Pending);
+        let woken = count.0.load(Ordering::SeqCst);
+        assert_eq!(
+            rx.poll_recv_same_waker(&mut cx),
+            Poll::Ready(Some(vec![2; 4]))
+        );
+        assert_eq!(
+            rx.poll_recv_same_waker(&mut cx),
+            Poll::Ready(Some(vec![4; 6]))
+        );
+        assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Pending);
+        assert!(
+            count.0.load(Ordering::SeqCst) > woken,
+            "the sender waiting for room was woken when the room came back"
+        );
+        // Nothing is held now: an item heavier than the budget goes, alone.
+        tx.try_push(vec![5; 20]).unwrap();
+        assert_eq!(tx.try_push(vec![6; 1]), Err(PushError::Full(vec![6; 1])));
+        assert_eq!(
+            rx.poll_recv_same_waker(&mut cx),
+            Poll::Ready(Some(vec![5; 20]))
+        );
+        tx.try_push(vec![7; 10]).unwrap();
+        assert_eq!(
+            rx.poll_recv_same_waker(&mut cx),
+            Poll::Ready(Some(vec![7; 10]))
+        );
+        // The count still bounds light items.
+        let (tx, _rx) = bounded_by_weight(2, 10, |item: &Vec<u8>| item.len());
+        tx.try_push(Vec::new()).unwrap();
+        tx.try_push(Vec::new()).unwrap();
+        assert_eq!(tx.try_push(Vec::new()), Err(PushError::Full(Vec::new())));
     }
 
     #[test]
