@@ -352,8 +352,9 @@ impl WebSocket {
     ///
     /// Cancel safe: if the future is dropped before it completes (in a `tokio::select!` arm
     /// that lost, say), no message is lost; the next call returns it.
-    pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+    pub fn recv(&mut self) -> impl Future<Output = Option<Message>> + Send + '_ {
+        // Not an `async fn`: one future, the receiver's, with no layer around it.
+        self.rx.recv()
     }
 
     /// Queues a message to the peer; see [`WebSocketSender::send`].
@@ -475,8 +476,8 @@ impl WebSocketReceiver {
     /// # Cancel safety
     ///
     /// Cancel safe: if the future is dropped before it completes, no message is lost.
-    pub async fn recv(&mut self) -> Option<Message> {
-        poll_fn(|cx| self.poll_recv(cx)).await
+    pub fn recv(&mut self) -> impl Future<Output = Option<Message>> + Send + '_ {
+        poll_fn(move |cx| self.poll_recv(cx))
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
@@ -533,21 +534,10 @@ impl WebSocketSender {
         &self,
         message: impl Into<Message>,
     ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
-        self.send_message(message.into())
-    }
-
-    async fn send_message(&self, message: Message) -> Result<(), SendError> {
-        if self.is_closed() {
-            return Err(SendError::Closed(message));
-        }
-        #[cfg(feature = "hixie76")]
-        let message = self.shared.check_legacy(message)?;
-        match self.policy {
-            QueuePolicy::Wait => match self.outbound.push(Outbound::Message(message)).await {
-                Ok(()) => Ok(()),
-                Err(item) => Err(SendError::Closed(item.into_message())),
-            },
-            _ => self.enqueue_now(message),
+        SendMessage {
+            sender: self,
+            item: Some(Outbound::Message(message.into())),
+            checked: false,
         }
     }
 
@@ -673,6 +663,51 @@ impl WebSocketSender {
         match self.shared.rtt_micros.load(Ordering::Relaxed) {
             0 => None,
             micros => Some(Duration::from_micros(micros)),
+        }
+    }
+}
+
+/// The future of [`WebSocketSender::send`]: written by hand rather than as an `async fn`
+/// around the queue's push, so that a send that finds room (the common case) is one call
+/// with no nested state to build, move and drop.
+struct SendMessage<'a> {
+    sender: &'a WebSocketSender,
+    /// The message, until it is queued or given back.
+    item: Option<Outbound>,
+    /// The first poll's checks (closed, legacy, policy) are done: the send waits for room.
+    checked: bool,
+}
+
+impl Future for SendMessage<'_> {
+    type Output = Result<(), SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let sender = this.sender;
+        if !this.checked {
+            let Some(Outbound::Message(message)) = this.item.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            if sender.is_closed() {
+                return Poll::Ready(Err(SendError::Closed(message)));
+            }
+            #[cfg(feature = "hixie76")]
+            let message = match sender.shared.check_legacy(message) {
+                Ok(message) => message,
+                Err(error) => return Poll::Ready(Err(error)),
+            };
+            if sender.policy != QueuePolicy::Wait {
+                return Poll::Ready(sender.enqueue_now(message));
+            }
+            this.checked = true;
+            this.item = Some(Outbound::Message(message));
+        }
+        // A receiver waiting in this task (the connection's, which polls the handler) is not
+        // woken: see `socket::queue`.
+        match sender.outbound.poll_push(&mut this.item, cx, true) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(item)) => Poll::Ready(Err(SendError::Closed(item.into_message()))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -33,6 +33,11 @@ struct Queue<T> {
     /// `state.closed`, written under the lock: lets a sender see a closed queue without
     /// taking it (every `send` asks first).
     closed: AtomicBool,
+    /// The data and vtable pointers of the waker a [`Receiver`] last registered, as numbers
+    /// (written and read by the receiver alone): with `receiver_waiting`, they let it see
+    /// that it still waits with the waker it is polled with, without taking the lock.
+    receiver_data: AtomicUsize,
+    receiver_vtable: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -83,6 +88,8 @@ pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         len: AtomicUsize::new(0),
         receiver_waiting: AtomicBool::new(false),
         closed: AtomicBool::new(false),
+        receiver_data: AtomicUsize::new(0),
+        receiver_vtable: AtomicUsize::new(0),
     });
     (
         Sender {
@@ -212,27 +219,37 @@ impl<T> Sender<T> {
         same_task_skips_wake: bool,
     ) -> impl Future<Output = Result<(), T>> + '_ {
         let mut item = Some(item);
-        poll_fn(move |cx| {
-            let Some(next) = item.take() else {
-                return Poll::Ready(Ok(()));
-            };
-            let own = same_task_skips_wake.then_some(&*cx);
-            match self.try_push_from(next, own) {
-                Ok(()) => Poll::Ready(Ok(())),
-                Err(PushError::Closed(back)) => Poll::Ready(Err(back)),
-                Err(PushError::Full(back)) => {
-                    item = Some(back);
-                    match self.register_sender(cx) {
-                        true => Poll::Pending,
-                        // Room appeared (or the queue closed) in between: try again at once.
-                        false => {
-                            cx.waker().wake_by_ref();
-                            Poll::Pending
-                        }
-                    }
+        poll_fn(move |cx| self.poll_push(&mut item, cx, same_task_skips_wake))
+    }
+
+    /// One poll of a push of the item in `item`: `Ready(Ok)` once pushed (or when `item` is
+    /// empty), `Ready(Err)` with the item when the queue is closed, `Pending` with the item
+    /// back in `item` when the queue is full (`cx` is woken when room appears). With
+    /// `same_task_skips_wake`, a receiver waiting in the task that runs this push is not
+    /// woken (see the module docs).
+    #[inline]
+    pub(crate) fn poll_push(
+        &self,
+        item: &mut Option<T>,
+        cx: &Context<'_>,
+        same_task_skips_wake: bool,
+    ) -> Poll<Result<(), T>> {
+        let Some(next) = item.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        let own = same_task_skips_wake.then_some(cx);
+        match self.try_push_from(next, own) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(PushError::Closed(back)) => Poll::Ready(Err(back)),
+            Err(PushError::Full(back)) => {
+                *item = Some(back);
+                if !self.register_sender(cx) {
+                    // Room appeared (or the queue closed) in between: try again at once.
+                    cx.waker().wake_by_ref();
                 }
+                Poll::Pending
             }
-        })
+        }
     }
 
     /// Ready when the queue has room (`Ok`) or is closed (`Err`); registers to be woken.
@@ -278,7 +295,23 @@ pub(crate) struct Receiver<T> {
 
 impl<T> Receiver<T> {
     /// The next item; `None` once every sender is gone and the queue is empty.
+    ///
+    /// An empty queue this receiver already waits on, with the waker it is polled with now
+    /// (the handler's, polled again by its connection task after each message), answers
+    /// `Pending` without taking the lock. A push stores the length before it takes the
+    /// waker, and the end of the senders clears the waiting flag before it wakes, so neither
+    /// is missed; while the flag is set, the registered waker (whose pointers are compared)
+    /// is alive, so its pointers name no other waker.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let queue = &*self.queue;
+        if queue.len.load(Ordering::Acquire) == 0
+            && queue.receiver_waiting.load(Ordering::Acquire)
+            && queue.receiver_data.load(Ordering::Relaxed) == cx.waker().data() as usize
+            && queue.receiver_vtable.load(Ordering::Relaxed)
+                == std::ptr::from_ref(cx.waker().vtable()) as usize
+        {
+            return Poll::Pending;
+        }
         let (item, senders) = {
             let mut state = self.queue.lock();
             match state.items.pop_front() {
@@ -289,11 +322,20 @@ impl<T> Receiver<T> {
                 }
                 None if state.senders == 0 => return Poll::Ready(None),
                 None => {
+                    let waker = cx.waker();
                     match &state.receiver {
-                        Some(waker) if waker.will_wake(cx.waker()) => {}
-                        _ => state.receiver = Some(cx.waker().clone()),
+                        Some(waiting) if waiting.will_wake(waker) => {}
+                        _ => state.receiver = Some(waker.clone()),
                     }
-                    self.queue.receiver_waiting.store(true, Ordering::Release);
+                    let queue = &*self.queue;
+                    queue
+                        .receiver_data
+                        .store(waker.data() as usize, Ordering::Relaxed);
+                    queue.receiver_vtable.store(
+                        std::ptr::from_ref(waker.vtable()) as usize,
+                        Ordering::Relaxed,
+                    );
+                    queue.receiver_waiting.store(true, Ordering::Release);
                     return Poll::Pending;
                 }
             }
@@ -576,6 +618,38 @@ mod tests {
         drop(tx);
         assert_eq!(count.0.load(Ordering::SeqCst), woken + 1);
         assert_eq!(rx.poll_recv_same_waker(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_receiver_waiting_with_the_same_waker_misses_no_push_and_a_new_waker_registers() {
+        let (tx, mut rx) = bounded(8);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        // Waiting with this waker: pending again without the lock, still registered.
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        tx.try_push(1).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        // A push from the receiver's own task keeps the waker and the flag: the length
+        // check still sees the item.
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        tx.try_push_from(2, Some(&cx)).unwrap();
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(2)));
+        // Polled with another waker: that one is registered and woken by the next push.
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        let (other_count, other) = counting();
+        let mut other_cx = Context::from_waker(&other);
+        assert_eq!(rx.poll_recv(&mut other_cx), Poll::Pending);
+        tx.try_push(3).unwrap();
+        assert_eq!(other_count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.poll_recv(&mut other_cx), Poll::Ready(Some(3)));
+        // The end of the senders is seen by a receiver that waits with the same waker.
+        assert_eq!(rx.poll_recv(&mut other_cx), Poll::Pending);
+        drop(tx);
+        assert_eq!(other_count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(rx.poll_recv(&mut other_cx), Poll::Ready(None));
     }
 
     #[test]
