@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_util::task::AtomicWaker;
 
 use crate::socket::queue::{self, PushError};
-use crate::socket::{Inbound, Outbound};
+use crate::socket::{self, Inbound, Outbound};
 
 use super::*;
 
@@ -133,19 +133,35 @@ impl Arms {
 
     /// The socket's part of one pass: the handler (unless it returned), then the outbound
     /// queue (unless closing), in this order: see [the rule](Self#the-one-scheduling-rule).
+    ///
+    /// With `offered`, a message read in this pass was offered to the handler's receiver
+    /// (`socket::handoff`) for this poll of the handler; if the handler did not take it, it
+    /// goes into `in_tx`, the handler's queue, as [`deliver`](Self::deliver) would have put
+    /// it.
     #[inline]
     pub(super) fn poll_socket<H>(
         &self,
         handler: Option<&mut H>,
+        offered: &mut bool,
+        in_tx: &queue::Sender<Inbound>,
         outbound: Option<&mut queue::BatchReceiver<Outbound>>,
     ) -> Poll<Step>
     where
         H: Future<Output = HandlerOutcome> + Unpin,
     {
         if let Some(handler) = handler {
-            if let Poll::Ready(outcome) =
-                self.poll_arm(Self::SOCKET, |cx| Pin::new(handler).poll(cx))
-            {
+            if let Poll::Ready(outcome) = self.poll_arm(Self::SOCKET, |cx| {
+                let output = Pin::new(handler).poll(cx);
+                if std::mem::take(offered) {
+                    if let Some(message) = socket::handoff::reclaim(in_tx.id()) {
+                        // Not taken: the queue is still empty (this task is its only
+                        // sender), so there is room, and the handler finds it there. A
+                        // receiver waiting in another task is woken.
+                        let _ = in_tx.try_push_from(Inbound::Message(message), Some(cx));
+                    }
+                }
+                output
+            }) {
                 return Poll::Ready(Step::HandlerReturned(outcome));
             }
         }

@@ -55,6 +55,89 @@ use crate::socket::message::Message;
 use crate::wire::writer::Prepared;
 use queue::PushError;
 
+/// The connection task's fast path to a receiver it polls: a message handed over for the
+/// length of one poll of the handler, without the inbound queue.
+///
+/// The handler runs inside its connection task, and in the common case it waits in `recv`
+/// when a message is read. The task then puts the message here, keyed by the inbound queue's
+/// [`id`](queue::Receiver::id), polls the handler in the same pass (no other code runs on the
+/// thread in between), and takes back what the handler did not take (its receiver was
+/// elsewhere: not in `recv`, or in another task), which then goes into the queue; so does a
+/// message the pass could not hand over before it ended. No message stays here between
+/// passes. The task does so only while the queue is empty, and it is the queue's only
+/// sender, so the message handed over is the next one in order either way; the queue's
+/// capacity (`INBOUND_CAPACITY`) is untouched. A thread-local slot, because the handler is
+/// polled on the task's thread, and a thread-local costs less than the queue's lock.
+pub(crate) mod handoff {
+    use std::cell::Cell;
+
+    use super::Message;
+
+    thread_local! {
+        /// The message offered to the receiver of the queue with this id.
+        static OFFERED: Cell<Option<(usize, Message)>> = const { Cell::new(None) };
+    }
+
+    /// Offers `message` to the receiver of queue `id`, until [`reclaim`]ed; gives it back
+    /// when another message is offered already (then it goes the queue's way).
+    #[inline]
+    pub(crate) fn offer(id: usize, message: Message) -> Result<(), Message> {
+        let mut message = Some(message);
+        let _ = OFFERED.try_with(|slot| match slot.take() {
+            None => slot.set(message.take().map(|message| (id, message))),
+            other => slot.set(other),
+        });
+        match message {
+            None => Ok(()),
+            Some(message) => Err(message),
+        }
+    }
+
+    /// Takes back the message offered to the receiver of queue `id`, if it was not taken.
+    #[inline]
+    pub(crate) fn reclaim(id: usize) -> Option<Message> {
+        take(id)
+    }
+
+    /// The message offered to the receiver of queue `id`, if any.
+    #[inline]
+    pub(crate) fn take(id: usize) -> Option<Message> {
+        OFFERED
+            .try_with(|slot| match slot.take() {
+                Some((offered, message)) if offered == id => Some(message),
+                other => {
+                    slot.set(other);
+                    None
+                }
+            })
+            .ok()
+            .flatten()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn an_offer_is_taken_by_its_own_receiver_only_and_reclaimed_if_not() {
+            let message = || Message::text("m");
+            assert_eq!(offer(1, message()), Ok(()));
+            // Another message while one is offered goes the queue's way.
+            assert_eq!(offer(2, message()), Err(message()));
+            // Another queue's receiver does not see it; its own takes it once.
+            assert_eq!(take(2), None);
+            assert_eq!(take(1), Some(message()));
+            assert_eq!(take(1), None);
+            assert_eq!(reclaim(1), None);
+            // Not taken: the connection gets it back, and the slot is free again.
+            assert_eq!(offer(1, message()), Ok(()));
+            assert_eq!(reclaim(2), None);
+            assert_eq!(reclaim(1), Some(message()));
+            assert_eq!(take(1), None);
+        }
+    }
+}
+
 /// What the connection task hands the socket.
 #[derive(Debug)]
 pub(crate) enum Inbound {
@@ -481,6 +564,11 @@ impl WebSocketReceiver {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        // A message the connection task hands over while it polls this handler: the queue
+        // is empty then, so it is the next one (see `handoff`).
+        if let Some(message) = handoff::take(self.inbound.id()) {
+            return Poll::Ready(Some(message));
+        }
         match ready!(self.inbound.poll_recv(cx)) {
             Some(Inbound::Message(message)) => Poll::Ready(Some(message)),
             Some(Inbound::Closed(frame)) => {

@@ -279,6 +279,18 @@ impl<T> Sender<T> {
     pub(crate) fn is_closed(&self) -> bool {
         self.queue.closed.load(Ordering::Acquire)
     }
+
+    /// Whether nothing is queued (seen without the lock).
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.len.load(Ordering::Acquire) == 0
+    }
+
+    /// Names the queue: the same number as its receiver's [`Receiver::id`].
+    #[inline]
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.queue) as usize
+    }
 }
 
 fn add_waker(wakers: &mut Vec<Waker>, waker: &Waker) {
@@ -294,6 +306,12 @@ pub(crate) struct Receiver<T> {
 }
 
 impl<T> Receiver<T> {
+    /// Names the queue: the same number as its senders' [`Sender::id`].
+    #[inline]
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.queue) as usize
+    }
+
     /// The next item; `None` once every sender is gone and the queue is empty.
     ///
     /// An empty queue this receiver already waits on, with the waker it is polled with now
