@@ -144,14 +144,29 @@ impl Arms {
         handler: Option<&mut H>,
         offered: &mut bool,
         in_tx: &queue::Sender<Inbound>,
-        outbound: Option<&mut queue::BatchReceiver<Outbound>>,
+        mut outbound: Option<&mut queue::BatchReceiver<Outbound>>,
     ) -> Poll<Step>
     where
         H: Future<Output = HandlerOutcome> + Unpin,
     {
+        // The first message the handler sends while the queue is empty skips it
+        // (`socket::handoff::collect`): it is written first, ahead of what is queued, unless
+        // something taken from the queue is still in hand.
+        let outbox = match &outbound {
+            Some(outbound) if outbound.is_settled() => outbound.id(),
+            _ => 0,
+        };
         if let Some(handler) = handler {
-            if let Poll::Ready(outcome) = self.poll_arm(Self::SOCKET, |cx| {
-                let output = Pin::new(handler).poll(cx);
+            let mut sent = None;
+            let polled = self.poll_arm(Self::SOCKET, |cx| {
+                let output = if outbox == 0 {
+                    Pin::new(handler).poll(cx)
+                } else {
+                    let (output, message) =
+                        socket::handoff::collect(outbox, || Pin::new(handler).poll(cx));
+                    sent = message;
+                    output
+                };
                 if std::mem::take(offered) {
                     if let Some(message) = socket::handoff::reclaim(in_tx.id()) {
                         // Not taken: the queue is still empty (this task is its only
@@ -161,7 +176,18 @@ impl Arms {
                     }
                 }
                 output
-            }) {
+            });
+            if let Some(message) = sent {
+                if polled.is_pending() {
+                    return Poll::Ready(Step::Queued(Some(Outbound::Message(message))));
+                }
+                // The handler returned: what it sent goes out with the rest of the queue,
+                // before the close (the queue was empty when it was sent).
+                if let Some(outbound) = outbound.as_mut() {
+                    outbound.requeue(Outbound::Message(message));
+                }
+            }
+            if let Poll::Ready(outcome) = polled {
                 return Poll::Ready(Step::HandlerReturned(outcome));
             }
         }

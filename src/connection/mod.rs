@@ -1238,6 +1238,111 @@ mod tests {
         server.abort();
     }
 
+    /// Serves `handler` over a pipe with a send queue of `capacity` under `policy`, no
+    /// keepalive and no idle timeout; the client's end and the server task.
+    fn serve_with<H, F>(
+        handler: H,
+        capacity: usize,
+        policy: crate::QueuePolicy,
+    ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>)
+    where
+        H: Fn(crate::WebSocket) -> F + Clone + Send + Sync + 'static,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (io, client) = tokio::io::duplex(4096);
+        let mut config = crate::layer::tests_config_with(handler);
+        let settings = Arc::make_mut(&mut config.connection);
+        settings.ping_interval = None;
+        settings.idle_timeout = None;
+        settings.send_queue_capacity = capacity;
+        settings.send_queue_policy = policy;
+        let parts = http::Request::new(()).into_parts().0;
+        let shared = Arc::new(crate::socket::ControlBlock::default());
+        let server = tokio::spawn(super::serve(
+            io,
+            accepted(parts),
+            &config.handler,
+            config.connection,
+            shared,
+        ));
+        (client, server)
+    }
+
+    async fn read_n(client: &mut tokio::io::DuplexStream, n: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; n];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_exact(&mut bytes),
+        )
+        .await
+        .expect("the frames")
+        .unwrap();
+        bytes
+    }
+
+    #[tokio::test]
+    async fn replies_skip_the_queue_only_while_it_is_empty_and_the_capacity_still_holds() {
+        // One poll of the handler: the first send goes to the outbox (the queue is empty),
+        // the second finds the outbox taken and goes through the queue, which takes the
+        // first in first: with a capacity of 1 the second is refused, as before the outbox.
+        let (report_tx, mut report) = tokio::sync::mpsc::unbounded_channel();
+        let (mut client, server) = serve_with(
+            move |ws: crate::WebSocket| {
+                let report = report_tx.clone();
+                async move {
+                    let first = ws.send("a").await;
+                    let second = ws.send("b").await;
+                    let _ = report.send((first, second));
+                    std::future::pending::<()>().await;
+                }
+            },
+            1,
+            crate::QueuePolicy::Fail,
+        );
+        let (first, second) = report.recv().await.unwrap();
+        assert_eq!(first, Ok(()));
+        assert_eq!(
+            second,
+            Err(crate::SendError::QueueFull(crate::Message::text("b")))
+        );
+        assert_eq!(read_n(&mut client, 3).await, b"\x81\x01a");
+        server.abort();
+
+        // Waiting for room: every message goes out once and in order, the first from the
+        // outbox and the rest through the queue, one poll of the handler after another.
+        let (mut client, server) = serve_with(
+            |ws: crate::WebSocket| async move {
+                for text in ["a", "b", "c", "d"] {
+                    ws.send(text).await.unwrap();
+                }
+                std::future::pending::<()>().await;
+            },
+            1,
+            crate::QueuePolicy::Wait,
+        );
+        assert_eq!(
+            read_n(&mut client, 12).await,
+            b"\x81\x01a\x81\x01b\x81\x01c\x81\x01d"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_reply_sent_just_before_the_handler_returns_goes_out_before_the_close() {
+        // The send lands in the outbox and the handler returns in the same poll: the reply
+        // is put before the queue's items and is written ahead of the 1000 close.
+        let (mut client, server) = serve_with(
+            |ws: crate::WebSocket| async move {
+                ws.send("bye").await.unwrap();
+            },
+            4,
+            crate::QueuePolicy::Wait,
+        );
+        assert_eq!(read_n(&mut client, 5).await, b"\x81\x03bye");
+        assert_eq!(read_n(&mut client, 4).await, b"\x88\x02\x03\xe8");
+        server.abort();
+    }
+
     #[tokio::test]
     async fn pipelined_replies_are_coalesced_into_few_writes() {
         const MESSAGES: usize = 200;

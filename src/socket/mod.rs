@@ -76,6 +76,61 @@ pub(crate) mod handoff {
     thread_local! {
         /// The message offered to the receiver of the queue with this id.
         static OFFERED: Cell<Option<(usize, Message)>> = const { Cell::new(None) };
+        /// The id of the outbound queue whose connection task polls its handler now, 0 when
+        /// none: its sends may go to `SENT` (see [`collect`]).
+        static OUTBOX: Cell<usize> = const { Cell::new(0) };
+        /// The message a send put in the open outbox.
+        static SENT: Cell<Option<Message>> = const { Cell::new(None) };
+    }
+
+    /// Runs `poll` (a poll of the handler) with an outbox open for the outbound queue `id`:
+    /// the first message a send of that socket makes while the queue is empty goes there
+    /// rather than into the queue ([`send`]), and comes back with `poll`'s output, to be
+    /// written before what is queued. The outbox of an outer call is put back after.
+    #[inline]
+    pub(crate) fn collect<R>(id: usize, poll: impl FnOnce() -> R) -> (R, Option<Message>) {
+        let Ok(outer) = OUTBOX.try_with(|outbox| outbox.replace(id)) else {
+            return (poll(), None);
+        };
+        let outer_sent = if outer == 0 {
+            None
+        } else {
+            SENT.with(Cell::take)
+        };
+        let output = poll();
+        OUTBOX.with(|outbox| outbox.set(outer));
+        let sent = SENT.with(|sent| sent.replace(outer_sent));
+        (output, sent)
+    }
+
+    /// Puts `message` in the outbox of the outbound queue `id`, if one is open and empty;
+    /// gives it back otherwise. The caller has seen the queue empty.
+    #[inline]
+    pub(crate) fn send(id: usize, message: Message) -> Result<(), Message> {
+        if OUTBOX.try_with(Cell::get) != Ok(id) {
+            return Err(message);
+        }
+        SENT.with(|sent| match sent.take() {
+            None => {
+                sent.set(Some(message));
+                Ok(())
+            }
+            earlier => {
+                sent.set(earlier);
+                Err(message)
+            }
+        })
+    }
+
+    /// Takes the message in the outbox of the outbound queue `id` back out, so that a send
+    /// that goes through the queue puts it there first, in order, and the queue's capacity
+    /// counts it.
+    #[inline]
+    pub(crate) fn take_sent(id: usize) -> Option<Message> {
+        if OUTBOX.try_with(Cell::get) != Ok(id) {
+            return None;
+        }
+        SENT.with(Cell::take)
     }
 
     /// Offers `message` to the receiver of queue `id`, until [`reclaim`]ed; gives it back
@@ -134,6 +189,32 @@ pub(crate) mod handoff {
             assert_eq!(reclaim(2), None);
             assert_eq!(reclaim(1), Some(message()));
             assert_eq!(take(1), None);
+        }
+
+        #[test]
+        fn the_outbox_takes_one_message_of_its_own_queue_while_open() {
+            let message = |text: &str| Message::text(text.to_owned());
+            // Closed: nothing goes in.
+            assert_eq!(send(7, message("x")), Err(message("x")));
+            let ((), sent) = collect(7, || {
+                assert_eq!(send(8, message("other")), Err(message("other")));
+                assert_eq!(send(7, message("a")), Ok(()));
+                // Full: the next send goes the queue's way, after taking "a" out first.
+                assert_eq!(send(7, message("b")), Err(message("b")));
+                assert_eq!(take_sent(8), None);
+                assert_eq!(take_sent(7), Some(message("a")));
+                assert_eq!(send(7, message("c")), Ok(()));
+                // A nested outbox (another connection's) does not see or lose this one.
+                let ((), inner) = collect(9, || {
+                    assert_eq!(take_sent(7), None);
+                    assert_eq!(send(9, message("i")), Ok(()));
+                });
+                assert_eq!(inner, Some(message("i")));
+            });
+            assert_eq!(sent, Some(message("c")));
+            // Closed again once the poll is over.
+            assert_eq!(send(7, message("y")), Err(message("y")));
+            assert_eq!(take_sent(7), None);
         }
     }
 }
@@ -647,6 +728,7 @@ impl WebSocketSender {
     }
 
     fn enqueue_now(&self, message: Message) -> Result<(), SendError> {
+        self.spill(None);
         match self.outbound.try_push(Outbound::Message(message)) {
             Ok(()) => Ok(()),
             Err(PushError::Closed(item)) => Err(SendError::Closed(item.into_message())),
@@ -679,6 +761,7 @@ impl WebSocketSender {
                     _ => Undelivered::Closed,
                 });
         }
+        self.spill(None);
         match self
             .outbound
             .try_push(Outbound::Prepared(Arc::clone(prepared)))
@@ -692,6 +775,23 @@ impl WebSocketSender {
                 }
                 QueuePolicy::Wait | QueuePolicy::Fail => Err(Undelivered::Full),
             },
+        }
+    }
+
+    /// Moves a message this socket's handler sent into the outbox (`handoff::collect`)
+    /// into the queue, ahead of a push that goes through the queue: so the order holds and
+    /// the capacity counts it. If the queue is full, it stays in the outbox (then the push
+    /// finds the queue full too); `cx` is the task running this, as for the push.
+    #[inline]
+    fn spill(&self, cx: Option<&Context<'_>>) {
+        let id = self.outbound.id();
+        if let Some(earlier) = handoff::take_sent(id) {
+            match self.outbound.try_push_from(Outbound::Message(earlier), cx) {
+                Ok(()) | Err(PushError::Closed(_)) => {}
+                Err(PushError::Full(item)) => {
+                    let _ = handoff::send(id, item.into_message());
+                }
+            }
         }
     }
 
@@ -784,9 +884,20 @@ impl Future for SendMessage<'_> {
                 Ok(message) => message,
                 Err(error) => return Poll::Ready(Err(error)),
             };
+            let id = sender.outbound.id();
+            let message = if sender.outbound.is_empty() {
+                // Polled by its connection task, which writes it next: no queue.
+                match handoff::send(id, message) {
+                    Ok(()) => return Poll::Ready(Ok(())),
+                    Err(message) => message,
+                }
+            } else {
+                message
+            };
             if sender.policy != QueuePolicy::Wait {
                 return Poll::Ready(sender.enqueue_now(message));
             }
+            sender.spill(Some(cx));
             this.checked = true;
             this.item = Some(Outbound::Message(message));
         }
@@ -880,10 +991,12 @@ impl Sink<Message> for WebSocketSender {
             return Poll::Ready(Err(Error::Closed));
         }
         match self.policy {
-            QueuePolicy::Wait => self
-                .outbound
-                .poll_ready(cx)
-                .map_err(|queue::Closed| Error::Closed),
+            QueuePolicy::Wait => {
+                self.spill(Some(cx));
+                self.outbound
+                    .poll_ready(cx)
+                    .map_err(|queue::Closed| Error::Closed)
+            }
             QueuePolicy::Fail | QueuePolicy::Close(_) => Poll::Ready(Ok(())),
         }
     }

@@ -469,6 +469,25 @@ impl<T> BatchReceiver<T> {
         self.inner.close();
     }
 
+    /// Nothing taken is in hand or counts against the capacity: a message written now,
+    /// from outside the queue, goes out after everything taken before it.
+    #[inline]
+    pub(crate) fn is_settled(&self) -> bool {
+        !self.holds_room && self.taken.is_empty()
+    }
+
+    /// An item to hand out before anything queued: one sent from outside the queue while
+    /// it was empty (see `socket::handoff::collect`), which the task did not write at once.
+    pub(crate) fn requeue(&mut self, item: T) {
+        self.taken.push_front(item);
+    }
+
+    /// Names the queue, as [`Sender::id`].
+    #[inline]
+    pub(crate) fn id(&self) -> usize {
+        self.inner.id()
+    }
+
     /// With nothing left in hand (`taken` empty), takes the lock and moves what is queued
     /// into `taken` (swapping the two buffers, so neither allocates again) and returns the
     /// first item. The items handed out since the last take leave the capacity now, so the
