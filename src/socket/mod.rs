@@ -74,14 +74,21 @@ pub(crate) mod handoff {
     use super::Message;
 
     thread_local! {
-        /// The message offered to the receiver of the queue with this id.
-        static OFFERED: Cell<Option<(usize, Message)>> = const { Cell::new(None) };
+        /// The id of the inbound queue whose receiver `OFFERED` is for, 0 when none. A
+        /// plain number, so that a look that finds nothing is one load.
+        static OFFERED_TO: Cell<usize> = const { Cell::new(0) };
+        /// The message offered.
+        static OFFERED: Cell<Option<Message>> = const { Cell::new(None) };
         /// The id of the outbound queue whose connection task polls its handler now, 0 when
-        /// none: its sends may go to `SENT` (see [`collect`]).
+        /// none (see [`collect`]), with its lowest bit set while `SENT` holds a message (an
+        /// id is the address of an `Arc`'s block, so that bit is free).
         static OUTBOX: Cell<usize> = const { Cell::new(0) };
         /// The message a send put in the open outbox.
         static SENT: Cell<Option<Message>> = const { Cell::new(None) };
     }
+
+    /// [`OUTBOX`]'s bit for "`SENT` holds a message".
+    const FULL: usize = 1;
 
     /// Runs `poll` (a poll of the handler) with an outbox open for the outbound queue `id`:
     /// the first message a send of that socket makes while the queue is empty goes there
@@ -89,17 +96,23 @@ pub(crate) mod handoff {
     /// written before what is queued. The outbox of an outer call is put back after.
     #[inline]
     pub(crate) fn collect<R>(id: usize, poll: impl FnOnce() -> R) -> (R, Option<Message>) {
-        let Ok(outer) = OUTBOX.try_with(|outbox| outbox.replace(id)) else {
-            return (poll(), None);
-        };
-        let outer_sent = if outer == 0 {
-            None
-        } else {
+        debug_assert_eq!(id & FULL, 0);
+        let outer = OUTBOX.with(|outbox| outbox.replace(id));
+        let outer_sent = if outer & FULL != 0 {
             SENT.with(Cell::take)
+        } else {
+            None
         };
         let output = poll();
-        OUTBOX.with(|outbox| outbox.set(outer));
-        let sent = SENT.with(|sent| sent.replace(outer_sent));
+        let now = OUTBOX.with(|outbox| outbox.replace(outer));
+        let sent = if now & FULL != 0 {
+            SENT.with(Cell::take)
+        } else {
+            None
+        };
+        if outer_sent.is_some() {
+            SENT.with(|sent| sent.set(outer_sent));
+        }
         (output, sent)
     }
 
@@ -107,19 +120,18 @@ pub(crate) mod handoff {
     /// gives it back otherwise. The caller has seen the queue empty.
     #[inline]
     pub(crate) fn send(id: usize, message: Message) -> Result<(), Message> {
-        if OUTBOX.try_with(Cell::get) != Ok(id) {
+        if OUTBOX.with(Cell::get) != id {
             return Err(message);
         }
-        SENT.with(|sent| match sent.take() {
-            None => {
-                sent.set(Some(message));
-                Ok(())
-            }
-            earlier => {
-                sent.set(earlier);
-                Err(message)
-            }
-        })
+        SENT.with(|sent| sent.set(Some(message)));
+        OUTBOX.with(|outbox| outbox.set(id | FULL));
+        Ok(())
+    }
+
+    /// Whether the outbox of the outbound queue `id` is open and holds a message.
+    #[inline(always)]
+    pub(crate) fn holds_sent(id: usize) -> bool {
+        OUTBOX.with(Cell::get) == id | FULL
     }
 
     /// Takes the message in the outbox of the outbound queue `id` back out, so that a send
@@ -127,9 +139,10 @@ pub(crate) mod handoff {
     /// counts it.
     #[inline]
     pub(crate) fn take_sent(id: usize) -> Option<Message> {
-        if OUTBOX.try_with(Cell::get) != Ok(id) {
+        if OUTBOX.with(Cell::get) != id | FULL {
             return None;
         }
+        OUTBOX.with(|outbox| outbox.set(id));
         SENT.with(Cell::take)
     }
 
@@ -137,15 +150,12 @@ pub(crate) mod handoff {
     /// when another message is offered already (then it goes the queue's way).
     #[inline]
     pub(crate) fn offer(id: usize, message: Message) -> Result<(), Message> {
-        let mut message = Some(message);
-        let _ = OFFERED.try_with(|slot| match slot.take() {
-            None => slot.set(message.take().map(|message| (id, message))),
-            other => slot.set(other),
-        });
-        match message {
-            None => Ok(()),
-            Some(message) => Err(message),
+        if OFFERED_TO.with(Cell::get) != 0 {
+            return Err(message);
         }
+        OFFERED.with(|offered| offered.set(Some(message)));
+        OFFERED_TO.with(|to| to.set(id));
+        Ok(())
     }
 
     /// Takes back the message offered to the receiver of queue `id`, if it was not taken.
@@ -157,16 +167,11 @@ pub(crate) mod handoff {
     /// The message offered to the receiver of queue `id`, if any.
     #[inline]
     pub(crate) fn take(id: usize) -> Option<Message> {
-        OFFERED
-            .try_with(|slot| match slot.take() {
-                Some((offered, message)) if offered == id => Some(message),
-                other => {
-                    slot.set(other);
-                    None
-                }
-            })
-            .ok()
-            .flatten()
+        if OFFERED_TO.with(Cell::get) != id {
+            return None;
+        }
+        OFFERED_TO.with(|to| to.set(0));
+        OFFERED.with(Cell::take)
     }
 
     #[cfg(test)]
@@ -195,26 +200,26 @@ pub(crate) mod handoff {
         fn the_outbox_takes_one_message_of_its_own_queue_while_open() {
             let message = |text: &str| Message::text(text.to_owned());
             // Closed: nothing goes in.
-            assert_eq!(send(7, message("x")), Err(message("x")));
-            let ((), sent) = collect(7, || {
-                assert_eq!(send(8, message("other")), Err(message("other")));
-                assert_eq!(send(7, message("a")), Ok(()));
+            assert_eq!(send(64, message("x")), Err(message("x")));
+            let ((), sent) = collect(64, || {
+                assert_eq!(send(128, message("other")), Err(message("other")));
+                assert_eq!(send(64, message("a")), Ok(()));
                 // Full: the next send goes the queue's way, after taking "a" out first.
-                assert_eq!(send(7, message("b")), Err(message("b")));
-                assert_eq!(take_sent(8), None);
-                assert_eq!(take_sent(7), Some(message("a")));
-                assert_eq!(send(7, message("c")), Ok(()));
+                assert_eq!(send(64, message("b")), Err(message("b")));
+                assert_eq!(take_sent(128), None);
+                assert_eq!(take_sent(64), Some(message("a")));
+                assert_eq!(send(64, message("c")), Ok(()));
                 // A nested outbox (another connection's) does not see or lose this one.
-                let ((), inner) = collect(9, || {
-                    assert_eq!(take_sent(7), None);
-                    assert_eq!(send(9, message("i")), Ok(()));
+                let ((), inner) = collect(192, || {
+                    assert_eq!(take_sent(64), None);
+                    assert_eq!(send(192, message("i")), Ok(()));
                 });
                 assert_eq!(inner, Some(message("i")));
             });
             assert_eq!(sent, Some(message("c")));
             // Closed again once the poll is over.
-            assert_eq!(send(7, message("y")), Err(message("y")));
-            assert_eq!(take_sent(7), None);
+            assert_eq!(send(64, message("y")), Err(message("y")));
+            assert_eq!(take_sent(64), None);
         }
     }
 }
@@ -782,9 +787,18 @@ impl WebSocketSender {
     /// into the queue, ahead of a push that goes through the queue: so the order holds and
     /// the capacity counts it. If the queue is full, it stays in the outbox (then the push
     /// finds the queue full too); `cx` is the task running this, as for the push.
-    #[inline]
+    #[inline(always)]
     fn spill(&self, cx: Option<&Context<'_>>) {
         let id = self.outbound.id();
+        // One load of a thread-local in the common case: no outbox of this socket is full.
+        if handoff::holds_sent(id) {
+            self.spill_sent(id, cx);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn spill_sent(&self, id: usize, cx: Option<&Context<'_>>) {
         if let Some(earlier) = handoff::take_sent(id) {
             match self.outbound.try_push_from(Outbound::Message(earlier), cx) {
                 Ok(()) | Err(PushError::Closed(_)) => {}
