@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_util::task::AtomicWaker;
 
 use crate::socket::queue::{self, PushError};
-use crate::socket::{Inbound, Outbound};
+use crate::socket::{self, Inbound, Outbound};
 
 use super::*;
 
@@ -133,19 +133,61 @@ impl Arms {
 
     /// The socket's part of one pass: the handler (unless it returned), then the outbound
     /// queue (unless closing), in this order: see [the rule](Self#the-one-scheduling-rule).
+    ///
+    /// With `offered`, a message read in this pass was offered to the handler's receiver
+    /// (`socket::handoff`) for this poll of the handler; if the handler did not take it, it
+    /// goes into `in_tx`, the handler's queue, as [`deliver`](Self::deliver) would have put
+    /// it.
     #[inline]
     pub(super) fn poll_socket<H>(
         &self,
         handler: Option<&mut H>,
-        outbound: Option<&mut queue::BatchReceiver<Outbound>>,
+        offered: &mut bool,
+        in_tx: &queue::Sender<Inbound>,
+        mut outbound: Option<&mut queue::BatchReceiver<Outbound>>,
     ) -> Poll<Step>
     where
         H: Future<Output = HandlerOutcome> + Unpin,
     {
+        // The first message the handler sends while the queue is empty skips it
+        // (`socket::handoff::collect`): it is written first, ahead of what is queued, unless
+        // something taken from the queue is still in hand.
+        let outbox = match &outbound {
+            Some(outbound) if outbound.is_settled() => outbound.id(),
+            _ => 0,
+        };
         if let Some(handler) = handler {
-            if let Poll::Ready(outcome) =
-                self.poll_arm(Self::SOCKET, |cx| Pin::new(handler).poll(cx))
-            {
+            let mut sent = None;
+            let polled = self.poll_arm(Self::SOCKET, |cx| {
+                let output = if outbox == 0 {
+                    Pin::new(handler).poll(cx)
+                } else {
+                    let (output, message) =
+                        socket::handoff::collect(outbox, || Pin::new(handler).poll(cx));
+                    sent = message;
+                    output
+                };
+                if std::mem::take(offered) {
+                    if let Some(message) = socket::handoff::reclaim(in_tx.id()) {
+                        // Not taken: the queue is still empty (this task is its only
+                        // sender), so there is room, and the handler finds it there. A
+                        // receiver waiting in another task is woken.
+                        let _ = in_tx.try_push_from(Inbound::Message(message), Some(cx));
+                    }
+                }
+                output
+            });
+            if let Some(message) = sent {
+                if polled.is_pending() {
+                    return Poll::Ready(Step::Queued(Some(Outbound::Message(message))));
+                }
+                // The handler returned: what it sent goes out with the rest of the queue,
+                // before the close (the queue was empty when it was sent).
+                if let Some(outbound) = outbound.as_mut() {
+                    outbound.requeue(Outbound::Message(message));
+                }
+            }
+            if let Poll::Ready(outcome) = polled {
                 return Poll::Ready(Step::HandlerReturned(outcome));
             }
         }

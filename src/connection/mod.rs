@@ -181,6 +181,7 @@ where
         in_tx,
         out_rx: out_rx.in_batches(),
         parked: None,
+        offered: false,
         reassembly: Reassembly::new(settings.max_message_size),
         closing: None,
         handler_done: false,
@@ -417,6 +418,11 @@ struct Conn {
     out_rx: queue::BatchReceiver<Outbound>,
     /// A message read while the handler's queue was full; reading waits until it is taken.
     parked: Option<Message>,
+    /// A message read in this pass, while the handler's queue was empty, is offered to the
+    /// handler (`socket::handoff`): taken when the pass polls the handler next
+    /// (`Arms::poll_socket`), or queued when the pass ends first (`Conn::drive`). No message
+    /// stays offered after a pass.
+    offered: bool,
     reassembly: Reassembly,
     /// The close frame this side sent, once it has.
     closing: Option<CloseFrame>,
@@ -526,6 +532,13 @@ impl Conn {
             let step =
                 std::future::poll_fn(|cx| self.poll_pass(cx, &mut pass, open, writer, handler))
                     .await;
+            if self.offered {
+                // The pass ended before it polled the handler again: the queue takes it.
+                self.offered = false;
+                if let Some(message) = crate::socket::handoff::reclaim(self.in_tx.id()) {
+                    self.queue_for_handler(message, &pass.arms);
+                }
+            }
             if let Err(ending) = self.act(step, &mut pass, writer) {
                 break ending;
             }
@@ -647,7 +660,7 @@ impl Conn {
         loop {
             let handler = (!self.handler_done).then_some(&mut *handler);
             let outbound = open.then_some(&mut self.out_rx);
-            match arms.poll_socket(handler, outbound) {
+            match arms.poll_socket(handler, &mut self.offered, &self.in_tx, outbound) {
                 Poll::Ready(Step::Queued(Some(item))) if inline < WRITE_BATCH => {
                     inline += 1;
                     self.write_queued(Some(item), writer);
@@ -673,7 +686,7 @@ impl Conn {
                 match result {
                     Ok(frame) if is_data(frame.opcode) && inline < WRITE_BATCH => {
                         inline += 1;
-                        if let Err(ending) = self.on_frame(frame, writer, arms) {
+                        if let Err(ending) = self.on_frame(frame, writer, arms, true) {
                             return Poll::Ready(Step::Ended(ending));
                         }
                         if self.must_return(writer) {
@@ -742,7 +755,7 @@ impl Conn {
                 self.parked = None;
                 Ok(())
             }
-            Step::Frame(Ok(frame)) => self.on_frame(frame, writer, &pass.arms),
+            Step::Frame(Ok(frame)) => self.on_frame(frame, writer, &pass.arms, false),
             Step::Frame(Err(error)) => match Violation::from_read_error(error) {
                 Ok(violation) => Err(self.fail(violation.close_frame(), writer)),
                 Err(reason) => Err(Ending::Lost { reason }),
@@ -949,12 +962,13 @@ impl Conn {
         frame: RawFrame,
         writer: &mut Writer<'_, W>,
         arms: &Arms,
+        in_pass: bool,
     ) -> Result<(), Ending> {
         match frame.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 match self.reassembly.push(frame.fin, frame.opcode, frame.payload) {
                     Ok(Some(message)) => {
-                        self.deliver(message, arms);
+                        self.deliver(message, arms, in_pass);
                         Ok(())
                     }
                     Ok(None) => Ok(()),
@@ -1002,11 +1016,32 @@ impl Conn {
     }
 
     /// Hands a message to the handler, or parks it when the handler's queue is full.
-    fn deliver(&mut self, message: Message, arms: &Arms) {
+    ///
+    /// `in_pass`: called inside the pass, which polls the handler next (`poll_pass`), or
+    /// queues what is still offered when it ends first (`drive`). Then a message that finds
+    /// the queue empty skips it: it is offered to the handler directly (`socket::handoff`).
+    fn deliver(&mut self, message: Message, arms: &Arms, in_pass: bool) {
         self.touch();
         self.record.messages_in += 1;
         self.record.bytes_in += message.len() as u64;
         self.settings.registry.message_in(message.len());
+        let message = if in_pass && !self.handler_done && !self.offered && self.in_tx.is_empty() {
+            match crate::socket::handoff::offer(self.in_tx.id(), message) {
+                Ok(()) => {
+                    self.offered = true;
+                    arms.force(Arms::SOCKET);
+                    return;
+                }
+                Err(message) => message,
+            }
+        } else {
+            message
+        };
+        self.queue_for_handler(message, arms);
+    }
+
+    /// Pushes a message into the handler's queue, or parks it when the queue is full.
+    fn queue_for_handler(&mut self, message: Message, arms: &Arms) {
         match arms.deliver(&self.in_tx, Inbound::Message(message)) {
             Ok(()) => {}
             Err(PushError::Full(Inbound::Message(message))) => {
@@ -1131,6 +1166,184 @@ mod tests {
         .expect("the handler's message was written without another wake")
         .unwrap();
         assert_eq!(&frame, b"\x81\x05hello");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn messages_reach_a_waiting_recv_directly_and_a_busy_handler_through_its_queue() {
+        // The first message finds the handler waiting in `recv` (handed over in the pass);
+        // the next two arrive while it waits on something else, so they are offered, not
+        // taken, and queued; then a split receiver in another task gets the rest. Every
+        // message arrives once and in order, and every reply goes out.
+        let (io, mut client) = tokio::io::duplex(4096);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let handler_gate = Arc::clone(&gate);
+        let mut config = crate::layer::tests_config_with(move |mut ws: crate::WebSocket| {
+            let gate = Arc::clone(&handler_gate);
+            async move {
+                let first = ws.recv().await.unwrap();
+                ws.send(first).await.unwrap();
+                gate.notified().await;
+                for _ in 0..2 {
+                    let next = ws.recv().await.unwrap();
+                    ws.send(next).await.unwrap();
+                }
+                let (mut rx, tx) = ws.split();
+                let elsewhere = tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    for _ in 0..2 {
+                        let message = rx.recv().await.unwrap();
+                        got.push(message.as_text().unwrap().to_owned());
+                        tx.send(message).await.unwrap();
+                    }
+                    got
+                });
+                assert_eq!(elsewhere.await.unwrap(), ["d", "e"]);
+                std::future::pending::<()>().await;
+            }
+        });
+        let settings = Arc::make_mut(&mut config.connection);
+        settings.ping_interval = None;
+        settings.idle_timeout = None;
+        let parts = http::Request::new(()).into_parts().0;
+        let shared = Arc::new(crate::socket::ControlBlock::default());
+        let server = tokio::spawn(super::serve(
+            io,
+            accepted(parts),
+            &config.handler,
+            config.connection,
+            shared,
+        ));
+        async fn echo(client: &mut tokio::io::DuplexStream) -> [u8; 3] {
+            let mut reply = [0u8; 3];
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                client.read_exact(&mut reply),
+            )
+            .await
+            .expect("a reply")
+            .unwrap();
+            reply
+        }
+        client.write_all(&masked_text(b"a")).await.unwrap();
+        assert_eq!(&echo(&mut client).await, b"\x81\x01a");
+        // Read by the connection while the handler waits at the gate.
+        let mut two = masked_text(b"b");
+        two.extend(masked_text(b"c"));
+        client.write_all(&two).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        gate.notify_one();
+        assert_eq!(&echo(&mut client).await, b"\x81\x01b");
+        assert_eq!(&echo(&mut client).await, b"\x81\x01c");
+        client.write_all(&masked_text(b"d")).await.unwrap();
+        assert_eq!(&echo(&mut client).await, b"\x81\x01d");
+        client.write_all(&masked_text(b"e")).await.unwrap();
+        assert_eq!(&echo(&mut client).await, b"\x81\x01e");
+        server.abort();
+    }
+
+    /// Serves `handler` over a pipe with a send queue of `capacity` under `policy`, no
+    /// keepalive and no idle timeout; the client's end and the server task.
+    fn serve_with<H, F>(
+        handler: H,
+        capacity: usize,
+        policy: crate::QueuePolicy,
+    ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>)
+    where
+        H: Fn(crate::WebSocket) -> F + Clone + Send + Sync + 'static,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (io, client) = tokio::io::duplex(4096);
+        let mut config = crate::layer::tests_config_with(handler);
+        let settings = Arc::make_mut(&mut config.connection);
+        settings.ping_interval = None;
+        settings.idle_timeout = None;
+        settings.send_queue_capacity = capacity;
+        settings.send_queue_policy = policy;
+        let parts = http::Request::new(()).into_parts().0;
+        let shared = Arc::new(crate::socket::ControlBlock::default());
+        let server = tokio::spawn(super::serve(
+            io,
+            accepted(parts),
+            &config.handler,
+            config.connection,
+            shared,
+        ));
+        (client, server)
+    }
+
+    async fn read_n(client: &mut tokio::io::DuplexStream, n: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; n];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_exact(&mut bytes),
+        )
+        .await
+        .expect("the frames")
+        .unwrap();
+        bytes
+    }
+
+    #[tokio::test]
+    async fn replies_skip_the_queue_only_while_it_is_empty_and_the_capacity_still_holds() {
+        // One poll of the handler: the first send goes to the outbox (the queue is empty),
+        // the second finds the outbox taken and goes through the queue, which takes the
+        // first in first: with a capacity of 1 the second is refused, as before the outbox.
+        let (report_tx, mut report) = tokio::sync::mpsc::unbounded_channel();
+        let (mut client, server) = serve_with(
+            move |ws: crate::WebSocket| {
+                let report = report_tx.clone();
+                async move {
+                    let first = ws.send("a").await;
+                    let second = ws.send("b").await;
+                    let _ = report.send((first, second));
+                    std::future::pending::<()>().await;
+                }
+            },
+            1,
+            crate::QueuePolicy::Fail,
+        );
+        let (first, second) = report.recv().await.unwrap();
+        assert_eq!(first, Ok(()));
+        assert_eq!(
+            second,
+            Err(crate::SendError::QueueFull(crate::Message::text("b")))
+        );
+        assert_eq!(read_n(&mut client, 3).await, b"\x81\x01a");
+        server.abort();
+
+        // Waiting for room: every message goes out once and in order, the first from the
+        // outbox and the rest through the queue, one poll of the handler after another.
+        let (mut client, server) = serve_with(
+            |ws: crate::WebSocket| async move {
+                for text in ["a", "b", "c", "d"] {
+                    ws.send(text).await.unwrap();
+                }
+                std::future::pending::<()>().await;
+            },
+            1,
+            crate::QueuePolicy::Wait,
+        );
+        assert_eq!(
+            read_n(&mut client, 12).await,
+            b"\x81\x01a\x81\x01b\x81\x01c\x81\x01d"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_reply_sent_just_before_the_handler_returns_goes_out_before_the_close() {
+        // The send lands in the outbox and the handler returns in the same poll: the reply
+        // is put before the queue's items and is written ahead of the 1000 close.
+        let (mut client, server) = serve_with(
+            |ws: crate::WebSocket| async move {
+                ws.send("bye").await.unwrap();
+            },
+            4,
+            crate::QueuePolicy::Wait,
+        );
+        assert_eq!(read_n(&mut client, 5).await, b"\x81\x03bye");
+        assert_eq!(read_n(&mut client, 4).await, b"\x88\x02\x03\xe8");
         server.abort();
     }
 

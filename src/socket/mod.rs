@@ -55,6 +55,175 @@ use crate::socket::message::Message;
 use crate::wire::writer::Prepared;
 use queue::PushError;
 
+/// The connection task's fast path to a receiver it polls: a message handed over for the
+/// length of one poll of the handler, without the inbound queue.
+///
+/// The handler runs inside its connection task, and in the common case it waits in `recv`
+/// when a message is read. The task then puts the message here, keyed by the inbound queue's
+/// [`id`](queue::Receiver::id), polls the handler in the same pass (no other code runs on the
+/// thread in between), and takes back what the handler did not take (its receiver was
+/// elsewhere: not in `recv`, or in another task), which then goes into the queue; so does a
+/// message the pass could not hand over before it ended. No message stays here between
+/// passes. The task does so only while the queue is empty, and it is the queue's only
+/// sender, so the message handed over is the next one in order either way; the queue's
+/// capacity (`INBOUND_CAPACITY`) is untouched. A thread-local slot, because the handler is
+/// polled on the task's thread, and a thread-local costs less than the queue's lock.
+pub(crate) mod handoff {
+    use std::cell::Cell;
+
+    use super::Message;
+
+    thread_local! {
+        /// The id of the inbound queue whose receiver `OFFERED` is for, 0 when none. A
+        /// plain number, so that a look that finds nothing is one load.
+        static OFFERED_TO: Cell<usize> = const { Cell::new(0) };
+        /// The message offered.
+        static OFFERED: Cell<Option<Message>> = const { Cell::new(None) };
+        /// The id of the outbound queue whose connection task polls its handler now, 0 when
+        /// none (see [`collect`]), with its lowest bit set while `SENT` holds a message (an
+        /// id is the address of an `Arc`'s block, so that bit is free).
+        static OUTBOX: Cell<usize> = const { Cell::new(0) };
+        /// The message a send put in the open outbox.
+        static SENT: Cell<Option<Message>> = const { Cell::new(None) };
+    }
+
+    /// [`OUTBOX`]'s bit for "`SENT` holds a message".
+    const FULL: usize = 1;
+
+    /// Runs `poll` (a poll of the handler) with an outbox open for the outbound queue `id`:
+    /// the first message a send of that socket makes while the queue is empty goes there
+    /// rather than into the queue ([`send`]), and comes back with `poll`'s output, to be
+    /// written before what is queued. The outbox of an outer call is put back after.
+    #[inline]
+    pub(crate) fn collect<R>(id: usize, poll: impl FnOnce() -> R) -> (R, Option<Message>) {
+        debug_assert_eq!(id & FULL, 0);
+        let outer = OUTBOX.with(|outbox| outbox.replace(id));
+        let outer_sent = if outer & FULL != 0 {
+            SENT.with(Cell::take)
+        } else {
+            None
+        };
+        let output = poll();
+        let now = OUTBOX.with(|outbox| outbox.replace(outer));
+        let sent = if now & FULL != 0 {
+            SENT.with(Cell::take)
+        } else {
+            None
+        };
+        if outer_sent.is_some() {
+            SENT.with(|sent| sent.set(outer_sent));
+        }
+        (output, sent)
+    }
+
+    /// Puts `message` in the outbox of the outbound queue `id`, if one is open and empty;
+    /// gives it back otherwise. The caller has seen the queue empty.
+    #[inline]
+    pub(crate) fn send(id: usize, message: Message) -> Result<(), Message> {
+        if OUTBOX.with(Cell::get) != id {
+            return Err(message);
+        }
+        SENT.with(|sent| sent.set(Some(message)));
+        OUTBOX.with(|outbox| outbox.set(id | FULL));
+        Ok(())
+    }
+
+    /// Whether the outbox of the outbound queue `id` is open and holds a message.
+    #[inline(always)]
+    pub(crate) fn holds_sent(id: usize) -> bool {
+        OUTBOX.with(Cell::get) == id | FULL
+    }
+
+    /// Takes the message in the outbox of the outbound queue `id` back out, so that a send
+    /// that goes through the queue puts it there first, in order, and the queue's capacity
+    /// counts it.
+    #[inline]
+    pub(crate) fn take_sent(id: usize) -> Option<Message> {
+        if OUTBOX.with(Cell::get) != id | FULL {
+            return None;
+        }
+        OUTBOX.with(|outbox| outbox.set(id));
+        SENT.with(Cell::take)
+    }
+
+    /// Offers `message` to the receiver of queue `id`, until [`reclaim`]ed; gives it back
+    /// when another message is offered already (then it goes the queue's way).
+    #[inline]
+    pub(crate) fn offer(id: usize, message: Message) -> Result<(), Message> {
+        if OFFERED_TO.with(Cell::get) != 0 {
+            return Err(message);
+        }
+        OFFERED.with(|offered| offered.set(Some(message)));
+        OFFERED_TO.with(|to| to.set(id));
+        Ok(())
+    }
+
+    /// Takes back the message offered to the receiver of queue `id`, if it was not taken.
+    #[inline]
+    pub(crate) fn reclaim(id: usize) -> Option<Message> {
+        take(id)
+    }
+
+    /// The message offered to the receiver of queue `id`, if any.
+    #[inline]
+    pub(crate) fn take(id: usize) -> Option<Message> {
+        if OFFERED_TO.with(Cell::get) != id {
+            return None;
+        }
+        OFFERED_TO.with(|to| to.set(0));
+        OFFERED.with(Cell::take)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn an_offer_is_taken_by_its_own_receiver_only_and_reclaimed_if_not() {
+            let message = || Message::text("m");
+            assert_eq!(offer(1, message()), Ok(()));
+            // Another message while one is offered goes the queue's way.
+            assert_eq!(offer(2, message()), Err(message()));
+            // Another queue's receiver does not see it; its own takes it once.
+            assert_eq!(take(2), None);
+            assert_eq!(take(1), Some(message()));
+            assert_eq!(take(1), None);
+            assert_eq!(reclaim(1), None);
+            // Not taken: the connection gets it back, and the slot is free again.
+            assert_eq!(offer(1, message()), Ok(()));
+            assert_eq!(reclaim(2), None);
+            assert_eq!(reclaim(1), Some(message()));
+            assert_eq!(take(1), None);
+        }
+
+        #[test]
+        fn the_outbox_takes_one_message_of_its_own_queue_while_open() {
+            let message = |text: &str| Message::text(text.to_owned());
+            // Closed: nothing goes in.
+            assert_eq!(send(64, message("x")), Err(message("x")));
+            let ((), sent) = collect(64, || {
+                assert_eq!(send(128, message("other")), Err(message("other")));
+                assert_eq!(send(64, message("a")), Ok(()));
+                // Full: the next send goes the queue's way, after taking "a" out first.
+                assert_eq!(send(64, message("b")), Err(message("b")));
+                assert_eq!(take_sent(128), None);
+                assert_eq!(take_sent(64), Some(message("a")));
+                assert_eq!(send(64, message("c")), Ok(()));
+                // A nested outbox (another connection's) does not see or lose this one.
+                let ((), inner) = collect(192, || {
+                    assert_eq!(take_sent(64), None);
+                    assert_eq!(send(192, message("i")), Ok(()));
+                });
+                assert_eq!(inner, Some(message("i")));
+            });
+            assert_eq!(sent, Some(message("c")));
+            // Closed again once the poll is over.
+            assert_eq!(send(64, message("y")), Err(message("y")));
+            assert_eq!(take_sent(64), None);
+        }
+    }
+}
+
 /// What the connection task hands the socket.
 #[derive(Debug)]
 pub(crate) enum Inbound {
@@ -361,8 +530,9 @@ impl WebSocket {
     ///
     /// Cancel safe: if the future is dropped before it completes (in a `tokio::select!` arm
     /// that lost, say), no message is lost; the next call returns it.
-    pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+    pub fn recv(&mut self) -> impl Future<Output = Option<Message>> + Send + '_ {
+        // Not an `async fn`: one future, the receiver's, with no layer around it.
+        self.rx.recv()
     }
 
     /// Queues a message to the peer; see [`WebSocketSender::send`].
@@ -484,11 +654,16 @@ impl WebSocketReceiver {
     /// # Cancel safety
     ///
     /// Cancel safe: if the future is dropped before it completes, no message is lost.
-    pub async fn recv(&mut self) -> Option<Message> {
-        poll_fn(|cx| self.poll_recv(cx)).await
+    pub fn recv(&mut self) -> impl Future<Output = Option<Message>> + Send + '_ {
+        poll_fn(move |cx| self.poll_recv(cx))
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        // A message the connection task hands over while it polls this handler: the queue
+        // is empty then, so it is the next one (see `handoff`).
+        if let Some(message) = handoff::take(self.inbound.id()) {
+            return Poll::Ready(Some(message));
+        }
         match ready!(self.inbound.poll_recv(cx)) {
             Some(Inbound::Message(message)) => Poll::Ready(Some(message)),
             Some(Inbound::Closed(frame)) => {
@@ -542,21 +717,10 @@ impl WebSocketSender {
         &self,
         message: impl Into<Message>,
     ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
-        self.send_message(message.into())
-    }
-
-    async fn send_message(&self, message: Message) -> Result<(), SendError> {
-        if self.is_closed() {
-            return Err(SendError::Closed(message));
-        }
-        #[cfg(feature = "hixie76")]
-        let message = self.shared.check_legacy(message)?;
-        match self.policy {
-            QueuePolicy::Wait => match self.outbound.push(Outbound::Message(message)).await {
-                Ok(()) => Ok(()),
-                Err(item) => Err(SendError::Closed(item.into_message())),
-            },
-            _ => self.enqueue_now(message),
+        SendMessage {
+            sender: self,
+            item: Some(Outbound::Message(message.into())),
+            checked: false,
         }
     }
 
@@ -578,6 +742,7 @@ impl WebSocketSender {
     }
 
     fn enqueue_now(&self, message: Message) -> Result<(), SendError> {
+        self.spill(None);
         match self.outbound.try_push(Outbound::Message(message)) {
             Ok(()) => Ok(()),
             Err(PushError::Closed(item)) => Err(SendError::Closed(item.into_message())),
@@ -610,6 +775,7 @@ impl WebSocketSender {
                     _ => Undelivered::Closed,
                 });
         }
+        self.spill(None);
         match self
             .outbound
             .try_push(Outbound::Prepared(Arc::clone(prepared)))
@@ -623,6 +789,32 @@ impl WebSocketSender {
                 }
                 QueuePolicy::Wait | QueuePolicy::Fail => Err(Undelivered::Full),
             },
+        }
+    }
+
+    /// Moves a message this socket's handler sent into the outbox (`handoff::collect`)
+    /// into the queue, ahead of a push that goes through the queue: so the order holds and
+    /// the capacity counts it. If the queue is full, it stays in the outbox (then the push
+    /// finds the queue full too); `cx` is the task running this, as for the push.
+    #[inline(always)]
+    fn spill(&self, cx: Option<&Context<'_>>) {
+        let id = self.outbound.id();
+        // One load of a thread-local in the common case: no outbox of this socket is full.
+        if handoff::holds_sent(id) {
+            self.spill_sent(id, cx);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn spill_sent(&self, id: usize, cx: Option<&Context<'_>>) {
+        if let Some(earlier) = handoff::take_sent(id) {
+            match self.outbound.try_push_from(Outbound::Message(earlier), cx) {
+                Ok(()) | Err(PushError::Closed(_)) => {}
+                Err(PushError::Full(item)) => {
+                    let _ = handoff::send(id, item.into_message());
+                }
+            }
         }
     }
 
@@ -682,6 +874,62 @@ impl WebSocketSender {
         match self.shared.rtt_micros.load(Ordering::Relaxed) {
             0 => None,
             micros => Some(Duration::from_micros(micros)),
+        }
+    }
+}
+
+/// The future of [`WebSocketSender::send`]: written by hand rather than as an `async fn`
+/// around the queue's push, so that a send that finds room (the common case) is one call
+/// with no nested state to build, move and drop.
+struct SendMessage<'a> {
+    sender: &'a WebSocketSender,
+    /// The message, until it is queued or given back.
+    item: Option<Outbound>,
+    /// The first poll's checks (closed, legacy, policy) are done: the send waits for room.
+    checked: bool,
+}
+
+impl Future for SendMessage<'_> {
+    type Output = Result<(), SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let sender = this.sender;
+        if !this.checked {
+            let Some(Outbound::Message(message)) = this.item.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            if sender.is_closed() {
+                return Poll::Ready(Err(SendError::Closed(message)));
+            }
+            #[cfg(feature = "hixie76")]
+            let message = match sender.shared.check_legacy(message) {
+                Ok(message) => message,
+                Err(error) => return Poll::Ready(Err(error)),
+            };
+            let id = sender.outbound.id();
+            let message = if sender.outbound.is_empty() {
+                // Polled by its connection task, which writes it next: no queue.
+                match handoff::send(id, message) {
+                    Ok(()) => return Poll::Ready(Ok(())),
+                    Err(message) => message,
+                }
+            } else {
+                message
+            };
+            if sender.policy != QueuePolicy::Wait {
+                return Poll::Ready(sender.enqueue_now(message));
+            }
+            sender.spill(Some(cx));
+            this.checked = true;
+            this.item = Some(Outbound::Message(message));
+        }
+        // A receiver waiting in this task (the connection's, which polls the handler) is not
+        // woken: see `socket::queue`.
+        match sender.outbound.poll_push(&mut this.item, cx, true) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(item)) => Poll::Ready(Err(SendError::Closed(item.into_message()))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -766,10 +1014,12 @@ impl Sink<Message> for WebSocketSender {
             return Poll::Ready(Err(Error::Closed));
         }
         match self.policy {
-            QueuePolicy::Wait => self
-                .outbound
-                .poll_ready(cx)
-                .map_err(|queue::Closed| Error::Closed),
+            QueuePolicy::Wait => {
+                self.spill(Some(cx));
+                self.outbound
+                    .poll_ready(cx)
+                    .map_err(|queue::Closed| Error::Closed)
+            }
             QueuePolicy::Fail | QueuePolicy::Close(_) => Poll::Ready(Ok(())),
         }
     }

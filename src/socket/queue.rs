@@ -35,6 +35,11 @@ struct Queue<T> {
     closed: AtomicBool,
     /// What an item weighs against `State::max_bytes` (its payload's length).
     weigh: fn(&T) -> usize,
+    /// The data and vtable pointers of the waker a [`Receiver`] last registered, as numbers
+    /// (written and read by the receiver alone): with `receiver_waiting`, they let it see
+    /// that it still waits with the waker it is polled with, without taking the lock.
+    receiver_data: AtomicUsize,
+    receiver_vtable: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -117,6 +122,8 @@ pub(crate) fn bounded_by_weight<T>(
         receiver_waiting: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         weigh,
+        receiver_data: AtomicUsize::new(0),
+        receiver_vtable: AtomicUsize::new(0),
     });
     (
         Sender {
@@ -249,28 +256,38 @@ impl<T> Sender<T> {
         same_task_skips_wake: bool,
     ) -> impl Future<Output = Result<(), T>> + '_ {
         let mut item = Some(item);
-        poll_fn(move |cx| {
-            let Some(next) = item.take() else {
-                return Poll::Ready(Ok(()));
-            };
-            let own = same_task_skips_wake.then_some(&*cx);
-            match self.try_push_from(next, own) {
-                Ok(()) => Poll::Ready(Ok(())),
-                Err(PushError::Closed(back)) => Poll::Ready(Err(back)),
-                Err(PushError::Full(back)) => {
-                    let weight = (self.queue.weigh)(&back);
-                    item = Some(back);
-                    match self.register_sender(cx, weight) {
-                        true => Poll::Pending,
-                        // Room appeared (or the queue closed) in between: try again at once.
-                        false => {
-                            cx.waker().wake_by_ref();
-                            Poll::Pending
-                        }
-                    }
+        poll_fn(move |cx| self.poll_push(&mut item, cx, same_task_skips_wake))
+    }
+
+    /// One poll of a push of the item in `item`: `Ready(Ok)` once pushed (or when `item` is
+    /// empty), `Ready(Err)` with the item when the queue is closed, `Pending` with the item
+    /// back in `item` when the queue is full (`cx` is woken when room appears). With
+    /// `same_task_skips_wake`, a receiver waiting in the task that runs this push is not
+    /// woken (see the module docs).
+    #[inline]
+    pub(crate) fn poll_push(
+        &self,
+        item: &mut Option<T>,
+        cx: &Context<'_>,
+        same_task_skips_wake: bool,
+    ) -> Poll<Result<(), T>> {
+        let Some(next) = item.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        let own = same_task_skips_wake.then_some(cx);
+        match self.try_push_from(next, own) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(PushError::Closed(back)) => Poll::Ready(Err(back)),
+            Err(PushError::Full(back)) => {
+                let weight = (self.queue.weigh)(&back);
+                *item = Some(back);
+                if !self.register_sender(cx, weight) {
+                    // Room appeared (or the queue closed) in between: try again at once.
+                    cx.waker().wake_by_ref();
                 }
+                Poll::Pending
             }
-        })
+        }
     }
 
     /// Ready when the queue has room (`Ok`) or is closed (`Err`); registers to be woken.
@@ -302,6 +319,18 @@ impl<T> Sender<T> {
     pub(crate) fn is_closed(&self) -> bool {
         self.queue.closed.load(Ordering::Acquire)
     }
+
+    /// Whether nothing is queued (seen without the lock).
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.len.load(Ordering::Acquire) == 0
+    }
+
+    /// Names the queue: the same number as its receiver's [`Receiver::id`].
+    #[inline]
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.queue) as usize
+    }
 }
 
 fn add_waker(wakers: &mut Vec<Waker>, waker: &Waker) {
@@ -317,8 +346,30 @@ pub(crate) struct Receiver<T> {
 }
 
 impl<T> Receiver<T> {
+    /// Names the queue: the same number as its senders' [`Sender::id`].
+    #[inline]
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.queue) as usize
+    }
+
     /// The next item; `None` once every sender is gone and the queue is empty.
+    ///
+    /// An empty queue this receiver already waits on, with the waker it is polled with now
+    /// (the handler's, polled again by its connection task after each message), answers
+    /// `Pending` without taking the lock. A push stores the length before it takes the
+    /// waker, and the end of the senders clears the waiting flag before it wakes, so neither
+    /// is missed; while the flag is set, the registered waker (whose pointers are compared)
+    /// is alive, so its pointers name no other waker.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let queue = &*self.queue;
+        if queue.len.load(Ordering::Acquire) == 0
+            && queue.receiver_waiting.load(Ordering::Acquire)
+            && queue.receiver_data.load(Ordering::Relaxed) == cx.waker().data() as usize
+            && queue.receiver_vtable.load(Ordering::Relaxed)
+                == std::ptr::from_ref(cx.waker().vtable()) as usize
+        {
+            return Poll::Pending;
+        }
         let (item, senders) = {
             let mut state = self.queue.lock();
             match state.items.pop_front() {
@@ -330,11 +381,20 @@ impl<T> Receiver<T> {
                 }
                 None if state.senders == 0 => return Poll::Ready(None),
                 None => {
+                    let waker = cx.waker();
                     match &state.receiver {
-                        Some(waker) if waker.will_wake(cx.waker()) => {}
-                        _ => state.receiver = Some(cx.waker().clone()),
+                        Some(waiting) if waiting.will_wake(waker) => {}
+                        _ => state.receiver = Some(waker.clone()),
                     }
-                    self.queue.receiver_waiting.store(true, Ordering::Release);
+                    let queue = &*self.queue;
+                    queue
+                        .receiver_data
+                        .store(waker.data() as usize, Ordering::Relaxed);
+                    queue.receiver_vtable.store(
+                        std::ptr::from_ref(waker.vtable()) as usize,
+                        Ordering::Relaxed,
+                    );
+                    queue.receiver_waiting.store(true, Ordering::Release);
                     give_back(&mut state.items);
                     return Poll::Pending;
                 }
@@ -450,6 +510,25 @@ impl<T> BatchReceiver<T> {
     /// No more pushes; what is queued or in hand can still be received.
     pub(crate) fn close(&mut self) {
         self.inner.close();
+    }
+
+    /// Nothing taken is in hand or counts against the capacity: a message written now,
+    /// from outside the queue, goes out after everything taken before it.
+    #[inline]
+    pub(crate) fn is_settled(&self) -> bool {
+        !self.holds_room && self.taken.is_empty()
+    }
+
+    /// An item to hand out before anything queued: one sent from outside the queue while
+    /// it was empty (see `socket::handoff::collect`), which the task did not write at once.
+    pub(crate) fn requeue(&mut self, item: T) {
+        self.taken.push_front(item);
+    }
+
+    /// Names the queue, as [`Sender::id`].
+    #[inline]
+    pub(crate) fn id(&self) -> usize {
+        self.inner.id()
     }
 
     /// With nothing left in hand (`taken` empty), takes the lock and moves what is queued
@@ -745,6 +824,38 @@ mod tests {
         assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(1)));
         assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
         assert_eq!(rx.queue.lock().items.capacity(), kept);
+    }
+
+    #[test]
+    fn a_receiver_waiting_with_the_same_waker_misses_no_push_and_a_new_waker_registers() {
+        let (tx, mut rx) = bounded(8);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        // Waiting with this waker: pending again without the lock, still registered.
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        tx.try_push(1).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        // A push from the receiver's own task keeps the waker and the flag: the length
+        // check still sees the item.
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        tx.try_push_from(2, Some(&cx)).unwrap();
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(2)));
+        // Polled with another waker: that one is registered and woken by the next push.
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        let (other_count, other) = counting();
+        let mut other_cx = Context::from_waker(&other);
+        assert_eq!(rx.poll_recv(&mut other_cx), Poll::Pending);
+        tx.try_push(3).unwrap();
+        assert_eq!(other_count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.poll_recv(&mut other_cx), Poll::Ready(Some(3)));
+        // The end of the senders is seen by a receiver that waits with the same waker.
+        assert_eq!(rx.poll_recv(&mut other_cx), Poll::Pending);
+        drop(tx);
+        assert_eq!(other_count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(rx.poll_recv(&mut other_cx), Poll::Ready(None));
     }
 
     #[test]
