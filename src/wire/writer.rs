@@ -29,6 +29,9 @@ use std::sync::{Mutex, PoisonError};
 /// Payloads up to this size are copied next to their header; larger ones are written from
 /// where they are.
 const INLINE_MAX: usize = 1024;
+/// Frames of a prepared message (a hub's publish) up to this size, header included, are copied
+/// into the arena; larger ones are written from the one shared buffer every subscriber uses.
+const PREPARED_INLINE_MAX: usize = 256;
 /// A batch this large is written at once, without waiting for the task to go idle.
 pub(crate) const FLUSH_AT: usize = 64 * 1024;
 /// The most slices handed to one vectored write.
@@ -243,8 +246,14 @@ impl FrameWriter {
     /// where it is.
     fn push_prepared(&mut self, frame: &Framed) {
         match frame {
-            Framed::Whole(bytes) => {
+            Framed::Whole(bytes) if bytes.len() <= PREPARED_INLINE_MAX => {
                 self.push_inline(bytes);
+                self.pending += bytes.len();
+            }
+            Framed::Whole(bytes) => {
+                // Shared, not copied: a burst of larger publishes would otherwise be copied
+                // into (and grow) every subscriber's arena.
+                self.segments.push(Segment::Shared(bytes.clone()));
                 self.pending += bytes.len();
             }
             Framed::Split {
@@ -555,6 +564,22 @@ mod tests {
             Some(Segment::Shared(bytes)) => assert_eq!(bytes.as_ptr(), payload.as_ptr()),
             other => panic!("{other:?}"),
         }
+        // A 1 KiB publish: header and payload framed once in one buffer, which every
+        // subscriber's batch shares rather than copies; a 20-byte one is copied.
+        let kib = Prepared::new(Message::binary(vec![2u8; 1024]));
+        let Framed::Whole(framed) = &kib.frame else {
+            panic!("a 1 KiB frame is framed whole");
+        };
+        out.push_prepared(&kib.frame);
+        match out.segments.last() {
+            Some(Segment::Shared(bytes)) => assert_eq!(bytes.as_ptr(), framed.as_ptr()),
+            other => panic!("{other:?}"),
+        }
+        let segments = out.segments.len();
+        let small = Prepared::new(Message::binary(vec![3u8; 20]));
+        out.push_prepared(&small.frame);
+        assert_eq!(out.segments.len(), segments + 1);
+        assert!(matches!(out.segments.last(), Some(Segment::Inline { .. })));
     }
 
     #[cfg(feature = "deflate")]
