@@ -1139,23 +1139,14 @@ mod tests {
         // The handler sends once and then waits forever; the peer is silent and no timer is
         // set. Only the order of `Arms::poll_socket` (handler, then outbound queue) gets the
         // message out: the send skips the wake, and nothing else would poll the queue again.
-        let (io, mut client) = tokio::io::duplex(1024);
-        let mut config = crate::layer::tests_config_with(|ws: crate::WebSocket| async move {
-            let _ = ws.send("hello").await;
-            std::future::pending::<()>().await;
-        });
-        let settings = Arc::make_mut(&mut config.connection);
-        settings.ping_interval = None;
-        settings.idle_timeout = None;
-        let parts = http::Request::new(()).into_parts().0;
-        let shared = Arc::new(crate::socket::ControlBlock::default());
-        let server = tokio::spawn(super::serve(
-            io,
-            accepted(parts),
-            &config.handler,
-            config.connection,
-            shared,
-        ));
+        let (mut client, server) = serve_with(
+            |ws: crate::WebSocket| async move {
+                let _ = ws.send("hello").await;
+                std::future::pending::<()>().await;
+            },
+            crate::layer::DEFAULT_SEND_QUEUE_CAPACITY,
+            crate::QueuePolicy::Wait,
+        );
         let mut frame = [0u8; 7];
         // Virtual time: the timeout fires as soon as the runtime has nothing left to run.
         tokio::time::timeout(
@@ -1175,10 +1166,9 @@ mod tests {
         // the next two arrive while it waits on something else, so they are offered, not
         // taken, and queued; then a split receiver in another task gets the rest. Every
         // message arrives once and in order, and every reply goes out.
-        let (io, mut client) = tokio::io::duplex(4096);
         let gate = Arc::new(tokio::sync::Notify::new());
         let handler_gate = Arc::clone(&gate);
-        let mut config = crate::layer::tests_config_with(move |mut ws: crate::WebSocket| {
+        let handler = move |mut ws: crate::WebSocket| {
             let gate = Arc::clone(&handler_gate);
             async move {
                 let first = ws.recv().await.unwrap();
@@ -1201,19 +1191,12 @@ mod tests {
                 assert_eq!(elsewhere.await.unwrap(), ["d", "e"]);
                 std::future::pending::<()>().await;
             }
-        });
-        let settings = Arc::make_mut(&mut config.connection);
-        settings.ping_interval = None;
-        settings.idle_timeout = None;
-        let parts = http::Request::new(()).into_parts().0;
-        let shared = Arc::new(crate::socket::ControlBlock::default());
-        let server = tokio::spawn(super::serve(
-            io,
-            accepted(parts),
-            &config.handler,
-            config.connection,
-            shared,
-        ));
+        };
+        let (mut client, server) = serve_with(
+            handler,
+            crate::layer::DEFAULT_SEND_QUEUE_CAPACITY,
+            crate::QueuePolicy::Wait,
+        );
         async fn echo(client: &mut tokio::io::DuplexStream) -> [u8; 3] {
             let mut reply = [0u8; 3];
             tokio::time::timeout(
