@@ -454,23 +454,41 @@ struct HubSocket {
 }
 
 /// The send queue capacity of the hub target's sockets: small, so that queues fill.
-pub const HUB_QUEUE: usize = 3;
+pub const HUB_QUEUE: usize = 8;
 
 /// Sequences of hub operations against a model: each byte pair is one operation (subscribe,
 /// unsubscribe, publish, publish except, drain a socket's queue, drop a socket, count).
 ///
 /// Checks: every publish's [`Delivery`] and every count match the model, and each socket
-/// receives exactly the messages the model says, in order.
+/// receives exactly the messages the model says, in order. The model keeps the hub's batches
+/// (see `hub::batch`): a publish joins the topic's open batch while it has room and skips the
+/// same socket; otherwise it queues a new batch on each subscriber, reserving half the room
+/// of its queue (at least one item), and the batch then takes as many messages as the least
+/// reservation; draining a queue seals the batches in it, and a change of a topic's
+/// subscribers seals its open batch.
 pub fn hub(data: &[u8]) {
     const SOCKETS: usize = 4;
     const TOPICS: [&str; 3] = ["a", "b", "c"];
+    /// A batch of the model.
+    struct Batch {
+        messages: Vec<u32>,
+        sealed: bool,
+        room: usize,
+        except: Option<usize>,
+        delivered: usize,
+        dropped: usize,
+    }
     let hub = Hub::new();
     let mut sockets: Vec<HubSocket> = (0..SOCKETS).map(|_| hub_socket()).collect();
-    // The model: live subscriptions (socket, topic), each with its handle, and each socket's
-    // queue and whether its connection is gone.
+    // The model: live subscriptions (socket, topic), each with its handle; each socket's
+    // queue (of batches), what it counts against the capacity, and whether its connection
+    // is gone; every batch; each topic's open batch.
     let mut subscriptions: Vec<(usize, usize, Subscription)> = Vec::new();
-    let mut queues: Vec<Vec<u32>> = vec![Vec::new(); SOCKETS];
+    let mut queues: Vec<Vec<usize>> = vec![Vec::new(); SOCKETS];
+    let mut charged = [0usize; SOCKETS];
     let mut gone = [false; SOCKETS];
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut open: [Option<usize>; TOPICS.len()] = [None; TOPICS.len()];
     let mut next_message = 0u32;
 
     for op in data.chunks_exact(2) {
@@ -482,11 +500,18 @@ pub fn hub(data: &[u8]) {
                 let sub = hub.subscribe(TOPICS[topic], &sockets[socket].sender);
                 assert_eq!(sub.topic(), TOPICS[topic]);
                 subscriptions.push((socket, topic, sub));
+                if let Some(b) = open[topic].take() {
+                    batches[b].sealed = true;
+                }
             }
             1 => {
                 if !subscriptions.is_empty() {
                     let at = usize::from(arg) % subscriptions.len();
-                    drop(subscriptions.remove(at));
+                    let (_, t, sub) = subscriptions.remove(at);
+                    drop(sub);
+                    if let Some(b) = open[t].take() {
+                        batches[b].sealed = true;
+                    }
                 }
             }
             2 | 3 => {
@@ -499,22 +524,54 @@ pub fn hub(data: &[u8]) {
                     None => hub.publish(TOPICS[topic], message),
                 };
                 let mut expected = Delivery::default();
+                let joins = open[topic].filter(|&b| {
+                    let batch = &batches[b];
+                    !batch.sealed && batch.except == except && batch.messages.len() < batch.room
+                });
+                let subscribed = subscriptions.iter().any(|(_, t, _)| *t == topic);
                 let mut closed_now = Vec::new();
-                for (i, (s, t, _)) in subscriptions.iter().enumerate() {
-                    if *t != topic || Some(*s) == except {
-                        continue;
+                if let Some(b) = joins {
+                    batches[b].messages.push(id);
+                    expected.delivered = batches[b].delivered;
+                    expected.dropped = batches[b].dropped;
+                } else if subscribed {
+                    let b = batches.len();
+                    let mut room = usize::MAX;
+                    for (i, (s, t, _)) in subscriptions.iter().enumerate() {
+                        if *t != topic || Some(*s) == except {
+                            continue;
+                        }
+                        let left = HUB_QUEUE - charged[*s];
+                        if gone[*s] {
+                            expected.closed += 1;
+                            closed_now.push(i);
+                        } else if left > 0 {
+                            let reserved = (left / 2).clamp(1, crate::hub::batch::MAX_MESSAGES);
+                            expected.delivered += 1;
+                            charged[*s] += reserved;
+                            queues[*s].push(b);
+                            room = room.min(reserved);
+                        } else {
+                            expected.dropped += 1;
+                        }
                     }
-                    if gone[*s] {
-                        expected.closed += 1;
-                        closed_now.push(i);
-                    } else if queues[*s].len() < HUB_QUEUE {
-                        expected.delivered += 1;
-                        queues[*s].push(id);
-                    } else {
-                        expected.dropped += 1;
-                    }
+                    batches.push(Batch {
+                        messages: vec![id],
+                        // A removal of closed subscribers seals it at once.
+                        sealed: !closed_now.is_empty(),
+                        room: if expected.delivered == 0 { 0 } else { room },
+                        except,
+                        delivered: expected.delivered,
+                        dropped: expected.dropped,
+                    });
+                    open[topic] = (closed_now.is_empty()).then_some(b);
                 }
-                assert_eq!(delivery, expected, "publish {id} to {}", TOPICS[topic]);
+                assert_eq!(
+                    (delivery.delivered, delivery.dropped, delivery.closed),
+                    (expected.delivered, expected.dropped, expected.closed),
+                    "publish {id} to {}",
+                    TOPICS[topic]
+                );
                 // The hub forgets subscribers it found closed; their handles stay inert.
                 for i in closed_now.into_iter().rev() {
                     let (_, _, sub) = subscriptions.remove(i);
@@ -525,20 +582,28 @@ pub fn hub(data: &[u8]) {
                 let mut got = Vec::new();
                 if let Some(out) = sockets[socket].out.as_mut() {
                     while let Some(item) = out.try_recv() {
-                        let message = match item {
-                            Outbound::Message(message) => message,
-                            Outbound::Prepared(prepared) => prepared.message().clone(),
+                        let messages = match item {
+                            Outbound::Published(batch, _) => batch.messages(),
+                            Outbound::Message(_) => panic!("socket {socket} got a send"),
                             Outbound::Close(_) => panic!("socket {socket} got a close"),
                         };
-                        match message {
-                            Message::Binary(b) if b.len() == 4 => {
-                                got.push(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                        for message in messages {
+                            match message {
+                                Message::Binary(b) if b.len() == 4 => {
+                                    got.push(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                                }
+                                _ => panic!("socket {socket} got something never published"),
                             }
-                            _ => panic!("socket {socket} got something never published"),
                         }
                     }
                 }
-                assert_eq!(got, std::mem::take(&mut queues[socket]), "socket {socket}");
+                let mut expected = Vec::new();
+                for b in std::mem::take(&mut queues[socket]) {
+                    batches[b].sealed = true;
+                    expected.extend_from_slice(&batches[b].messages);
+                }
+                charged[socket] = 0;
+                assert_eq!(got, expected, "socket {socket}");
             }
             5 => {
                 // The connection task ends: its end of the queue goes away.
@@ -568,7 +633,7 @@ fn hub_socket() -> HubSocket {
         version: 13,
     });
     let (_in_tx, in_rx) = queue::bounded::<Inbound>(1);
-    let (out_tx, out_rx) = queue::bounded(HUB_QUEUE);
+    let (out_tx, out_rx) = queue::bounded_by_weight(HUB_QUEUE, usize::MAX, Outbound::weight);
     let socket = WebSocket::new(
         environ,
         in_rx,

@@ -63,12 +63,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::message::Message;
-use crate::socket::{Undelivered, WebSocketSender};
+use crate::socket::queue::Weight;
+use crate::socket::{Reserved, Undelivered, WebSocketSender};
 use crate::wire::writer::Prepared;
+use batch::Batch;
 
+pub(crate) mod batch;
 pub mod history;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -154,13 +157,43 @@ const CHUNK: usize = 256;
 /// topics' lock and fans out after releasing it, so subscribing, leaving and other topics
 /// never wait for a fan-out. A change made while a fan-out holds the list copies the part it
 /// changes; with no fan-out running, it changes the list in place.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Subscribers {
     chunks: Arc<Vec<Arc<Vec<Subscriber>>>>,
     len: usize,
+    /// The batch the last fan-out queued on every subscriber, which the next publishes join
+    /// until a connection writes it ([`batch`]).
+    open: Mutex<Option<Arc<Batch>>>,
 }
 
 impl Subscribers {
+    /// The open batch takes no more messages: the subscribers change.
+    fn seal(&mut self) {
+        let open = self.open.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(batch) = open.take() {
+            batch.seal();
+        }
+    }
+
+    /// Adds `prepared` to the open batch if it can take it: then no subscriber is touched.
+    fn join_open(
+        &self,
+        prepared: Prepared,
+        except: Option<usize>,
+    ) -> Result<(usize, usize), Prepared> {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        match open.as_ref() {
+            Some(batch) => batch.append(prepared, except),
+            None => Err(prepared),
+        }
+    }
+
+    /// Makes `batch` the one later publishes join (once its fan-out opens it).
+    fn set_open(&self, batch: &Arc<Batch>) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        *open = Some(Arc::clone(batch));
+    }
+
     fn push(&mut self, subscriber: Subscriber) {
         let chunks = Arc::make_mut(&mut self.chunks);
         match chunks.last_mut() {
@@ -233,6 +266,8 @@ impl Hub {
                 backend.subscribe(topic);
             }
         }
+        // It gets nothing of a batch queued before it joined: later publishes start a new one.
+        subscribers.seal();
         subscribers.push(Subscriber {
             id,
             sender: sender.clone(),
@@ -350,7 +385,10 @@ impl Hub {
             position: self.inner.histories.record(topic, message),
             ..Delivery::default()
         };
-        let chunks = {
+        // Framed once; every subscriber's connection writes these same bytes.
+        let prepared = Prepared::new(message.clone());
+        let except_id = except.map(WebSocketSender::socket_id);
+        let (chunks, batch) = {
             let topics = self
                 .inner
                 .topics
@@ -359,17 +397,42 @@ impl Hub {
             let Some(subscribers) = topics.get(topic) else {
                 return delivery;
             };
-            Arc::clone(&subscribers.chunks)
+            // A publish between two turns of the subscribers' connections: it joins the
+            // batch queued on each of them, and none is touched.
+            let prepared = match subscribers.join_open(prepared, except_id) {
+                Ok((delivered, dropped)) => {
+                    delivery.delivered = delivered;
+                    delivery.dropped = dropped;
+                    return delivery;
+                }
+                Err(prepared) => prepared,
+            };
+            let batch = Arc::new(Batch::new(prepared, except_id));
+            // Open to later publishes once queued everywhere (under this lock, so that a
+            // change of the subscribers seals it).
+            subscribers.set_open(&batch);
+            (Arc::clone(&subscribers.chunks), batch)
         };
-        // Framed once; every subscriber's connection writes these same bytes.
-        let prepared = Arc::new(Prepared::new(message.clone()));
+        let mut room = Weight {
+            items: usize::MAX,
+            bytes: usize::MAX,
+        };
         let mut gone = Vec::new();
         for subscriber in chunks.iter().flat_map(|chunk| chunk.iter()) {
             if except.is_some_and(|e| e.same_socket(&subscriber.sender)) {
                 continue;
             }
-            match subscriber.sender.try_send_prepared(&prepared) {
-                Ok(()) => delivery.delivered += 1,
+            match subscriber.sender.try_send_batch(&batch, message) {
+                Ok(Reserved::Room(reserved)) => {
+                    delivery.delivered += 1;
+                    room.items = room.items.min(reserved.items);
+                    room.bytes = room.bytes.min(reserved.bytes);
+                }
+                #[cfg(feature = "hixie76")]
+                Ok(Reserved::Alone) => {
+                    delivery.delivered += 1;
+                    room = Weight::default();
+                }
                 Err(Undelivered::Full) => delivery.dropped += 1,
                 Err(Undelivered::Closed) => {
                     delivery.closed += 1;
@@ -377,6 +440,10 @@ impl Hub {
                 }
             }
         }
+        if delivery.delivered == 0 {
+            room = Weight::default();
+        }
+        batch.open(room, delivery.delivered, delivery.dropped);
         // Released first, so that the removal changes the list in place.
         drop(chunks);
         if !gone.is_empty() {
@@ -390,6 +457,8 @@ impl Inner {
     fn remove(&self, topic: &str, doomed: impl Fn(u64) -> bool) {
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(subscribers) = topics.get_mut(topic) {
+            // Nothing published from now on goes to a subscriber that left.
+            subscribers.seal();
             subscribers.remove(doomed);
             if subscribers.len == 0 {
                 topics.remove(topic);
@@ -569,7 +638,7 @@ mod tests {
         );
         let other_delivery = waker.other_topic.lock().unwrap().take().expect("published");
         assert_eq!(other_delivery.delivered, 1);
-        assert!(matches!(other_rx.try_recv(), Some(Outbound::Prepared(_))));
+        assert!(matches!(other_rx.try_recv(), Some(Outbound::Published(..))));
         // The joiner joined after the list was taken: it did not get the message, and the
         // count is exact.
         assert_eq!(delivery.delivered, SUBSCRIBERS);
@@ -577,7 +646,7 @@ mod tests {
         assert_eq!(hub.subscriber_count("room"), SUBSCRIBERS);
         assert!(matches!(
             middle.poll_recv(&mut Context::from_waker(&task)),
-            Poll::Ready(Some(Outbound::Prepared(_)))
+            Poll::Ready(Some(Outbound::Published(..)))
         ));
         drop(subscriptions);
         assert_eq!(hub.subscriber_count("room"), 0);

@@ -731,8 +731,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     let result = match item {
                         Some(Outbound::Message(message)) => self.write_message(message).await,
                         // Not sent to a legacy socket (it gets the message), but as good.
-                        Some(Outbound::Prepared(prepared)) => {
-                            self.write_message(prepared.message().clone()).await
+                        Some(Outbound::Published(batch, _)) => {
+                            let mut result = Ok(());
+                            for message in batch.messages() {
+                                result = self.write_message(message).await;
+                                if result.is_err() {
+                                    break;
+                                }
+                            }
+                            result
                         }
                         // `close`, or every handle is gone.
                         Some(Outbound::Close(_)) | None => self.send_closing_frame().await,
@@ -753,15 +760,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     if !closing {
                         // What the handler queued goes out before the closing frame.
                         let mut result = Ok(());
-                        while let Some(item) = self.out_rx.try_recv() {
-                            let message = match item {
-                                Outbound::Message(message) => message,
-                                Outbound::Prepared(prepared) => prepared.message().clone(),
+                        'queued: while let Some(item) = self.out_rx.try_recv() {
+                            let messages = match item {
+                                Outbound::Message(message) => vec![message],
+                                Outbound::Published(batch, _) => batch.messages(),
                                 Outbound::Close(_) => break,
                             };
-                            result = self.write_message(message).await;
-                            if result.is_err() {
-                                break;
+                            for message in messages {
+                                result = self.write_message(message).await;
+                                if result.is_err() {
+                                    break 'queued;
+                                }
                             }
                         }
                         if let Err(ending) = result.and(self.send_closing_frame().await) {

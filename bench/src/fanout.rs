@@ -711,7 +711,10 @@ async fn measure(
     let mut rss_max = rss_connected;
     let mut best: Option<Step> = None;
     let mut lowest_fail: Option<Step> = None;
-    let mut rate = start_rate;
+    let mut rate = std::env::var("FANOUT_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(start_rate);
     let mut steps = 0;
     while steps < MAX_STEPS {
         steps += 1;
@@ -732,6 +735,14 @@ async fn measure(
             }
         } else if lowest_fail.as_ref().is_none_or(|f| f.rate > step.rate) {
             lowest_fail = Some(step);
+        }
+        // A fixed rate (FANOUT_RATE, publishes per second): every step at it, for profiling.
+        if let Some(fixed) = std::env::var("FANOUT_RATE")
+            .ok()
+            .and_then(|r| r.parse().ok())
+        {
+            rate = fixed;
+            continue;
         }
         rate = match (&best, &lowest_fail) {
             (Some(lo), Some(hi)) if hi.rate / lo.rate <= SEARCH_PRECISION => break,
@@ -801,7 +812,7 @@ async fn run_step(
     let share = received as f64 / expected.max(1) as f64;
     let pass = share >= MIN_DELIVERED && p99_ms <= scenario.bar().as_secs_f64() * 1000.0;
     if std::env::var_os("FANOUT_STEPS").is_some() {
-        eprintln!("    step {step}: rate {:.0} sent {sent} share {share:.4} p50 {p50_ms:.1} p99 {p99_ms:.1} srv {server_cpu:.0}% cli {client_cpu:.0}% pass {pass}", sent as f64 / window.as_secs_f64());
+        eprintln!("    step {step}: rate {:.0} sent {sent} share {share:.4} p50 {p50_ms:.1} p99 {p99_ms:.1} srv {server_cpu:.0}% cli {client_cpu:.0}% srv/msg {:.0}ns msg/read {:.1} pass {pass}", sent as f64 / window.as_secs_f64(), server_time.as_nanos() as f64 / received.max(1) as f64, received as f64 / reads.max(1) as f64);
     }
     if received < expected {
         quiesce(stats, Duration::from_secs(3)).await;

@@ -918,15 +918,17 @@ impl Conn {
                 self.settings.registry.message_out(payload.len());
                 self.touch();
             }
-            Outbound::Prepared(prepared) => {
-                #[cfg(feature = "deflate")]
-                prepared.push_to(&mut writer.out, writer.compressor.as_deref_mut());
-                #[cfg(not(feature = "deflate"))]
-                prepared.push_to(&mut writer.out);
-                let len = prepared.message().len();
-                self.record.messages_out += 1;
-                self.record.bytes_out += len as u64;
-                self.settings.registry.message_out(len);
+            Outbound::Published(batch, _) => {
+                batch.write_each(|prepared| {
+                    #[cfg(feature = "deflate")]
+                    prepared.push_to(&mut writer.out, writer.compressor.as_deref_mut());
+                    #[cfg(not(feature = "deflate"))]
+                    prepared.push_to(&mut writer.out);
+                    let len = prepared.message().len();
+                    self.record.messages_out += 1;
+                    self.record.bytes_out += len as u64;
+                    self.settings.registry.message_out(len);
+                });
                 self.touch();
             }
             Outbound::Close(frame) => self.start_close(frame, writer),

@@ -49,11 +49,12 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::HeaderValue;
 
+use crate::hub::batch::Batch;
 use crate::socket::close::{CloseCode, CloseFrame, MAX_REASON_LEN};
 use crate::socket::error::{Error, SendError};
 use crate::socket::message::Message;
-use crate::wire::writer::Prepared;
 use queue::PushError;
+use queue::Weight;
 
 /// The connection task's fast path to a receiver it polls: a message handed over for the
 /// length of one poll of the handler, without the inbound queue.
@@ -236,18 +237,20 @@ pub(crate) enum Inbound {
 #[derive(Debug)]
 pub(crate) enum Outbound {
     Message(Message),
-    /// A message framed once for every subscriber of a hub's topic.
-    Prepared(Arc<Prepared>),
+    /// Messages framed once for every subscriber of a hub's topic, with the room this queue
+    /// reserved for them.
+    Published(Arc<Batch>, Weight),
     Close(CloseFrame),
 }
 
 impl Outbound {
-    /// What the item weighs against the send queue's byte budget: its payload's length.
-    pub(crate) fn weight(&self) -> usize {
+    /// What the item counts against the send queue's capacity and byte budget: one item of
+    /// its payload's length, or what a batch reserved.
+    pub(crate) fn weight(&self) -> Weight {
         match self {
-            Outbound::Message(message) => message.len(),
-            Outbound::Prepared(prepared) => prepared.message().len(),
-            Outbound::Close(_) => 0,
+            Outbound::Message(message) => Weight::one(message.len()),
+            Outbound::Published(_, reserved) => *reserved,
+            Outbound::Close(_) => Weight::one(0),
         }
     }
 
@@ -255,13 +258,25 @@ impl Outbound {
     fn into_message(self) -> Message {
         match self {
             Outbound::Message(message) => message,
-            Outbound::Prepared(prepared) => prepared.message().clone(),
-            Outbound::Close(_) => unreachable!("a send pushes a message, never a close frame"),
+            Outbound::Published(..) | Outbound::Close(_) => {
+                unreachable!("a send pushes a message, never a batch or a close frame")
+            }
         }
     }
 }
 
-/// Why [`WebSocketSender::try_send_prepared`] did not queue a message.
+/// What [`WebSocketSender::try_send_batch`] reserved for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reserved {
+    /// This room of the queue: the batch may take messages within it.
+    Room(Weight),
+    /// The socket got the message alone (a legacy draft, which frames its own): the batch
+    /// must take no more.
+    #[cfg(feature = "hixie76")]
+    Alone,
+}
+
+/// Why [`WebSocketSender::try_send_batch`] did not queue a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Undelivered {
     /// The queue is full (under [`QueuePolicy::Wait`] or [`QueuePolicy::Fail`]).
@@ -758,29 +773,38 @@ impl WebSocketSender {
         }
     }
 
-    /// Queues a message framed once for many sockets, as [`try_send`](Self::try_send)
-    /// queues a message: what a hub's publish does for each subscriber.
-    pub(crate) fn try_send_prepared(&self, prepared: &Arc<Prepared>) -> Result<(), Undelivered> {
+    /// Queues a hub's batch of messages framed once for many sockets (holding `first`, its
+    /// first message), with a reservation of the room the queue has left, as
+    /// [`try_send`](Self::try_send) queues a message: what a hub's publish does for each
+    /// subscriber. Returns what it reserved.
+    pub(crate) fn try_send_batch(
+        &self,
+        batch: &Arc<Batch>,
+        #[cfg_attr(not(feature = "hixie76"), allow(unused_variables))] first: &Message,
+    ) -> Result<Reserved, Undelivered> {
         // The queue's own closed flag is checked by the push, under the lock it takes anyway.
         if self.shared.close_sent.load(Ordering::Acquire) {
             return Err(Undelivered::Closed);
         }
         #[cfg(feature = "hixie76")]
         if self.shared.legacy {
-            // A legacy draft has its own framing: it gets the message.
+            // A legacy draft has its own framing: it gets the message, and the batch can
+            // take no more (this socket would miss them).
             return self
-                .try_send(prepared.message().clone())
+                .try_send(first.clone())
+                .map(|()| Reserved::Alone)
                 .map_err(|error| match error {
                     SendError::QueueFull(_) => Undelivered::Full,
                     _ => Undelivered::Closed,
                 });
         }
         self.spill(None);
-        match self
-            .outbound
-            .try_push(Outbound::Prepared(Arc::clone(prepared)))
-        {
-            Ok(()) => Ok(()),
+        let mut reserved = Weight::default();
+        match self.outbound.try_push_reserving(|room| {
+            reserved = batch.reserve(room);
+            Outbound::Published(Arc::clone(batch), reserved)
+        }) {
+            Ok(()) => Ok(Reserved::Room(reserved)),
             Err(PushError::Closed(_)) => Err(Undelivered::Closed),
             Err(PushError::Full(_)) => match self.policy {
                 QueuePolicy::Close(code) => {
@@ -867,6 +891,11 @@ impl WebSocketSender {
     /// Whether two senders are for the same socket.
     pub fn same_socket(&self, other: &WebSocketSender) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Names the socket, as [`same_socket`](Self::same_socket) compares them.
+    pub(crate) fn socket_id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
     }
 
     /// The round-trip time of the last keepalive ping, `None` before the first pong.

@@ -33,8 +33,9 @@ struct Queue<T> {
     /// `state.closed`, written under the lock: lets a sender see a closed queue without
     /// taking it (every `send` asks first).
     closed: AtomicBool,
-    /// What an item weighs against `State::max_bytes` (its payload's length).
-    weigh: fn(&T) -> usize,
+    /// What an item counts against `State::capacity` (one, or the room a batch reserved) and
+    /// weighs against `State::max_bytes` (its payload's length).
+    weigh: fn(&T) -> Weight,
     /// The data and vtable pointers of the waker a [`Receiver`] last registered, as numbers
     /// (written and read by the receiver alone): with `receiver_waiting`, they let it see
     /// that it still waits with the waker it is polled with, without taking the lock.
@@ -42,11 +43,30 @@ struct Queue<T> {
     receiver_vtable: AtomicUsize,
 }
 
+/// What an item counts against a queue's two bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Weight {
+    /// Against the capacity: 1 for a message; what a batch reserved for a batch.
+    pub(crate) items: usize,
+    /// Against the byte budget.
+    pub(crate) bytes: usize,
+}
+
+impl Weight {
+    /// One item of `bytes`.
+    #[inline]
+    pub(crate) fn one(bytes: usize) -> Self {
+        Weight { items: 1, bytes }
+    }
+}
+
 #[derive(Debug)]
 struct State<T> {
     items: VecDeque<T>,
-    /// Items a [`BatchReceiver`] took and has not come back after: they still count against
-    /// the capacity.
+    /// What `items` count against the capacity.
+    count: usize,
+    /// What the items a [`BatchReceiver`] took and has not come back after count: they still
+    /// count against the capacity.
     in_hand: usize,
     capacity: usize,
     /// The weight of `items`.
@@ -69,10 +89,55 @@ struct State<T> {
 impl<T> State<T> {
     /// Whether an item weighing `weight` finds no room.
     #[inline]
-    fn is_full(&self, weight: usize) -> bool {
+    fn is_full(&self, weight: Weight) -> bool {
         let held = self.bytes + self.in_hand_bytes;
-        self.items.len() + self.in_hand >= self.capacity
-            || (held > 0 && held.saturating_add(weight) > self.max_bytes)
+        self.count + self.in_hand + weight.items > self.capacity
+            || (held > 0 && held.saturating_add(weight.bytes) > self.max_bytes)
+    }
+
+    /// The room left: items under the capacity, bytes under the budget.
+    #[inline]
+    fn room(&self) -> Weight {
+        Weight {
+            items: self.capacity.saturating_sub(self.count + self.in_hand),
+            bytes: self
+                .max_bytes
+                .saturating_sub(self.bytes + self.in_hand_bytes),
+        }
+    }
+
+    /// Queues `item` (which has room), and takes the receiver's waker if it must be woken:
+    /// not when it waits in the task `cx` runs (that task polls it again).
+    #[inline]
+    fn push_back(
+        &mut self,
+        queue: &Queue<T>,
+        item: T,
+        weight: Weight,
+        cx: Option<&Context<'_>>,
+    ) -> Option<Waker> {
+        self.count += weight.items;
+        self.bytes += weight.bytes;
+        self.items.push_back(item);
+        queue.len.store(self.items.len(), Ordering::Release);
+        match self.receiver.take() {
+            Some(waker) if cx.is_some_and(|cx| waker.will_wake(cx.waker())) => {
+                // The receiver runs in this task, which polls it again: keep the waker.
+                self.receiver = Some(waker);
+                None
+            }
+            other => {
+                queue.receiver_waiting.store(false, Ordering::Release);
+                other
+            }
+        }
+    }
+
+    /// Takes `weight` (of an item leaving the queue) off what the queued items count.
+    #[inline]
+    fn took(&mut self, weight: Weight) {
+        self.count -= weight.items;
+        self.bytes -= weight.bytes;
     }
 }
 
@@ -94,20 +159,22 @@ pub(crate) enum PushError<T> {
 
 /// A bounded queue of `capacity` items (at least 1): its sending and receiving ends.
 pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
-    bounded_by_weight(capacity, usize::MAX, |_| 0)
+    bounded_by_weight(capacity, usize::MAX, |_| Weight::one(0))
 }
 
 /// A queue bounded by `capacity` items (at least 1) and by `max_bytes` of their weight, as
-/// `weigh` tells it: full when it holds `capacity` items, or when the next item would take
-/// the weight held past `max_bytes` (an item alone always fits, whatever it weighs).
+/// `weigh` tells it: full when the next item would take what the items count past
+/// `capacity`, or the weight held past `max_bytes` (an item alone always fits, whatever its
+/// bytes weigh).
 pub(crate) fn bounded_by_weight<T>(
     capacity: usize,
     max_bytes: usize,
-    weigh: fn(&T) -> usize,
+    weigh: fn(&T) -> Weight,
 ) -> (Sender<T>, Receiver<T>) {
     let queue = Arc::new(Queue {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            count: 0,
             in_hand: 0,
             bytes: 0,
             in_hand_bytes: 0,
@@ -187,20 +254,38 @@ impl<T> Sender<T> {
             if state.is_full(weight) {
                 return Err(PushError::Full(item));
             }
-            state.bytes += weight;
-            state.items.push_back(item);
-            self.queue.len.store(state.items.len(), Ordering::Release);
-            match state.receiver.take() {
-                Some(waker) if cx.is_some_and(|cx| waker.will_wake(cx.waker())) => {
-                    // The receiver runs in this task, which polls it again: keep the waker.
-                    state.receiver = Some(waker);
-                    None
-                }
-                other => {
-                    self.queue.receiver_waiting.store(false, Ordering::Release);
-                    other
-                }
+            state.push_back(&self.queue, item, weight, cx)
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Pushes the item `make` builds from the room left (which is not empty), if it fits:
+    /// for an item that reserves part of that room (a hub's batch, which takes more
+    /// messages after it is queued). Fails without calling `make` when there is no room.
+    pub(crate) fn try_push_reserving(
+        &self,
+        make: impl FnOnce(Weight) -> T,
+    ) -> Result<(), PushError<()>> {
+        let waker = {
+            let mut state = self.queue.lock();
+            if state.closed {
+                return Err(PushError::Closed(()));
             }
+            let room = state.room();
+            if room.items == 0 {
+                return Err(PushError::Full(()));
+            }
+            let item = make(room);
+            let weight = (self.queue.weigh)(&item);
+            if state.is_full(weight) {
+                drop(state);
+                drop(item);
+                return Err(PushError::Full(()));
+            }
+            state.push_back(&self.queue, item, weight, None)
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -223,7 +308,9 @@ impl<T> Sender<T> {
             if state.closed {
                 return Err(item);
             }
-            state.bytes += (self.queue.weigh)(&item);
+            let weight = (self.queue.weigh)(&item);
+            state.count += weight.items;
+            state.bytes += weight.bytes;
             state.items.push_back(item);
             self.queue.len.store(state.items.len(), Ordering::Release);
             self.queue.receiver_waiting.store(false, Ordering::Release);
@@ -297,7 +384,7 @@ impl<T> Sender<T> {
             return Poll::Ready(Err(Closed));
         }
         // Room for a message of at least one byte: the next item's weight is not known yet.
-        if !state.is_full(1) {
+        if !state.is_full(Weight::one(1)) {
             return Poll::Ready(Ok(()));
         }
         add_waker(&mut state.waiting_senders, cx.waker());
@@ -306,7 +393,7 @@ impl<T> Sender<T> {
 
     /// Registers `cx` to be woken when room appears for an item weighing `weight`; false if
     /// there is room already.
-    fn register_sender(&self, cx: &Context<'_>, weight: usize) -> bool {
+    fn register_sender(&self, cx: &Context<'_>, weight: Weight) -> bool {
         let mut state = self.queue.lock();
         if state.closed || !state.is_full(weight) {
             return false;
@@ -374,7 +461,7 @@ impl<T> Receiver<T> {
             let mut state = self.queue.lock();
             match state.items.pop_front() {
                 Some(item) => {
-                    state.bytes -= (self.queue.weigh)(&item);
+                    state.took((self.queue.weigh)(&item));
                     self.queue.len.store(state.items.len(), Ordering::Release);
                     let senders = room_made(&mut state);
                     (item, senders)
@@ -423,7 +510,7 @@ impl<T> Receiver<T> {
         let (item, senders) = {
             let mut state = self.queue.lock();
             let item = state.items.pop_front()?;
-            state.bytes -= (self.queue.weigh)(&item);
+            state.took((self.queue.weigh)(&item));
             self.queue.len.store(state.items.len(), Ordering::Release);
             (item, room_made(&mut state))
         };
@@ -546,9 +633,12 @@ impl<T> BatchReceiver<T> {
                 std::mem::swap(&mut state.items, &mut self.taken);
                 self.inner.queue.len.store(0, Ordering::Release);
                 let first = self.taken.pop_front();
-                state.in_hand = self.taken.len();
-                let weight = first.as_ref().map_or(0, self.inner.queue.weigh);
-                state.in_hand_bytes = state.bytes - weight;
+                let weight = first
+                    .as_ref()
+                    .map_or(Weight::default(), self.inner.queue.weigh);
+                state.in_hand = state.count - weight.items;
+                state.in_hand_bytes = state.bytes - weight.bytes;
+                state.count = 0;
                 state.bytes = 0;
                 self.holds_room = true;
                 first
@@ -561,7 +651,7 @@ impl<T> BatchReceiver<T> {
                 }
                 let item = state.items.pop_front();
                 if let Some(item) = &item {
-                    state.bytes -= (self.inner.queue.weigh)(item);
+                    state.took((self.inner.queue.weigh)(item));
                     self.inner.queue.len.store(0, Ordering::Release);
                 }
                 item
@@ -732,7 +822,7 @@ mod tests {
 
     #[test]
     fn the_weight_held_bounds_the_queue_and_a_heavy_item_still_goes_alone() {
-        let (tx, rx) = bounded_by_weight(100, 10, |item: &Vec<u8>| item.len());
+        let (tx, rx) = bounded_by_weight(100, 10, |item: &Vec<u8>| Weight::one(item.len()));
         let mut rx = rx.in_batches();
         let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
@@ -778,7 +868,7 @@ mod tests {
             Poll::Ready(Some(vec![7; 10]))
         );
         // The count still bounds light items.
-        let (tx, _rx) = bounded_by_weight(2, 10, |item: &Vec<u8>| item.len());
+        let (tx, _rx) = bounded_by_weight(2, 10, |item: &Vec<u8>| Weight::one(item.len()));
         tx.try_push(Vec::new()).unwrap();
         tx.try_push(Vec::new()).unwrap();
         assert_eq!(tx.try_push(Vec::new()), Err(PushError::Full(Vec::new())));
