@@ -26,7 +26,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::socket::queue::Weight;
 use crate::wire::writer::Prepared;
-use crate::Message;
 
 /// The most messages one batch reserves room for in a subscriber's queue.
 pub(crate) const MAX_MESSAGES: usize = 256;
@@ -133,7 +132,7 @@ impl Batch {
 
     /// Its messages, sealing it: for a writer that frames them itself.
     #[cfg(any(test, feature = "hixie76", feature = "fuzzing"))]
-    pub(crate) fn messages(&self) -> Vec<Message> {
+    pub(crate) fn messages(&self) -> Vec<crate::Message> {
         let mut messages = Vec::new();
         self.write_each(|prepared| messages.push(prepared.message().clone()));
         messages
@@ -158,6 +157,7 @@ fn reservation(room: Weight, first: usize) -> Weight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Message;
 
     fn text(s: &str) -> Prepared {
         Prepared::new(Message::text(s.to_string()))
