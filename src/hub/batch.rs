@@ -22,7 +22,7 @@
 //! - until its fan-out has queued it everywhere, a batch takes nothing: a publish from
 //!   another thread in the meantime starts its own.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use crate::socket::queue::Weight;
 use crate::wire::writer::Prepared;
@@ -37,6 +37,9 @@ pub(crate) const MAX_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct Batch {
     state: Mutex<State>,
+    /// The messages once sealed, which no longer change: read without the lock by every
+    /// connection but the first to write the batch.
+    sealed: OnceLock<Vec<Prepared>>,
 }
 
 #[derive(Debug)]
@@ -69,6 +72,7 @@ impl Batch {
                 delivered: 0,
                 dropped: 0,
             }),
+            sealed: OnceLock::new(),
         }
     }
 
@@ -120,12 +124,23 @@ impl Batch {
         self.lock().sealed = true;
     }
 
+    /// The messages, sealed: the first call takes the lock and seals the batch (so a publish
+    /// joins before it or not at all), the others read them without it.
+    fn sealed(&self) -> &[Prepared] {
+        if let Some(messages) = self.sealed.get() {
+            return messages;
+        }
+        let mut state = self.lock();
+        state.sealed = true;
+        // Set under the lock: only one caller moves the messages out.
+        self.sealed
+            .get_or_init(|| std::mem::take(&mut state.messages))
+    }
+
     /// Seals the batch and hands each of its messages to `write`, in order: for the
     /// connection that writes it.
     pub(crate) fn write_each(&self, mut write: impl FnMut(&Prepared)) {
-        let mut state = self.lock();
-        state.sealed = true;
-        for message in &state.messages {
+        for message in self.sealed() {
             write(message);
         }
     }
@@ -141,7 +156,10 @@ impl Batch {
     /// How many messages it holds.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().messages.len()
+        match self.sealed.get() {
+            Some(messages) => messages.len(),
+            None => self.lock().messages.len(),
+        }
     }
 }
 
