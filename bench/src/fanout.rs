@@ -847,7 +847,7 @@ fn run_one(
     hint: Option<f64>,
     warmup: Duration,
 ) -> Result<Sample, String> {
-    let server = spawn_server(exe, kind, bun.filter(|_| kind == FanoutKind::Bun))?;
+    let server = spawn_server(exe, kind, bun.filter(|_| kind.is_bun()))?;
     let (addr, pid) = (server.addr, server.pid);
     // Connecting, a warm-up and MAX_STEPS steps at their longest, with room to spare.
     let limit = Duration::from_secs(60)
@@ -886,12 +886,12 @@ pub fn run(opts: &Options, scenarios: &[Fanout]) -> Result<(), String> {
     }
     let mut kinds = opts.fanout_kinds.clone();
     let mut bun = None;
-    if kinds.contains(&FanoutKind::Bun) {
+    if kinds.iter().any(|k| k.is_bun()) {
         match find_bun() {
             Ok(path) => bun = Some(path),
             Err(e) => {
                 println!("bun: not available ({e}): the bun kind is skipped and no ratio to Bun is shown");
-                kinds.retain(|&k| k != FanoutKind::Bun);
+                kinds.retain(|k| !k.is_bun());
             }
         }
     }

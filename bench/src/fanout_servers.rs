@@ -65,6 +65,9 @@ pub enum FanoutKind {
     Layer,
     /// Bun's built-in publish/subscribe: a reference of the ratios.
     Bun,
+    /// Bun again, the same server run a second time in each round: its ratio to `bun` is the
+    /// run's noise (the A/A of the fan-out ratios).
+    BunAa,
     /// axum's ws with a broadcast channel: the other reference.
     AxumBroadcast,
     /// Raw fastwebsockets with a broadcast channel.
@@ -76,17 +79,24 @@ pub enum FanoutKind {
 impl FanoutKind {
     /// The kinds `bench run` runs when none is named (every kind but the stub), in the order
     /// the first round runs them.
-    pub const ALL: [FanoutKind; 4] = [
+    pub const ALL: [FanoutKind; 5] = [
         FanoutKind::Layer,
         FanoutKind::Bun,
         FanoutKind::AxumBroadcast,
         FanoutKind::FastwebsocketsBroadcast,
+        FanoutKind::BunAa,
     ];
+
+    /// Whether the kind runs Bun's binary.
+    pub fn is_bun(self) -> bool {
+        matches!(self, FanoutKind::Bun | FanoutKind::BunAa)
+    }
 }
 
 crate::process::named_enum!(FanoutKind, "fan-out kind", {
     Layer => "layer",
     Bun => "bun",
+    BunAa => "bun-aa",
     AxumBroadcast => "axum-broadcast",
     FastwebsocketsBroadcast => "fastwebsockets-broadcast",
     Stub => "stub",
@@ -109,7 +119,7 @@ pub fn serve(
     if let Some(cpu) = cpu {
         crate::sys::pin_to_cpu(cpu)?;
     }
-    if kind == FanoutKind::Bun {
+    if kind.is_bun() {
         use std::os::unix::process::CommandExt;
         let bun = bun.ok_or_else(|| io::Error::other("the bun kind needs --bun PATH"))?;
         let err = std::process::Command::new(bun)
@@ -133,7 +143,7 @@ pub fn serve(
             FanoutKind::AxumBroadcast => serve_axum(listener, axum_broadcast_router()).await,
             FanoutKind::FastwebsocketsBroadcast => serve_fastwebsockets(listener).await,
             FanoutKind::Stub => LocalSet::new().run_until(serve_stub(listener)).await,
-            FanoutKind::Bun => unreachable!("bun runs as its own binary"),
+            FanoutKind::Bun | FanoutKind::BunAa => unreachable!("bun runs as its own binary"),
         }
     })
 }

@@ -57,8 +57,9 @@ kinds: layer, fastwebsockets, axum-ws, tcp, fastwebsockets-aa; `run` always adds
   the A/A ratio, the run's noise)
 runtimes: current (current-thread) and multi (multi-thread, 2 workers); servers are pinned
   to CPU 0 with either; `run` runs both unless told otherwise
-fan-out kinds: layer, bun, axum-broadcast, fastwebsockets-broadcast; and only when named:
-  stub (the least a server can do: the load generator's own limit)
+fan-out kinds: layer, bun, axum-broadcast, fastwebsockets-broadcast, bun-aa (Bun again: its
+  ratio to bun is the A/A, the run's noise); and only when named: stub (the least a server
+  can do: the load generator's own limit)
 scenarios (--scenario takes name prefixes): rr-10x20B ... rr-500x64KiB, pipe-10x1KiBx16,
   pipe-100x20Bx8, idle-5000, idle-spoken-5000, churn; and only when named: fanout-{1000,10000}-{20B,1KiB}[-slow]";
 
