@@ -454,7 +454,7 @@ struct HubSocket {
 }
 
 /// The send queue capacity of the hub target's sockets: small, so that queues fill.
-pub const HUB_QUEUE: usize = 8;
+pub const HUB_QUEUE: usize = 24;
 
 /// Sequences of hub operations against a model: each byte pair is one operation (subscribe,
 /// unsubscribe, publish, publish except, drain a socket's queue, drop a socket, count).
@@ -463,8 +463,8 @@ pub const HUB_QUEUE: usize = 8;
 /// receives exactly the messages the model says, in order. The model keeps the hub's batches
 /// (see `hub::batch`): a publish joins the topic's open batch while it has room and skips the
 /// same socket; otherwise it queues a new batch on each subscriber, reserving half the room
-/// of its queue (at least one item), and the batch then takes as many messages as the least
-/// reservation; draining a queue seals the batches in it, and a change of a topic's
+/// of its queue, at most twice the messages of the topic's previous batch (at least 8, at
+/// least one item), and the batch then takes as many messages as the least reservation; draining a queue seals the batches in it, and a change of a topic's
 /// subscribers seals its open batch.
 pub fn hub(data: &[u8]) {
     const SOCKETS: usize = 4;
@@ -536,6 +536,8 @@ pub fn hub(data: &[u8]) {
                     expected.dropped = batches[b].dropped;
                 } else if subscribed {
                     let b = batches.len();
+                    let previous = open[topic].map(|p| batches[p].messages.len());
+                    let wanted = crate::hub::batch::wanted(previous);
                     let mut room = usize::MAX;
                     for (i, (s, t, _)) in subscriptions.iter().enumerate() {
                         if *t != topic || Some(*s) == except {
@@ -546,7 +548,7 @@ pub fn hub(data: &[u8]) {
                             expected.closed += 1;
                             closed_now.push(i);
                         } else if left > 0 {
-                            let reserved = (left / 2).clamp(1, crate::hub::batch::MAX_MESSAGES);
+                            let reserved = (left / 2).min(wanted).max(1);
                             expected.delivered += 1;
                             charged[*s] += reserved;
                             queues[*s].push(b);

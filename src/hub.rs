@@ -12,7 +12,8 @@
 //!
 //! Publishes that come faster than the subscribers' connections write (a busy topic) are
 //! batched: the first queues a batch on every subscriber, reserving part of the room its
-//! send queue has left (half of it, at most 256 messages and 64 KiB), and the next ones join
+//! send queue has left (half of it, and no more than twice what the topic's previous batch
+//! took: 8 to 256 messages, at most 64 KiB), and the next ones join
 //! that batch without touching any subscriber again, until a connection writes it. So a
 //! publish to 10 000 subscribers costs 10 000 queue pushes once per turn of their
 //! connections, not once per message. The queue's bounds still hold, counted in messages as
@@ -186,15 +187,20 @@ impl Subscribers {
     }
 
     /// Adds `prepared` to the open batch if it can take it: then no subscriber is touched.
+    /// If not, gives it back with how many messages that batch took (if there is one).
+    // The message goes back by value, as `Batch::append` gives it: no copy of its frame.
+    #[allow(clippy::result_large_err, clippy::type_complexity)]
     fn join_open(
         &self,
         prepared: Prepared,
         except: Option<usize>,
-    ) -> Result<(usize, usize), Prepared> {
+    ) -> Result<(usize, usize), (Prepared, Option<usize>)> {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         match open.as_ref() {
-            Some(batch) => batch.append(prepared, except),
-            None => Err(prepared),
+            Some(batch) => batch
+                .append(prepared, except)
+                .map_err(|prepared| (prepared, Some(batch.len()))),
+            None => Err((prepared, None)),
         }
     }
 
@@ -409,15 +415,15 @@ impl Hub {
             };
             // A publish between two turns of the subscribers' connections: it joins the
             // batch queued on each of them, and none is touched.
-            let prepared = match subscribers.join_open(prepared, except_id) {
+            let (prepared, previous) = match subscribers.join_open(prepared, except_id) {
                 Ok((delivered, dropped)) => {
                     delivery.delivered = delivered;
                     delivery.dropped = dropped;
                     return delivery;
                 }
-                Err(prepared) => prepared,
+                Err(back) => back,
             };
-            let batch = Arc::new(Batch::new(prepared, except_id));
+            let batch = Arc::new(Batch::new(prepared, except_id, previous));
             // Open to later publishes once queued everywhere (under this lock, so that a
             // change of the subscribers seals it).
             subscribers.set_open(&batch);

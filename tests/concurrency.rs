@@ -326,6 +326,85 @@ async fn broadcast_to_1000_sockets_where_one_never_reads() {
     );
 }
 
+/// Bursts of publishes from one task while the subscribers' connections write on the other
+/// worker: publishes join the batch a connection may be sealing at that moment. Every
+/// subscriber must get every message once, in order, and each publish must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_publishes_racing_the_writers_arrive_whole_and_in_order() {
+    const SOCKETS: usize = 200;
+    const BURSTS: usize = 40;
+    const BURST: usize = 50;
+    let hub = Hub::new();
+    let layer = {
+        let hub = hub.clone();
+        WebSocketLayer::new(move |ws: WebSocket| {
+            let hub = hub.clone();
+            async move {
+                let (mut rx, tx) = ws.split();
+                let _sub = hub.subscribe("all", &tx);
+                while rx.recv().await.is_some() {}
+            }
+        })
+        // Room for every message, however far a busy machine lets a connection fall behind:
+        // a drop here would be the machine's, not a race's.
+        .send_queue(1 << 16, QueuePolicy::Fail)
+    };
+    let addr = server(layer).await;
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..SOCKETS {
+        let mut reader = connect(addr).await;
+        let received = received.clone();
+        readers.push(tokio::spawn(async move {
+            for i in 0..BURSTS * BURST {
+                let msg = loop {
+                    let msg = reader.next().await.unwrap().unwrap();
+                    if !msg.is_ping() && !msg.is_pong() {
+                        break msg;
+                    }
+                };
+                assert_eq!(msg.into_data()[..], (i as u32).to_be_bytes(), "message {i}");
+                received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }));
+    }
+    within("every subscription", async {
+        while hub.subscriber_count("all") < SOCKETS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let mut next = 0u32;
+    for burst in 0..BURSTS {
+        for _ in 0..BURST {
+            let d = hub.publish("all", Message::binary(next.to_be_bytes().to_vec()));
+            // Every queue has room: none is missed.
+            assert_eq!(
+                (d.delivered, d.dropped, d.closed),
+                (SOCKETS, 0, 0),
+                "{next}"
+            );
+            next += 1;
+        }
+        // Let the writers run (on the other worker too) before the next burst, sometimes
+        // waiting for them, sometimes not.
+        if burst % 3 == 0 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    within("every reader to get every message", async {
+        while received.load(std::sync::atomic::Ordering::SeqCst) < SOCKETS * BURSTS * BURST {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for reader in readers {
+        reader.await.expect("a reader saw every message in order");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_misses_messages_and_holds_nobody_up() {
     const READERS: usize = 9;

@@ -72,16 +72,21 @@ fn hub_generated_sequences() {
         state ^= state >> 27;
         state.wrapping_mul(0x2545_F491_4F6C_DD1D)
     };
-    for _ in 0..3000 {
+    for round in 0..3000 {
         let len = 2 * (1 + next() % 120) as usize;
-        // Publishes weighted up, so that batches fill: op byte 2 or 3 about half the time.
+        // Every other sequence stays on one topic with publishes most of the time, so that
+        // batches fill, grow with the traffic and queues fill; the others mix everything,
+        // with publishes about half the time.
+        let focused = round % 2 == 1;
         let data: Vec<u8> = (0..len)
             .map(|i| {
                 let r = next();
-                if i % 2 == 0 && r % 2 == 0 {
-                    2 + (r >> 8) as u8 % 2
-                } else {
-                    (r >> 16) as u8
+                match (i % 2, focused) {
+                    (0, true) if r % 10 < 8 => 2 + (r >> 8) as u8 % 2,
+                    (0, false) if r % 2 == 0 => 2 + (r >> 8) as u8 % 2,
+                    // Topic 0: `arg / 4 % 3 == 0`.
+                    (1, true) => ((r >> 16) as u8 % 21) * 12 + (r >> 24) as u8 % 4,
+                    _ => (r >> 16) as u8,
                 }
             })
             .collect();

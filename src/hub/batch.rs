@@ -10,9 +10,14 @@
 //!
 //! What keeps the bounds and the order:
 //! - a batch is queued with a reservation: part of the room each subscriber's queue has
-//!   left (half of it, at most [`MAX_MESSAGES`] and [`MAX_BYTES`]), which counts against
-//!   that queue's capacity and byte budget from the start; the batch takes messages until
-//!   the smallest reservation is used, so no queue holds more than its bounds allow;
+//!   left, which counts against that queue's capacity and byte budget from the start; the
+//!   batch takes messages until the smallest reservation is used, so no queue holds more than
+//!   its bounds allow;
+//! - the reservation is half the room left, and no more than twice the messages the topic's
+//!   previous batch took (at least [`MIN_MESSAGES`], at most [`MAX_MESSAGES`] and
+//!   [`MAX_BYTES`]): room reserved and not filled still counts until the subscriber's
+//!   connection takes the batch, so a reservation sized to the traffic keeps a lagging
+//!   subscriber's queue from filling with room nobody used;
 //! - the batch is sealed when a connection writes it (under its lock, so an append either
 //!   lands before that write or goes into a new batch), and when the topic's subscribers
 //!   change (so a new subscriber misses nothing published after it joined, and one that
@@ -29,6 +34,9 @@ use crate::wire::writer::Prepared;
 
 /// The most messages one batch reserves room for in a subscriber's queue.
 pub(crate) const MAX_MESSAGES: usize = 256;
+/// The messages a batch reserves room for when the topic's previous batch is unknown (the
+/// first of a topic, or after its subscribers changed), and at least.
+pub(crate) const MIN_MESSAGES: usize = 8;
 /// The most payload bytes one batch reserves in a subscriber's queue (a first message
 /// heavier than this still goes, alone).
 pub(crate) const MAX_BYTES: usize = 64 * 1024;
@@ -37,6 +45,10 @@ pub(crate) const MAX_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct Batch {
     state: Mutex<State>,
+    /// The first message's payload length.
+    first: usize,
+    /// The most messages a subscriber reserves room for.
+    wanted: usize,
     /// The messages once sealed, which no longer change: read without the lock by every
     /// connection but the first to write the batch.
     sealed: OnceLock<Vec<Prepared>>,
@@ -59,10 +71,13 @@ struct State {
 }
 
 impl Batch {
-    /// A batch holding `first`, which skips the socket `except` names.
-    pub(crate) fn new(first: Prepared, except: Option<usize>) -> Self {
+    /// A batch holding `first`, which skips the socket `except` names; `previous` is how many
+    /// messages the topic's previous batch took, if known.
+    pub(crate) fn new(first: Prepared, except: Option<usize>, previous: Option<usize>) -> Self {
         let bytes = first.message().len();
         Batch {
+            first: bytes,
+            wanted: wanted(previous),
             state: Mutex::new(State {
                 messages: vec![first],
                 bytes,
@@ -81,11 +96,18 @@ impl Batch {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// What a subscriber's queue with `room` left reserves for this batch: half of that room,
-    /// within [`MAX_MESSAGES`] and [`MAX_BYTES`], and at least the first message.
+    /// What a subscriber's queue with `room` left reserves for this batch: see the
+    /// [module docs](self).
     pub(crate) fn reserve(&self, room: Weight) -> Weight {
-        let first = self.lock().bytes;
-        reservation(room, first)
+        reservation(room, self.first, self.wanted)
+    }
+
+    /// How many messages it holds.
+    pub(crate) fn len(&self) -> usize {
+        match self.sealed.get() {
+            Some(messages) => messages.len(),
+            None => self.lock().messages.len(),
+        }
     }
 
     /// The fan-out queued the batch on every subscriber: from now on it takes messages up to
@@ -152,23 +174,27 @@ impl Batch {
         self.write_each(|prepared| messages.push(prepared.message().clone()));
         messages
     }
-
-    /// How many messages it holds.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        match self.sealed.get() {
-            Some(messages) => messages.len(),
-            None => self.lock().messages.len(),
-        }
-    }
 }
 
-/// Half of `room`, within [`MAX_MESSAGES`] and [`MAX_BYTES`], at least one message and
+/// The most messages a batch reserves room for, after a previous batch of the topic that took
+/// `previous` messages: twice that, within [`MIN_MESSAGES`] and [`MAX_MESSAGES`].
+pub(crate) fn wanted(previous: Option<usize>) -> usize {
+    previous
+        .map_or(MIN_MESSAGES, |n| n.saturating_mul(2))
+        .clamp(MIN_MESSAGES, MAX_MESSAGES)
+}
+
+/// Half of `room`, at most `wanted` messages, and bytes for twice as many payloads of the
+/// first's length (of at least 16 bytes) within [`MAX_BYTES`]; at least one message and
 /// `first` bytes.
-fn reservation(room: Weight, first: usize) -> Weight {
+fn reservation(room: Weight, first: usize, wanted: usize) -> Weight {
+    let items = (room.items / 2).min(wanted).max(1);
     Weight {
-        items: (room.items / 2).clamp(1, MAX_MESSAGES),
-        bytes: (room.bytes / 2).min(MAX_BYTES).max(first),
+        items,
+        bytes: (room.bytes / 2)
+            .min(MAX_BYTES)
+            .min(items.saturating_mul(first.max(16)).saturating_mul(2))
+            .max(first),
     }
 }
 
@@ -182,17 +208,31 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_is_half_the_room_within_the_caps_and_at_least_the_first_message() {
+    fn a_reservation_is_half_the_room_sized_to_the_traffic_and_at_least_the_first_message() {
         let room = |items, bytes| Weight { items, bytes };
-        assert_eq!(reservation(room(1024, 1 << 20), 20), room(256, 64 * 1024));
-        assert_eq!(reservation(room(4, 1 << 20), 20), room(2, 64 * 1024));
-        assert_eq!(reservation(room(1, 100), 20), room(1, 50));
-        assert_eq!(reservation(room(1, 10), 300), room(1, 300));
+        // The previous batch took 200: room for 256 messages, bytes for twice their size.
+        assert_eq!(wanted(Some(200)), 256);
+        assert_eq!(
+            reservation(room(1024, 1 << 20), 20, 256),
+            room(256, 256 * 40)
+        );
+        // 1 KiB messages: the byte cap binds.
+        assert_eq!(
+            reservation(room(1024, 1 << 20), 1024, 256),
+            room(256, 64 * 1024)
+        );
+        // A topic whose batches take 3 messages reserves 8, not half the queue.
+        assert_eq!(wanted(Some(3)), 8);
+        assert_eq!(wanted(None), 8);
+        assert_eq!(reservation(room(1024, 1 << 20), 20, 8), room(8, 8 * 40));
+        assert_eq!(reservation(room(4, 1 << 20), 20, 8), room(2, 80));
+        assert_eq!(reservation(room(1, 100), 20, 8), room(1, 40));
+        assert_eq!(reservation(room(1, 10), 300, 8), room(1, 300));
     }
 
     #[test]
     fn a_batch_takes_messages_only_while_open_within_its_room_and_for_the_same_except() {
-        let batch = Batch::new(text("a"), None);
+        let batch = Batch::new(text("a"), None, None);
         // Still being fanned out: nothing joins.
         assert!(batch.append(text("b"), None).is_err());
         batch.open(
@@ -211,7 +251,7 @@ mod tests {
         assert!(batch.append(text("d"), None).is_err());
         assert_eq!(batch.len(), 3);
 
-        let batch = Batch::new(text("a"), Some(7));
+        let batch = Batch::new(text("a"), Some(7), None);
         batch.open(
             Weight {
                 items: 10,
@@ -227,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_written_or_sealed_batch_takes_nothing_more_and_keeps_its_order() {
-        let batch = Batch::new(text("a"), None);
+        let batch = Batch::new(text("a"), None, None);
         batch.open(
             Weight {
                 items: 10,
@@ -243,7 +283,7 @@ mod tests {
         // Every holder reads the same messages.
         assert_eq!(batch.messages(), messages);
 
-        let batch = Batch::new(text("a"), None);
+        let batch = Batch::new(text("a"), None, None);
         batch.seal();
         batch.open(
             Weight {
