@@ -18,12 +18,12 @@ const MAX_MESSAGE_RATIO: f64 = 1.50;
 
 /// Instructions per message delivered by a hub's publish to 1 000 in-memory subscribers
 /// (20 bytes, one publish at a time; the publish, the connection task's write and the
-/// client's read): an absolute count, about 8 % above the 2 924 measured (2 736 before the
+/// client's read): an absolute count, about 10 % above the 2 862 measured (2 736 before the
 /// hub's batches, whose one publish at a time makes a batch each), as there is no peer to
 /// divide by.
 const MAX_PUBLISH_DELIVERY: u64 = 3_150;
 /// The same with the publishes 16 at a time, back to back (as they come under load): about
-/// 15 % above the 404 measured (602 before the hub's batches, where each publish pushed into
+/// 15 % above the 403 measured (602 before the hub's batches, where each publish pushed into
 /// every subscriber's queue).
 const MAX_PUBLISH_BURST_DELIVERY: u64 = 465;
 
