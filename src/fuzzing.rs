@@ -524,9 +524,14 @@ pub fn hub(data: &[u8]) {
                     None => hub.publish(TOPICS[topic], message),
                 };
                 let mut expected = Delivery::default();
+                // The topic holds its open batch weakly: once no queue holds it (every
+                // holder's connection ended), it is gone.
                 let joins = open[topic].filter(|&b| {
                     let batch = &batches[b];
-                    !batch.sealed && batch.except == except && batch.messages.len() < batch.room
+                    !batch.sealed
+                        && batch.except == except
+                        && batch.messages.len() < batch.room
+                        && queues.iter().any(|q| q.contains(&b))
                 });
                 let subscribed = subscriptions.iter().any(|(_, t, _)| *t == topic);
                 let mut closed_now = Vec::new();

@@ -73,7 +73,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use crate::message::Message;
 use crate::socket::queue::Weight;
@@ -174,14 +174,21 @@ struct Subscribers {
     len: usize,
     /// The batch the last fan-out queued on every subscriber, which the next publishes join
     /// until a connection writes it ([`batch`]).
-    open: Mutex<Option<Arc<Batch>>>,
+    open: Mutex<Option<OpenBatch>>,
+}
+
+/// A topic's last batch, held weakly (its subscribers' queues hold it: once they wrote it, a
+/// quiet topic keeps none of its messages), and how many messages it took.
+struct OpenBatch {
+    batch: Weak<Batch>,
+    len: usize,
 }
 
 impl Subscribers {
     /// The open batch takes no more messages: the subscribers change.
     fn seal(&mut self) {
         let open = self.open.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Some(batch) = open.take() {
+        if let Some(batch) = open.take().and_then(|open| open.batch.upgrade()) {
             batch.seal();
         }
     }
@@ -195,19 +202,29 @@ impl Subscribers {
         prepared: Prepared,
         except: Option<usize>,
     ) -> Result<(usize, usize), (Prepared, Option<usize>)> {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        match open.as_ref() {
-            Some(batch) => batch
-                .append(prepared, except)
-                .map_err(|prepared| (prepared, Some(batch.len()))),
-            None => Err((prepared, None)),
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(last) = open.as_mut() else {
+            return Err((prepared, None));
+        };
+        let Some(batch) = last.batch.upgrade() else {
+            return Err((prepared, Some(last.len)));
+        };
+        match batch.append(prepared, except) {
+            Ok(delivery) => {
+                last.len += 1;
+                Ok(delivery)
+            }
+            Err(prepared) => Err((prepared, Some(last.len))),
         }
     }
 
     /// Makes `batch` the one later publishes join (once its fan-out opens it).
     fn set_open(&self, batch: &Arc<Batch>) {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        *open = Some(Arc::clone(batch));
+        *open = Some(OpenBatch {
+            batch: Arc::downgrade(batch),
+            len: 1,
+        });
     }
 
     fn push(&mut self, subscriber: Subscriber) {
@@ -563,7 +580,7 @@ mod tests {
             version: 13,
         });
         let (_in_tx, in_rx) = queue::bounded::<Inbound>(1);
-        let (out_tx, out_rx) = queue::bounded(4);
+        let (out_tx, out_rx) = queue::bounded_by_weight(4, usize::MAX, Outbound::weight);
         let socket = WebSocket::new(
             environ,
             in_rx,
@@ -666,6 +683,32 @@ mod tests {
         ));
         drop(subscriptions);
         assert_eq!(hub.subscriber_count("room"), 0);
+    }
+
+    #[test]
+    fn a_quiet_topic_keeps_no_batch_once_its_subscribers_took_it() {
+        let hub = Hub::new();
+        let (socket, mut out) = socket();
+        let _subscription = hub.subscribe("room", &socket.sender());
+        for _ in 0..3 {
+            hub.publish("room", Message::binary(vec![7u8; 100_000]));
+        }
+        let last = |hub: &Hub| {
+            let topics = hub.inner.topics.read().unwrap();
+            let open = topics["room"].open.lock().unwrap();
+            open.as_ref()
+                .map(|open| (open.batch.upgrade().is_some(), open.len))
+        };
+        // Each 100 kB message is over a batch's bytes: one batch each, the last one open.
+        assert_eq!(last(&hub), Some((true, 1)));
+        let mut taken = 0;
+        while let Some(item) = out.try_recv() {
+            assert!(matches!(item, Outbound::Published(..)));
+            taken += 1;
+        }
+        assert_eq!(taken, 3);
+        // Written and dropped by the connection: the topic holds nothing of it, only its size.
+        assert_eq!(last(&hub), Some((false, 1)));
     }
 
     #[test]

@@ -103,6 +103,7 @@ impl Batch {
     }
 
     /// How many messages it holds.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         match self.sealed.get() {
             Some(messages) => messages.len(),
