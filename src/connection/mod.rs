@@ -8,7 +8,7 @@
 //! - the next frame from the peer: one read future that lives across loop turns, because
 //!   fastwebsockets' `read_frame` is not cancel safe and must never be dropped mid-frame,
 //! - an overflow or shutdown signal,
-//! - one timer: keepalive, idle, and the close timeout once closing,
+//! - one timer: keepalive, idle, the reader's rest, and the close timeout once closing,
 //! - the batch's flush, when nothing else is ready.
 //!
 //! It enforces what fastwebsockets leaves out (control frames over 125 bytes, close codes and
@@ -31,7 +31,7 @@ mod write;
 
 use arms::Arms;
 use close_log::Record;
-use read::{next_frame, Half, RawFrame, ReadFuture, SharedIo};
+use read::{next_frame, Half, RawFrame, ReadFuture, ReaderRest, SharedIo};
 use write::{lost_io, queue_close, TimedWrite, Writer};
 
 pub(crate) use settings::Settings;
@@ -204,12 +204,11 @@ where
         let (mut read_io, mut write_io) = (Half(&io), Half(&io));
         let ending = {
             let settings = &*conn.settings;
-            let write_sleep = pin!(None::<Sleep>);
             let mut writer = Writer {
                 io: TimedWrite {
                     inner: &mut write_io,
                     timeout: settings.write_timeout,
-                    sleep: write_sleep,
+                    sleep: None,
                     armed: false,
                     close_by: None,
                     shared: Arc::clone(&conn.shared),
@@ -240,58 +239,73 @@ where
             ..
         } = conn;
 
-        let teardown = async {
-            if let (true, Some(close_by)) = (ending.needs_shutdown(), close_by) {
-                let drain = ending.may_leave_unread_data();
-                // What is left of the closing handshake's one budget, which began when this
-                // side sent its close frame or answered the peer's: a peer that never answered
-                // has none left, and its connection ends now.
-                let _ = tokio::time::timeout_at(close_by, async {
-                    // Flush what is written and send FIN: the server ends TCP first (RFC 6455
-                    // 7.1.1).
-                    write_io.flush().await?;
-                    write_io.shutdown().await?;
-                    // After a failure the peer may still be sending: read until its FIN, so
-                    // that unread data does not turn our close frame into a reset it never
-                    // sees.
-                    if drain {
-                        let mut sink = [0u8; 512];
-                        while read_io.read(&mut sink).await? > 0 {}
-                    }
-                    Ok::<(), std::io::Error>(())
-                })
-                .await;
-            }
-            record.log(&ending);
-        };
-        let finish_handler = async {
-            if handler_done {
-                return;
-            }
-            let notify = async {
-                if let Some(message) = parked {
-                    let _ = in_tx.push_waking(Inbound::Message(message)).await;
-                }
-                let _ = in_tx
-                    .push_waking(Inbound::Closed(ending.peer_frame()))
+        // Boxed: the teardown runs once, at the end, and its state (the close timeout's timer,
+        // the drain buffer, the handler's last wake-ups) is larger than the loop's; unboxed, every
+        // live connection would carry its room.
+        Box::pin(async {
+            let teardown = async {
+                if let (true, Some(close_by)) = (ending.needs_shutdown(), close_by) {
+                    let drain = ending.may_leave_unread_data();
+                    // What is left of the closing handshake's one budget, which began when this
+                    // side sent its close frame or answered the peer's: a peer that never answered
+                    // has none left, and its connection ends now.
+                    let _ = tokio::time::timeout_at(close_by, async {
+                        // Flush what is written and send FIN: the server ends TCP first (RFC 6455
+                        // 7.1.1).
+                        write_io.flush().await?;
+                        write_io.shutdown().await?;
+                        // After a failure the peer may still be sending: read until its FIN, so
+                        // that unread data does not turn our close frame into a reset it never
+                        // sees.
+                        if drain {
+                            let mut sink = [0u8; 512];
+                            while read_io.read(&mut sink).await? > 0 {}
+                        }
+                        Ok::<(), std::io::Error>(())
+                    })
                     .await;
-                drop(in_tx);
+                }
+                record.log(&ending);
             };
-            let outcome = tokio::select! {
-                outcome = &mut handler => Some(outcome),
-                () = notify => None,
+            let finish_handler = async {
+                if handler_done {
+                    return;
+                }
+                let notify = async {
+                    if let Some(message) = parked {
+                        let _ = in_tx.push_waking(Inbound::Message(message)).await;
+                    }
+                    let _ = in_tx
+                        .push_waking(Inbound::Closed(ending.peer_frame()))
+                        .await;
+                    drop(in_tx);
+                };
+                let outcome = tokio::select! {
+                    outcome = &mut handler => Some(outcome),
+                    () = notify => None,
+                };
+                let outcome = match outcome {
+                    Some(outcome) => outcome,
+                    None => handler.await,
+                };
+                shared.progress.handler_done();
+                if let Err(error) = flatten(outcome) {
+                    tracing::error!(%error, "WebSocket handler failed after the connection closed");
+                }
             };
-            let outcome = match outcome {
-                Some(outcome) => outcome,
-                None => handler.await,
-            };
-            shared.progress.handler_done();
-            if let Err(error) = flatten(outcome) {
-                tracing::error!(%error, "WebSocket handler failed after the connection closed");
-            }
-        };
-        tokio::join!(teardown, finish_handler);
+            tokio::join!(teardown, finish_handler);
+        })
+        .await;
         drop(slot);
+    }
+}
+
+/// The earlier of two deadlines, either of which may be unset.
+#[inline]
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -326,7 +340,8 @@ struct Pass<'p, F, R> {
     read: Pin<&'p mut F>,
     /// Makes the next read future, in place, from the reader the last one gave back.
     next: fn(Pin<&mut F>, Box<WebSocketRead<R>>),
-    /// One timer for every deadline: keepalive, idle, and the close timeout once closing.
+    /// One timer for every deadline: keepalive, idle, the look at the reader for giving it
+    /// back ([`ReaderRest`]), and the close timeout once closing.
     timer: Pin<&'p mut Sleep>,
     /// The deadline the timer is set to, if any.
     armed: Option<Instant>,
@@ -492,12 +507,12 @@ impl Conn {
         &mut self,
         read: Pin<&mut F>,
         next: fn(Pin<&mut F>, Box<WebSocketRead<R>>),
-        writer: &mut Writer<'_, W>,
+        writer: &mut Writer<W>,
         handler: &mut H,
     ) -> Ending
     where
         R: AsyncRead + Unpin,
-        F: Future<Output = (Box<WebSocketRead<R>>, Result<RawFrame, WebSocketError>)>,
+        F: Future<Output = (Box<WebSocketRead<R>>, Result<RawFrame, WebSocketError>)> + ReaderRest,
         W: AsyncWrite + Unpin,
         H: Future<Output = HandlerOutcome> + Unpin,
     {
@@ -576,7 +591,7 @@ impl Conn {
 
     /// Whether the batch goes out before this turn's pass: it is large, or holds this side's
     /// close frame.
-    fn must_flush<W>(&self, writer: &Writer<'_, W>) -> bool {
+    fn must_flush<W>(&self, writer: &Writer<W>) -> bool {
         let pending = writer.out.pending();
         pending >= FLUSH_AT || (pending > 0 && self.closing.is_some())
     }
@@ -584,16 +599,19 @@ impl Conn {
     /// Whether a pass that acted inline must hand over to the top of the loop: the batch is
     /// to be written now, or the closing handshake began.
     #[inline]
-    fn must_return<W>(&self, writer: &Writer<'_, W>) -> bool {
+    fn must_return<W>(&self, writer: &Writer<W>) -> bool {
         self.closing.is_some() || writer.out.pending() >= FLUSH_AT
     }
 
     /// Sets the one timer to the earliest deadline: the close deadline once closing, else
     /// keepalive and idle. It is reset only when that deadline changes, never per message.
-    fn set_timer<F, R>(&self, pass: &mut Pass<'_, F, R>, close_by: Option<Instant>) {
+    fn set_timer<F: ReaderRest, R>(&self, pass: &mut Pass<'_, F, R>, close_by: Option<Instant>) {
         let next_deadline = match close_by {
             Some(deadline) => Some(deadline),
-            None => self.next_deadline(),
+            None => earliest(
+                self.next_deadline(),
+                pass.read.as_ref().get_ref().rest_due(),
+            ),
         };
         if next_deadline != pass.armed {
             if let Some(at) = next_deadline {
@@ -606,11 +624,7 @@ impl Conn {
     }
 
     /// Acts on an overflow or a shutdown request, while open.
-    fn on_signal<W: AsyncWrite + Unpin>(
-        &mut self,
-        open: bool,
-        writer: &mut Writer<'_, W>,
-    ) -> Signal {
+    fn on_signal<W: AsyncWrite + Unpin>(&mut self, open: bool, writer: &mut Writer<W>) -> Signal {
         if !open {
             return Signal::None;
         }
@@ -643,12 +657,12 @@ impl Conn {
         cx: &mut Context<'_>,
         pass: &mut Pass<'_, F, R>,
         open: bool,
-        writer: &mut Writer<'_, W>,
+        writer: &mut Writer<W>,
         handler: &mut H,
     ) -> Poll<Step>
     where
         R: AsyncRead + Unpin,
-        F: Future<Output = (Box<WebSocketRead<R>>, Result<RawFrame, WebSocketError>)>,
+        F: Future<Output = (Box<WebSocketRead<R>>, Result<RawFrame, WebSocketError>)> + ReaderRest,
         W: AsyncWrite + Unpin,
         H: Future<Output = HandlerOutcome> + Unpin,
     {
@@ -700,6 +714,17 @@ impl Conn {
             }
             break;
         }
+        if writer.io.close_by.is_none() {
+            // The read future looks at its reader for giving back when the timer says, and
+            // sets when in its poll: the timer is brought forward to it in the same pass.
+            if let Some(due) = pass.read.as_ref().get_ref().rest_due() {
+                if pass.armed.is_none_or(|armed| due < armed) {
+                    pass.timer.as_mut().reset(due);
+                    pass.armed = Some(due);
+                    arms.force(Arms::CLOCK);
+                }
+            }
+        }
         let timer = pass.armed.is_some().then_some(&mut pass.timer);
         if open || timer.is_some() {
             // One arm for both: a wake of either polls the two.
@@ -730,11 +755,11 @@ impl Conn {
     }
 
     /// Acts on what a pass found; `Err` ends the loop.
-    fn act<F, R, W: AsyncWrite + Unpin>(
+    fn act<F: ReaderRest, R, W: AsyncWrite + Unpin>(
         &mut self,
         step: Step,
         pass: &mut Pass<'_, F, R>,
-        writer: &mut Writer<'_, W>,
+        writer: &mut Writer<W>,
     ) -> Result<(), Ending> {
         match step {
             Step::HandlerReturned(outcome) => {
@@ -766,7 +791,12 @@ impl Conn {
                 pass.armed = None;
                 match self.closing.take() {
                     Some(sent) => Err(Ending::CloseTimeout { sent }),
-                    None => self.on_timer(writer),
+                    None => {
+                        if pass.read.as_mut().look_at_rest(Instant::now()) {
+                            pass.arms.force(Arms::READ);
+                        }
+                        self.on_timer(writer)
+                    }
                 }
             }
             Step::FlushFailed(error) => Err(lost_io(error)),
@@ -776,17 +806,11 @@ impl Conn {
     /// The earliest keepalive or idle deadline, if any.
     fn next_deadline(&self) -> Option<Instant> {
         let keepalive = self.keepalive.as_ref().map(Keepalive::deadline);
-        match (keepalive, self.idle_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(keepalive, self.idle_deadline)
     }
 
     /// The timer fired while open: send a ping, give up on a missing pong, or close when idle.
-    fn on_timer<W: AsyncWrite + Unpin>(
-        &mut self,
-        writer: &mut Writer<'_, W>,
-    ) -> Result<(), Ending> {
+    fn on_timer<W: AsyncWrite + Unpin>(&mut self, writer: &mut Writer<W>) -> Result<(), Ending> {
         let now = Instant::now();
         if let (Some(idle), Some(deadline)) = (self.settings.idle_timeout, self.idle_deadline) {
             if now >= deadline {
@@ -848,7 +872,7 @@ impl Conn {
     fn handler_returned<W: AsyncWrite + Unpin>(
         &mut self,
         outcome: Result<(), HandlerError>,
-        writer: &mut Writer<'_, W>,
+        writer: &mut Writer<W>,
     ) {
         let frame = match outcome {
             Ok(()) => CloseFrame::new(CloseCode::NORMAL, ""),
@@ -868,7 +892,7 @@ impl Conn {
     fn close_after_queue<W: AsyncWrite + Unpin>(
         &mut self,
         frame: CloseFrame,
-        writer: &mut Writer<'_, W>,
+        writer: &mut Writer<W>,
     ) {
         for _ in 0..=self.settings.send_queue_capacity {
             let Some(item) = self.out_rx.try_recv() else {
@@ -887,7 +911,7 @@ impl Conn {
     fn write_queued<W: AsyncWrite + Unpin>(
         &mut self,
         item: Option<Outbound>,
-        writer: &mut Writer<'_, W>,
+        writer: &mut Writer<W>,
     ) {
         let Some(item) = item else {
             // Every handle is gone while the handler still runs: close normally.
@@ -905,7 +929,7 @@ impl Conn {
         }
     }
 
-    fn write_item<W: AsyncWrite + Unpin>(&mut self, item: Outbound, writer: &mut Writer<'_, W>) {
+    fn write_item<W: AsyncWrite + Unpin>(&mut self, item: Outbound, writer: &mut Writer<W>) {
         match item {
             Outbound::Message(message) => {
                 let (opcode, payload) = match &message {
@@ -936,22 +960,14 @@ impl Conn {
     }
 
     /// Queues this side's close frame; the loop then waits for the peer's.
-    fn start_close<W: AsyncWrite + Unpin>(
-        &mut self,
-        frame: CloseFrame,
-        writer: &mut Writer<'_, W>,
-    ) {
+    fn start_close<W: AsyncWrite + Unpin>(&mut self, frame: CloseFrame, writer: &mut Writer<W>) {
         queue_close(writer, &frame);
         self.closing = Some(frame);
         self.out_rx.close();
     }
 
     /// Fails the connection: queues the close frame, and the loop ends without waiting.
-    fn fail<W: AsyncWrite + Unpin>(
-        &mut self,
-        frame: CloseFrame,
-        writer: &mut Writer<'_, W>,
-    ) -> Ending {
+    fn fail<W: AsyncWrite + Unpin>(&mut self, frame: CloseFrame, writer: &mut Writer<W>) -> Ending {
         tracing::debug!(code = %frame.code, reason = %frame.reason, "failing the WebSocket connection");
         if self.closing.is_none() {
             queue_close(writer, &frame);
@@ -962,7 +978,7 @@ impl Conn {
     fn on_frame<W: AsyncWrite + Unpin>(
         &mut self,
         frame: RawFrame,
-        writer: &mut Writer<'_, W>,
+        writer: &mut Writer<W>,
         arms: &Arms,
         in_pass: bool,
     ) -> Result<(), Ending> {
@@ -1476,6 +1492,6 @@ mod tests {
             shared,
         );
         let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1700, "the connection future grew to {size} bytes");
+        assert!(size <= 1450, "the connection future grew to {size} bytes");
     }
 }

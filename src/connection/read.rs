@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Sleep;
+use tokio::time::Instant;
 
 use crate::wire::guard::FrameGuard;
 
@@ -39,9 +39,6 @@ pin_project_lite::pin_project! {
         max_message_size: usize,
         max_frame_size: usize,
         rest: Rest,
-        // When the reader is next looked at for giving back; armed only while there is one.
-        #[pin]
-        timer: Sleep,
     }
 }
 
@@ -71,10 +68,12 @@ struct Rest {
     consumed: u64,
     /// A data message's last frame has not come yet.
     in_message: bool,
-    /// Frames handed out, and how many there were when the timer was armed.
+    /// Frames handed out, and how many there were when `due` was set.
     frames: u64,
     frames_at_arm: u64,
-    armed: bool,
+    /// When the reader is next looked at for giving back: set while there is one and it
+    /// waits. The connection's one timer covers it ([`ReaderRest`]).
+    due: Option<Instant>,
 }
 
 impl Rest {
@@ -127,7 +126,6 @@ where
                 plain,
                 ..Rest::default()
             },
-            timer: tokio::time::sleep(Duration::ZERO),
         }
     }
 
@@ -149,67 +147,90 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            if let ReadStateProj::Unread { unread } = this.state.as_mut().project() {
-                let Some(pending) = unread else {
-                    return Poll::Pending;
-                };
-                let error = ready!(pending.poll_first(cx));
-                let reader = unread.take().map(Unread::into_reader);
-                let Some(reader) = reader else {
-                    return Poll::Pending;
-                };
-                if let Some(error) = error {
-                    return Poll::Ready((reader, Err(WebSocketError::IoError(error))));
-                }
-                let frame = (this.make)(reader);
-                this.state.set(ReadState::Reading { frame });
-            }
-            let ReadStateProj::Reading { frame } = this.state.as_mut().project() else {
+        if let ReadStateProj::Unread { unread } = this.state.as_mut().project() {
+            let Some(pending) = unread else {
                 return Poll::Pending;
             };
-            if let Poll::Ready((reader, result)) = frame.poll(cx) {
-                if let Ok(frame) = &result {
-                    this.rest.note(frame);
-                }
-                return Poll::Ready((reader, result));
-            }
-            if !this.rest.plain {
+            let error = ready!(pending.poll_first(cx));
+            let reader = unread.take().map(Unread::into_reader);
+            let Some(reader) = reader else {
                 return Poll::Pending;
+            };
+            if let Some(error) = error {
+                return Poll::Ready((reader, Err(WebSocketError::IoError(error))));
             }
-            let rest = &mut *this.rest;
-            if !rest.armed {
-                this.timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + READER_REST);
-                rest.armed = true;
-                rest.frames_at_arm = rest.frames;
-                // Polled once to register: the read arm's waker is the same on every poll,
-                // so a pending read after this only looks at whether the timer has fired.
-                if this.timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-            } else if !this.timer.is_elapsed() {
-                return Poll::Pending;
-            }
-            rest.armed = false;
-            let quiet = rest.frames == rest.frames_at_arm;
-            if !quiet || rest.in_message || this.io.bytes_read() != rest.consumed {
-                // Looked at again one period from now.
-                continue;
-            }
-            // fastwebsockets' buffer is empty and it waits for a frame's first bytes: its read
-            // future may be dropped, reader and buffer with it, without losing anything. The
-            // frame guard made for the next reader starts, as this one is, between messages.
-            this.state.set(ReadState::Unread {
-                unread: Some(Unread {
-                    io: Replay::new(*this.io),
-                    extensions: Default::default(),
-                    max_message_size: *this.max_message_size,
-                    max_frame_size: *this.max_frame_size,
-                }),
-            });
+            let frame = (this.make)(reader);
+            this.state.set(ReadState::Reading { frame });
         }
+        let ReadStateProj::Reading { frame } = this.state.as_mut().project() else {
+            return Poll::Pending;
+        };
+        if let Poll::Ready((reader, result)) = frame.poll(cx) {
+            if let Ok(frame) = &result {
+                this.rest.note(frame);
+            }
+            return Poll::Ready((reader, result));
+        }
+        let rest = &mut *this.rest;
+        if rest.plain && rest.due.is_none() {
+            // Looked at one period from now, when the connection's timer fires.
+            rest.due = Some(Instant::now() + READER_REST);
+            rest.frames_at_arm = rest.frames;
+        }
+        Poll::Pending
+    }
+}
+
+/// The read future's rest, which the connection's one timer keeps: when the reader is next
+/// looked at for giving back, and the look.
+pub(super) trait ReaderRest {
+    /// When [`look_at_rest`](Self::look_at_rest) is next due, if ever.
+    fn rest_due(&self) -> Option<Instant>;
+
+    /// At or after [`rest_due`](Self::rest_due): gives the reader back if it has handed out
+    /// no frame since the last look, holds no part of a message and has no byte left in its
+    /// buffer; else looks again one period from `now`. True when it gave the reader back: the
+    /// read future must then be polled, to wait for the peer's next bytes.
+    fn look_at_rest(self: Pin<&mut Self>, now: Instant) -> bool;
+}
+
+impl<T, F> ReaderRest for ReadFuture<'_, T, F>
+where
+    T: AsyncRead + Unpin,
+{
+    #[inline]
+    fn rest_due(&self) -> Option<Instant> {
+        self.rest.due
+    }
+
+    fn look_at_rest(self: Pin<&mut Self>, now: Instant) -> bool {
+        let mut this = self.project();
+        let rest = &mut *this.rest;
+        if rest.due.is_none_or(|due| due > now) {
+            return false;
+        }
+        rest.due = None;
+        if !matches!(this.state.as_mut().project(), ReadStateProj::Reading { .. }) {
+            return false;
+        }
+        let quiet = rest.frames == rest.frames_at_arm;
+        if !quiet || rest.in_message || this.io.bytes_read() != rest.consumed {
+            rest.due = Some(now + READER_REST);
+            rest.frames_at_arm = rest.frames;
+            return false;
+        }
+        // fastwebsockets' buffer is empty and it waits for a frame's first bytes: its read
+        // future may be dropped, reader and buffer with it, without losing anything. The
+        // frame guard made for the next reader starts, as this one is, between messages.
+        this.state.set(ReadState::Unread {
+            unread: Some(Unread {
+                io: Replay::new(*this.io),
+                extensions: Default::default(),
+                max_message_size: *this.max_message_size,
+                max_frame_size: *this.max_frame_size,
+            }),
+        });
+        true
     }
 }
 

@@ -20,7 +20,7 @@ use crate::wire::writer::FrameWriter;
 use super::*;
 
 /// Queues a close frame with its code and reason.
-pub(super) fn queue_close<W: AsyncWrite + Unpin>(writer: &mut Writer<'_, W>, frame: &CloseFrame) {
+pub(super) fn queue_close<W: AsyncWrite + Unpin>(writer: &mut Writer<W>, frame: &CloseFrame) {
     let mut payload = Vec::with_capacity(2 + frame.reason.len());
     payload.extend_from_slice(&u16::from(frame.code).to_be_bytes());
     payload.extend_from_slice(frame.reason.as_bytes());
@@ -29,8 +29,8 @@ pub(super) fn queue_close<W: AsyncWrite + Unpin>(writer: &mut Writer<'_, W>, fra
 
 /// The write side: frames are batched in a [`FrameWriter`] and written through the IO under
 /// its progress timeout.
-pub(super) struct Writer<'s, W> {
-    pub(super) io: TimedWrite<'s, W>,
+pub(super) struct Writer<W> {
+    pub(super) io: TimedWrite<W>,
     pub(super) out: FrameWriter,
     /// permessage-deflate's compressor, when the extension was agreed. Boxed: only
     /// connections that agreed on compression pay for it.
@@ -38,7 +38,7 @@ pub(super) struct Writer<'s, W> {
     pub(super) compressor: Option<Box<crate::wire::deflate::Compressor>>,
 }
 
-impl<W: AsyncWrite + Unpin> Writer<'_, W> {
+impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Queues a control frame (never compressed).
     #[inline]
     pub(super) fn queue(&mut self, opcode: OpCode, payload: &Bytes) {
@@ -77,11 +77,12 @@ pub(super) fn lost_io(error: io::Error) -> Ending {
 /// the handshake's budget: writing the close frame is part of the handshake. And a blocked
 /// write gives up at once when a send overflowed the queue under `QueuePolicy::Close`: the
 /// slow peer is being dropped anyway.
-pub(super) struct TimedWrite<'s, W> {
+pub(super) struct TimedWrite<W> {
     pub(super) inner: W,
     pub(super) timeout: Option<Duration>,
-    /// Made when a write first blocks: most connections never need it.
-    pub(super) sleep: Pin<&'s mut Option<Sleep>>,
+    /// Made when a write first blocks, and boxed: most connections never need it, and an
+    /// idle connection should not carry its room.
+    pub(super) sleep: Option<Pin<Box<Sleep>>>,
     pub(super) armed: bool,
     /// When the closing handshake, TCP's end included, must be over: set once, when it
     /// begins. The connection loop's close timer and the teardown read it too.
@@ -89,7 +90,7 @@ pub(super) struct TimedWrite<'s, W> {
     pub(super) shared: Arc<ControlBlock>,
 }
 
-impl<W> TimedWrite<'_, W> {
+impl<W> TimedWrite<W> {
     /// The closing handshake begins: it has `budget` from now, unless it began already.
     #[inline]
     pub(super) fn start_closing(&mut self, budget: Duration) {
@@ -124,13 +125,13 @@ impl<W> TimedWrite<'_, W> {
                 (Some(at), None) | (None, Some(at)) => at,
                 (None, None) => return Poll::Pending,
             };
-            match self.sleep.as_mut().as_pin_mut() {
-                Some(sleep) => sleep.reset(at),
-                None => self.sleep.set(Some(tokio::time::sleep_until(at))),
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(at),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
             }
             self.armed = true;
         }
-        match self.sleep.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
+        match self.sleep.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(Err(self.timed_out())),
             _ => Poll::Pending,
         }
@@ -142,7 +143,6 @@ impl<W> TimedWrite<'_, W> {
                 if close_by.is_none_or(|close_by| {
                     self.sleep
                         .as_ref()
-                        .as_pin_ref()
                         .is_none_or(|sleep| sleep.deadline() < close_by)
                 }) =>
             {
@@ -154,7 +154,7 @@ impl<W> TimedWrite<'_, W> {
     }
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<'_, W> {
+impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<W> {
     #[inline]
     fn poll_write(
         mut self: Pin<&mut Self>,
