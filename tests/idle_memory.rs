@@ -259,9 +259,9 @@ fn report(case: &str, measured: &PerConnection) {
 
 /// The most live heap a connection whose peer has sent nothing may keep (measured in
 /// docs/performance.md, with a margin).
-const IDLE_BOUND: f64 = 4500.0;
+const IDLE_BOUND: f64 = 4400.0;
 /// The most live heap a connection idle after one message each way may keep.
-const SPOKEN_BOUND: f64 = 4700.0;
+const SPOKEN_BOUND: f64 = 4600.0;
 
 #[test]
 fn an_idle_connection_keeps_little_heap() {

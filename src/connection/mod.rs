@@ -274,7 +274,7 @@ where
                 }
                 let notify = async {
                     if let Some(message) = parked {
-                        let _ = in_tx.push_waking(Inbound::Message(message)).await;
+                        let _ = in_tx.push_waking(Inbound::Message(*message)).await;
                     }
                     let _ = in_tx
                         .push_waking(Inbound::Closed(ending.peer_frame()))
@@ -433,7 +433,8 @@ struct Conn {
     in_tx: queue::Sender<Inbound>,
     out_rx: queue::BatchReceiver<Outbound>,
     /// A message read while the handler's queue was full; reading waits until it is taken.
-    parked: Option<Message>,
+    /// Boxed: rare (a handler that falls behind), and every connection would carry its room.
+    parked: Option<Box<Message>>,
     /// A message read in this pass, while the handler's queue was empty, is offered to the
     /// handler (`socket::handoff`): taken when the pass polls the handler next
     /// (`Arms::poll_socket`), or queued when the pass ends first (`Conn::drive`). No message
@@ -452,30 +453,21 @@ struct Conn {
     idle_deadline: Option<Instant>,
 }
 
-/// The keepalive pings' state.
+/// The keepalive pings' state (the interval and the pong's timeout are the settings').
 #[derive(Debug)]
 struct Keepalive {
-    interval: Duration,
     next_ping: Instant,
-    /// The ping whose pong has not come yet.
-    awaiting: Option<PingInFlight>,
+    /// When the ping whose pong has not come yet was sent. Its payload, which the pong
+    /// echoes, is `sent`; without its pong the connection fails at `sent_at + ping_timeout`.
+    awaiting: Option<Instant>,
+    /// Pings sent.
     sent: u64,
 }
 
-/// A keepalive ping sent and not answered yet.
-#[derive(Debug, Clone, Copy)]
-struct PingInFlight {
-    /// The ping's payload, which its pong echoes: the count of pings sent.
-    payload: u64,
-    sent_at: Instant,
-    /// When the connection is failed without its pong.
-    due: Instant,
-}
-
 impl Keepalive {
-    fn deadline(&self) -> Instant {
+    fn deadline(&self, ping_timeout: Duration) -> Instant {
         match self.awaiting {
-            Some(ping) => ping.due,
+            Some(sent_at) => sent_at + ping_timeout,
             None => self.next_ping,
         }
     }
@@ -486,7 +478,6 @@ impl Conn {
     fn start_timers(&mut self) {
         let now = Instant::now();
         self.keepalive = self.settings.ping_interval.map(|interval| Keepalive {
-            interval,
             next_ping: now + interval,
             awaiting: None,
             sent: 0,
@@ -785,7 +776,7 @@ impl Conn {
             Step::Room(room) => {
                 if let (Ok(()), Some(message)) = (room, self.parked.take()) {
                     // The task is the only sender: the room is still there.
-                    let _ = pass.in_tx.try_push(Inbound::Message(message));
+                    let _ = pass.in_tx.try_push(Inbound::Message(*message));
                 }
                 self.parked = None;
                 Ok(())
@@ -815,7 +806,8 @@ impl Conn {
 
     /// The earliest keepalive or idle deadline, if any.
     fn next_deadline(&self) -> Option<Instant> {
-        let keepalive = self.keepalive.as_ref().map(Keepalive::deadline);
+        let ping_timeout = self.settings.ping_timeout;
+        let keepalive = self.keepalive.as_ref().map(|k| k.deadline(ping_timeout));
         earliest(keepalive, self.idle_deadline)
     }
 
@@ -834,23 +826,20 @@ impl Conn {
                 self.idle_deadline = Some(quiet_until);
             }
         }
-        let Some(keepalive) = &mut self.keepalive else {
+        let (Some(keepalive), Some(interval)) = (&mut self.keepalive, self.settings.ping_interval)
+        else {
             return Ok(());
         };
         match keepalive.awaiting {
-            Some(ping) if now >= ping.due => {
+            Some(sent_at) if now >= sent_at + self.settings.ping_timeout => {
                 let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "keepalive ping timeout");
                 Err(self.fail(frame, writer))
             }
             None if now >= keepalive.next_ping => {
                 keepalive.sent += 1;
                 let payload = keepalive.sent.to_be_bytes();
-                keepalive.awaiting = Some(PingInFlight {
-                    payload: keepalive.sent,
-                    sent_at: now,
-                    due: now + self.settings.ping_timeout,
-                });
-                keepalive.next_ping = now + keepalive.interval;
+                keepalive.awaiting = Some(now);
+                keepalive.next_ping = now + interval;
                 writer.queue(OpCode::Ping, &Bytes::copy_from_slice(&payload));
                 Ok(())
             }
@@ -863,9 +852,9 @@ impl Conn {
         let Some(keepalive) = &mut self.keepalive else {
             return;
         };
-        if let Some(ping) = keepalive.awaiting {
-            if payload == ping.payload.to_be_bytes() {
-                self.shared.set_rtt(ping.sent_at.elapsed());
+        if let Some(sent_at) = keepalive.awaiting {
+            if payload == keepalive.sent.to_be_bytes() {
+                self.shared.set_rtt(sent_at.elapsed());
                 keepalive.awaiting = None;
             }
         }
@@ -1076,7 +1065,7 @@ impl Conn {
                 // While closing, a handler that does not read must not stop us from reading
                 // the peer's close frame: drop the message instead of waiting.
                 if self.closing.is_none() {
-                    self.parked = Some(message);
+                    self.parked = Some(Box::new(message));
                 }
             }
             // The handler no longer receives: nobody wants the message.
@@ -1502,6 +1491,6 @@ mod tests {
             shared,
         );
         let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1350, "the connection future grew to {size} bytes");
+        assert!(size <= 1300, "the connection future grew to {size} bytes");
     }
 }
