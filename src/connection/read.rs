@@ -271,6 +271,8 @@ impl<R: AsyncRead + Unpin> Unread<R> {
     // Without the `deflate` feature `Extensions` is `()`, passed on all the same.
     #[cfg_attr(not(feature = "deflate"), allow(clippy::unit_arg))]
     fn into_reader(self) -> Box<WebSocketRead<Stack<R>>> {
+        #[cfg(test)]
+        tests::READERS_MADE.with(|made| made.set(made.get() + 1));
         frame_reader(
             self.io,
             self.extensions,
@@ -553,6 +555,54 @@ mod tests {
 
     /// Long enough for the reader to be given back: two rest periods and a margin.
     const QUIET: Duration = Duration::from_secs(5);
+
+    thread_local! {
+        /// Readers made on this thread (a paused-time test's runtime runs its tasks on it).
+        pub(super) static READERS_MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn readers_made() -> usize {
+        READERS_MADE.with(std::cell::Cell::get)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_reader_is_given_back_on_the_connection_timer_alone() {
+        // No keepalive and no idle timeout: the reader's rest is the timer's one deadline.
+        let before = readers_made();
+        let (mut client, server) = echo_connection();
+        for text in ["one", "two"] {
+            client
+                .write_all(&client_frame(true, 0, 0x1, text.as_bytes()))
+                .await
+                .unwrap();
+            assert_eq!(read_text(&mut client).await, text);
+        }
+        assert_eq!(
+            readers_made() - before,
+            1,
+            "one reader while the peer speaks"
+        );
+        // Less than one rest period of quiet keeps the reader.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client
+            .write_all(&client_frame(true, 0, 0x1, b"three"))
+            .await
+            .unwrap();
+        assert_eq!(read_text(&mut client).await, "three");
+        assert_eq!(readers_made() - before, 1, "kept across a short pause");
+        tokio::time::sleep(QUIET).await;
+        client
+            .write_all(&client_frame(true, 0, 0x1, b"four"))
+            .await
+            .unwrap();
+        assert_eq!(read_text(&mut client).await, "four");
+        assert_eq!(
+            readers_made() - before,
+            2,
+            "given back in the quiet spell, a new one for the next frame"
+        );
+        server.abort();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn after_a_quiet_spell_frames_are_read_whole_by_the_next_reader() {
