@@ -591,6 +591,78 @@ mod tests {
         (socket, out_rx)
     }
 
+    /// A socket whose send queue settles batches as a connection's does.
+    fn settling_socket(capacity: usize) -> (WebSocket, Receiver<Outbound>) {
+        let environ = Arc::new(Environ {
+            parts: http::Request::new(()).into_parts().0,
+            protocol: None,
+            version: 13,
+        });
+        let (_in_tx, in_rx) = queue::bounded::<Inbound>(1);
+        let (out_tx, out_rx) = queue::bounded_settling(
+            capacity,
+            usize::MAX,
+            Outbound::weight,
+            Some(Outbound::settle),
+        );
+        let socket = WebSocket::new(
+            environ,
+            in_rx,
+            out_tx,
+            Arc::new(ControlBlock::default()),
+            QueuePolicy::Fail,
+        );
+        (socket, out_rx)
+    }
+
+    #[test]
+    fn a_socket_on_many_topics_gets_every_message_its_queue_has_room_for() {
+        // Each topic's batch reserves room for several messages in the socket's queue; with
+        // 200 topics and no connection writing in between, those reservations alone would
+        // fill a queue of 1 024 with 128 messages in it.
+        const TOPICS: usize = 200;
+        const ROUNDS: usize = 4;
+        let hub = Hub::new();
+        let (socket, mut out_rx) = settling_socket(1024);
+        let _subscriptions: Vec<_> = (0..TOPICS)
+            .map(|t| hub.subscribe(&format!("t{t}"), &socket.sender()))
+            .collect();
+        for k in 0..ROUNDS {
+            for t in 0..TOPICS {
+                let delivery = hub.publish(&format!("t{t}"), Message::text(format!("{t}#{k}")));
+                assert_eq!(
+                    (delivery.delivered, delivery.dropped),
+                    (1, 0),
+                    "message {k} of topic {t}"
+                );
+            }
+        }
+        // A queue that is really full still refuses: of 1 024 more messages, it takes at
+        // most the 224 it has room for.
+        let more: Vec<Delivery> = (0..1024)
+            .map(|i| hub.publish("t0", Message::text(format!("0#{}", ROUNDS + i))))
+            .collect();
+        let taken = more.iter().filter(|d| d.delivered == 1).count();
+        assert!(more.iter().any(|d| d.dropped == 1), "a full queue drops");
+        assert!(taken <= 1024 - TOPICS * ROUNDS, "took {taken} more");
+        let mut next = vec![0; TOPICS];
+        let mut seen = 0;
+        while let Some(item) = out_rx.try_recv() {
+            let Outbound::Published(batch, _) = item else {
+                panic!("only published messages were queued");
+            };
+            for message in batch.messages() {
+                let text = message.as_text().expect("text").to_string();
+                let (t, k) = text.split_once('#').expect("numbered");
+                let (t, k): (usize, usize) = (t.parse().unwrap(), k.parse().unwrap());
+                assert_eq!(k, next[t], "topic {t} in order");
+                next[t] += 1;
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, TOPICS * ROUNDS + taken);
+    }
+
     /// The waker of a subscriber's connection task, woken by the publish in the middle of its
     /// fan-out: there it joins and leaves the topic, and publishes to another.
     struct MidFanOut {

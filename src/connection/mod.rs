@@ -164,10 +164,11 @@ where
     });
     let record = Record::new(Arc::clone(&environ));
     let (in_tx, in_rx) = queue::bounded(INBOUND_CAPACITY);
-    let (out_tx, out_rx) = queue::bounded_by_weight(
+    let (out_tx, out_rx) = queue::bounded_settling(
         settings.send_queue_capacity,
         settings.send_queue_bytes,
         Outbound::weight,
+        Some(Outbound::settle),
     );
     let socket = WebSocket::new(
         environ,

@@ -18,6 +18,11 @@
 //!   [`MAX_BYTES`]): room reserved and not filled still counts until the subscriber's
 //!   connection takes the batch, so a reservation sized to the traffic keeps a lagging
 //!   subscriber's queue from filling with room nobody used;
+//! - a subscriber's queue that a push finds full settles what it holds: each batch queued
+//!   since its last settle is sealed and counted at the messages it took, not the room it
+//!   reserved (`Batch::settle`), so a socket subscribed to many topics, with a batch of
+//!   each queued, misses a message only when its queue holds as many messages as its
+//!   capacity (before, 128 topics' reservations of 8 filled a queue of 1 024);
 //! - the batch is sealed when a connection writes it (under its lock, so an append either
 //!   lands before that write or goes into a new batch), and when the topic's subscribers
 //!   change (so a new subscriber misses nothing published after it joined, and one that
@@ -140,6 +145,21 @@ impl Batch {
         state.messages.push(message);
         state.bytes = bytes;
         Ok((state.delivered, state.dropped))
+    }
+
+    /// Seals the batch and returns what it holds, within `reserved` (what a queue reserved
+    /// for it): the weight that queue may count it at from now on.
+    pub(crate) fn settle(&self, reserved: Weight) -> Weight {
+        let mut state = self.lock();
+        state.sealed = true;
+        let items = match self.sealed.get() {
+            Some(messages) => messages.len(),
+            None => state.messages.len(),
+        };
+        Weight {
+            items: items.min(reserved.items),
+            bytes: state.bytes.min(reserved.bytes),
+        }
     }
 
     /// Takes no more messages.

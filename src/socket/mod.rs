@@ -254,6 +254,17 @@ impl Outbound {
         }
     }
 
+    /// Settles a queued item's weight to what it holds (`queue::bounded_settling`): a batch
+    /// stops taking messages and gives back the room it reserved and did not fill. A socket
+    /// subscribed to many topics holds a batch of each, and their reservations alone could
+    /// otherwise fill its queue with few messages in it.
+    pub(crate) fn settle(&mut self) -> Weight {
+        if let Outbound::Published(batch, reserved) = self {
+            *reserved = batch.settle(*reserved);
+        }
+        self.weight()
+    }
+
     /// The message of an item a send pushed, given back when the push failed.
     fn into_message(self) -> Message {
         match self {

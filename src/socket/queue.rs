@@ -36,6 +36,10 @@ struct Queue<T> {
     /// What an item counts against `State::capacity` (one, or the room a batch reserved) and
     /// weighs against `State::max_bytes` (its payload's length).
     weigh: fn(&T) -> Weight,
+    /// Settles a queued item's weight, for good, to what it holds (a batch that reserved
+    /// room it did not fill stops taking messages and gives that room back); its new weight.
+    /// Run over the items not settled yet when a push finds the queue full.
+    settle: Option<fn(&mut T) -> Weight>,
     /// The data and vtable pointers of the waker a [`Receiver`] last registered, as numbers
     /// (written and read by the receiver alone): with `receiver_waiting`, they let it see
     /// that it still waits with the waker it is polled with, without taking the lock.
@@ -84,6 +88,9 @@ struct State<T> {
     receiver: Option<Waker>,
     /// Senders waiting for room, each once (by `Waker::will_wake`).
     waiting_senders: Vec<Waker>,
+    /// How many of the last items were pushed since the queue was last settled: a settle
+    /// looks at these alone, so each item is settled at most once.
+    unsettled: usize,
 }
 
 impl<T> State<T> {
@@ -119,6 +126,7 @@ impl<T> State<T> {
         self.count += weight.items;
         self.bytes += weight.bytes;
         self.items.push_back(item);
+        self.unsettled += 1;
         queue.len.store(self.items.len(), Ordering::Release);
         match self.receiver.take() {
             Some(waker) if cx.is_some_and(|cx| waker.will_wake(cx.waker())) => {
@@ -131,6 +139,28 @@ impl<T> State<T> {
                 other
             }
         }
+    }
+
+    /// Settles the items pushed since the last settle (see [`Queue::settle`]); whether that
+    /// gave any room back.
+    fn settle(&mut self, queue: &Queue<T>) -> bool {
+        let Some(settle) = queue.settle else {
+            return false;
+        };
+        let fresh = self.unsettled.min(self.items.len());
+        self.unsettled = 0;
+        let first = self.items.len() - fresh;
+        let mut freed = false;
+        for item in self.items.range_mut(first..) {
+            let before = (queue.weigh)(item);
+            let after = settle(item);
+            if after != before {
+                self.count = self.count - before.items + after.items;
+                self.bytes = self.bytes - before.bytes + after.bytes;
+                freed = true;
+            }
+        }
+        freed
     }
 
     /// Takes `weight` (of an item leaving the queue) off what the queued items count.
@@ -171,6 +201,18 @@ pub(crate) fn bounded_by_weight<T>(
     max_bytes: usize,
     weigh: fn(&T) -> Weight,
 ) -> (Sender<T>, Receiver<T>) {
+    bounded_settling(capacity, max_bytes, weigh, None)
+}
+
+/// [`bounded_by_weight`], whose items may weigh less once settled: a push that finds the
+/// queue full first settles the items queued since the last settle with `settle`, which
+/// returns an item's new weight (never more than before), and pushes if that made room.
+pub(crate) fn bounded_settling<T>(
+    capacity: usize,
+    max_bytes: usize,
+    weigh: fn(&T) -> Weight,
+    settle: Option<fn(&mut T) -> Weight>,
+) -> (Sender<T>, Receiver<T>) {
     let queue = Arc::new(Queue {
         state: Mutex::new(State {
             items: VecDeque::new(),
@@ -184,11 +226,13 @@ pub(crate) fn bounded_by_weight<T>(
             senders: 1,
             receiver: None,
             waiting_senders: Vec::new(),
+            unsettled: 0,
         }),
         len: AtomicUsize::new(0),
         receiver_waiting: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         weigh,
+        settle,
         receiver_data: AtomicUsize::new(0),
         receiver_vtable: AtomicUsize::new(0),
     });
@@ -251,7 +295,8 @@ impl<T> Sender<T> {
                 return Err(PushError::Closed(item));
             }
             let weight = (self.queue.weigh)(&item);
-            if state.is_full(weight) {
+            // Full: settling the items queued since the last settle may make room.
+            if state.is_full(weight) && (!state.settle(&self.queue) || state.is_full(weight)) {
                 return Err(PushError::Full(item));
             }
             state.push_back(&self.queue, item, weight, cx)
@@ -267,23 +312,41 @@ impl<T> Sender<T> {
     /// messages after it is queued). Fails without calling `make` when there is no room.
     pub(crate) fn try_push_reserving(
         &self,
-        make: impl FnOnce(Weight) -> T,
+        mut make: impl FnMut(Weight) -> T,
     ) -> Result<(), PushError<()>> {
         let waker = {
             let mut state = self.queue.lock();
             if state.closed {
                 return Err(PushError::Closed(()));
             }
-            let room = state.room();
+            let mut room = state.room();
             if room.items == 0 {
-                return Err(PushError::Full(()));
+                if !state.settle(&self.queue) {
+                    return Err(PushError::Full(()));
+                }
+                room = state.room();
+                if room.items == 0 {
+                    return Err(PushError::Full(()));
+                }
             }
-            let item = make(room);
-            let weight = (self.queue.weigh)(&item);
+            let mut item = make(room);
+            let mut weight = (self.queue.weigh)(&item);
             if state.is_full(weight) {
-                drop(state);
+                // Room reserved and not used may make room: settled, the item is made again
+                // from the room left then.
+                if !state.settle(&self.queue) {
+                    drop(state);
+                    drop(item);
+                    return Err(PushError::Full(()));
+                }
                 drop(item);
-                return Err(PushError::Full(()));
+                item = make(state.room());
+                weight = (self.queue.weigh)(&item);
+                if state.is_full(weight) {
+                    drop(state);
+                    drop(item);
+                    return Err(PushError::Full(()));
+                }
             }
             state.push_back(&self.queue, item, weight, None)
         };
@@ -312,6 +375,7 @@ impl<T> Sender<T> {
             state.count += weight.items;
             state.bytes += weight.bytes;
             state.items.push_back(item);
+            state.unsettled += 1;
             self.queue.len.store(state.items.len(), Ordering::Release);
             self.queue.receiver_waiting.store(false, Ordering::Release);
             state.receiver.take()
