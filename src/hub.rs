@@ -573,38 +573,29 @@ mod tests {
     use crate::socket::{ControlBlock, Environ, Inbound, Outbound, WebSocket};
     use crate::QueuePolicy;
 
+    /// A socket with a send queue of 4 that does not settle its batches (the hub's fuzz
+    /// model's kind of queue).
     fn socket() -> (WebSocket, Receiver<Outbound>) {
-        let environ = Arc::new(Environ {
-            parts: http::Request::new(()).into_parts().0,
-            protocol: None,
-            version: 13,
-        });
-        let (_in_tx, in_rx) = queue::bounded::<Inbound>(1);
-        let (out_tx, out_rx) = queue::bounded_by_weight(4, usize::MAX, Outbound::weight);
-        let socket = WebSocket::new(
-            environ,
-            in_rx,
-            out_tx,
-            Arc::new(ControlBlock::default()),
-            QueuePolicy::Fail,
-        );
-        (socket, out_rx)
+        socket_with_queue(4, None)
     }
 
     /// A socket whose send queue settles batches as a connection's does.
     fn settling_socket(capacity: usize) -> (WebSocket, Receiver<Outbound>) {
+        socket_with_queue(capacity, Some(Outbound::settle))
+    }
+
+    fn socket_with_queue(
+        capacity: usize,
+        settle: Option<fn(&mut Outbound) -> queue::Weight>,
+    ) -> (WebSocket, Receiver<Outbound>) {
         let environ = Arc::new(Environ {
             parts: http::Request::new(()).into_parts().0,
             protocol: None,
             version: 13,
         });
         let (_in_tx, in_rx) = queue::bounded::<Inbound>(1);
-        let (out_tx, out_rx) = queue::bounded_settling(
-            capacity,
-            usize::MAX,
-            Outbound::weight,
-            Some(Outbound::settle),
-        );
+        let (out_tx, out_rx) =
+            queue::bounded_settling(capacity, usize::MAX, Outbound::weight, settle);
         let socket = WebSocket::new(
             environ,
             in_rx,
