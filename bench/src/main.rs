@@ -49,7 +49,7 @@ usage:
   bench upgrade-cost <kind> --count N [--messages M]
   bench redis-hub (--redis URL | --cluster URL,URL,...) [--messages N] [--rate R] [--seconds S] [--size B]
   bench history [--messages N] [--size BYTES] [--redis URL]
-  bench publish-cost [--subscribers S] [--publishes N] [--burst K] [--size B] [--deflate off|shared|takeover]
+  bench publish-cost [--subscribers S] [--publishes N] [--burst K] [--size B] [--deflate off|shared|takeover] [--laggards L]
   bench fanout-client-cost [--subscribers N] [--rounds R] [--per-read K] [--size B]
 
 kinds: layer, fastwebsockets, axum-ws, tcp, fastwebsockets-aa; `run` always adds

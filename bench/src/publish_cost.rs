@@ -13,6 +13,10 @@
 //!   (default 1): under load publishes arrive in bursts, and a subscriber's connection then
 //!   writes every message of the burst in one go. N is rounded up to a multiple of K.
 //! - `--size B`: the message's size (default 20 bytes, binary).
+//! - `--laggards L`: L more subscribers whose clients read slowly: after each burst has reached
+//!   every other subscriber, each reads once, at most half a burst's frames (in bytes), so
+//!   that its send queue fills and then stays at the edge of full, as a slow reader's does.
+//!   Only the other subscribers' frames are counted (default 0).
 //! - `--deflate off|shared|takeover`: whether the subscribers agree on permessage-deflate,
 //!   with `server_no_context_takeover` (`shared`) or with context takeover (`takeover`). The
 //!   message is then compressible text-like bytes, and the server compresses from 128 bytes.
@@ -67,6 +71,7 @@ pub struct Options {
     pub burst: usize,
     pub size: usize,
     pub deflate: Deflate,
+    pub laggards: usize,
 }
 
 /// Frames counted by every client, and a wake-up when they reach the target.
@@ -137,10 +142,11 @@ pub fn run(opts: &Options) -> Result<(), String> {
         .block_on(publish_to_all(opts))
         .map_err(|e| e.to_string())?;
     println!(
-        "{} publishes of {} bytes to {} subscribers, {} at a time (deflate {:?})",
+        "{} publishes of {} bytes to {} subscribers and {} laggards, {} at a time (deflate {:?})",
         opts.publishes.div_ceil(opts.burst.max(1)) * opts.burst.max(1),
         opts.size,
         opts.subscribers,
+        opts.laggards,
         opts.burst.max(1),
         opts.deflate
     );
@@ -152,7 +158,16 @@ async fn publish_to_all(opts: &Options) -> io::Result<()> {
     let router = router(&hub, opts.deflate);
     let request = request(opts.deflate);
     let received = Arc::new(Received::default());
-    for _ in 0..opts.subscribers {
+    // Told once per burst, when the burst has reached every other subscriber.
+    let round = Arc::new(Notify::new());
+    // A server's frame: the payload after a 2, 4 or 10-byte header.
+    let frame_len = opts.size
+        + match opts.size {
+            0..=125 => 2,
+            126..=65535 => 4,
+            _ => 10,
+        };
+    for n in 0..opts.subscribers + opts.laggards {
         let (mut client_io, server_io) = tokio::io::duplex(16 * 1024);
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(
@@ -163,6 +178,20 @@ async fn publish_to_all(opts: &Options) -> io::Result<()> {
         let rest = client::handshake(&mut client_io, &request).await?;
         if !rest.is_empty() {
             return Err(io::Error::other("data before the first message"));
+        }
+        if n >= opts.subscribers {
+            let round = Arc::clone(&round);
+            let budget = (opts.burst.max(1) * frame_len / 2).max(1);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; budget];
+                loop {
+                    round.notified().await;
+                    if matches!(client_io.read(&mut buf).await, Ok(0) | Err(_)) {
+                        return;
+                    }
+                }
+            });
+            continue;
         }
         let received = Arc::clone(&received);
         tokio::spawn(async move {
@@ -184,7 +213,7 @@ async fn publish_to_all(opts: &Options) -> io::Result<()> {
         });
     }
     // Every handler has subscribed.
-    while hub.subscriber_count(TOPIC) < opts.subscribers {
+    while hub.subscriber_count(TOPIC) < opts.subscribers + opts.laggards {
         tokio::task::yield_now().await;
     }
     let message = message(opts.size, opts.deflate);
@@ -197,16 +226,21 @@ async fn publish_to_all(opts: &Options) -> io::Result<()> {
         for _ in 0..burst {
             published += 1;
             let delivery = hub.publish(TOPIC, message.clone());
-            if delivery.delivered != opts.subscribers {
+            // Only a laggard may miss a message.
+            if delivery.delivered < opts.subscribers
+                || delivery.delivered + delivery.dropped != opts.subscribers + opts.laggards
+            {
                 return Err(io::Error::other(format!(
-                    "publish {published}: {delivery:?}, expected {} delivered",
-                    opts.subscribers
+                    "publish {published}: {delivery:?}, expected at least {} delivered of {}",
+                    opts.subscribers,
+                    opts.subscribers + opts.laggards
                 )));
             }
         }
         while received.frames.load(Ordering::Relaxed) < target {
             received.reached.notified().await;
         }
+        round.notify_waiters();
     }
     Ok(())
 }
@@ -220,6 +254,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         burst: 1,
         size: 20,
         deflate: Deflate::Off,
+        laggards: 0,
     };
     while let Some(arg) = args.next() {
         match arg {
@@ -228,6 +263,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
             "--burst" => opts.burst = args.parse::<usize>(arg)?.max(1),
             "--size" => opts.size = args.parse(arg)?,
             "--deflate" => opts.deflate = args.parse(arg)?,
+            "--laggards" => opts.laggards = args.parse(arg)?,
             other => return Err(format!("unknown option {other:?}\n{}", crate::USAGE)),
         }
     }
