@@ -9,6 +9,7 @@ use http::HeaderMap;
 
 use crate::connection;
 use crate::handle::{ConnectionSlot, Registry};
+use crate::handshake::keep::KeepHeaders;
 use crate::handshake::origin::OriginPolicy;
 use crate::handshake::protocol::Subprotocols;
 use crate::handshake::{HandshakeRejection, Refusal};
@@ -39,6 +40,8 @@ pub(crate) struct Config {
     pub(crate) prepare: Option<handler::BoxPrepare>,
     pub(crate) subprotocols: Subprotocols,
     pub(crate) origin: OriginPolicy,
+    /// The headers a socket keeps in its environ.
+    pub(crate) keep_headers: KeepHeaders,
     pub(crate) before_upgrade: Option<BeforeUpgrade>,
     pub(crate) required_extensions: Vec<RequiredExtension>,
     pub(crate) max_connections: Option<usize>,
@@ -57,6 +60,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("subprotocols", &self.subprotocols)
             .field("origin", &self.origin)
+            .field("keep_headers", &self.keep_headers)
             .field("before_upgrade", &self.before_upgrade.is_some())
             .field(
                 "required_extensions",

@@ -164,7 +164,7 @@ where
     }
     let slot = config.take_slot()?;
     let origin = parts.headers.get(header::ORIGIN).cloned();
-    crate::handshake::detach_from_read_buffer(&mut parts);
+    crate::handshake::detach_from_read_buffer(&mut parts, &config.keep_headers);
     let response = answer(draft, headers, origin, location, protocol.as_ref());
     let shared = Arc::new(ControlBlock::legacy());
     config.registry.spawn(Arc::clone(&shared), slot, |slot| {

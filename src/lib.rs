@@ -91,7 +91,7 @@ pub use close::{CloseCode, CloseFrame};
 pub use deflate::DeflateConfig;
 pub use error::{Error, SendError};
 pub use handle::{Metrics, ShutdownReport, WebSocketHandle};
-pub use handshake::{HandshakeRejection, Refusal};
+pub use handshake::{keep::KeepHeaders, HandshakeRejection, Refusal};
 pub use hub::{Hub, HubBackend, Subscription};
 pub use layer::WebSocketLayer;
 pub use message::{Message, Utf8Bytes};

@@ -296,7 +296,7 @@ fn finish<B: Default>(
         return Err(HandshakeRejection::ShuttingDown.into());
     }
     let slot = config.take_slot()?;
-    handshake::detach_from_read_buffer(&mut parts);
+    handshake::detach_from_read_buffer(&mut parts, &config.keep_headers);
     let response = handshake::accepted(accept_key, protocol.as_ref(), headers);
     let shared = Arc::new(ControlBlock::default());
     config.registry.spawn(Arc::clone(&shared), slot, |slot| {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::Router;
 use tower_websocket::hub::Hub;
-use tower_websocket::{Message, WebSocket, WebSocketLayer};
+use tower_websocket::{KeepHeaders, Message, WebSocket, WebSocketLayer};
 
 #[global_allocator]
 static HEAP: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
@@ -60,6 +60,11 @@ async fn echo(mut ws: WebSocket) {
 /// its own thread.
 fn start_server() -> SocketAddr {
     serve(Router::new().layer(WebSocketLayer::new(echo)))
+}
+
+/// As [`start_server`], with a socket that keeps no header of its upgrade request.
+fn start_server_keeping_no_headers() -> SocketAddr {
+    serve(Router::new().layer(WebSocketLayer::new(echo).keep_headers(KeepHeaders::none())))
 }
 
 /// The topic every subscriber of [`start_hub_server`] joins.
@@ -163,8 +168,11 @@ struct PerConnection {
 }
 
 fn measure(spoken: bool) -> PerConnection {
+    measure_on(start_server(), spoken)
+}
+
+fn measure_on(addr: SocketAddr, spoken: bool) -> PerConnection {
     let settle = if spoken { SPOKEN_SETTLE } else { SETTLE };
-    let addr = start_server();
     let first: Vec<TcpStream> = (0..BATCH).map(|_| open(addr, spoken)).collect();
     std::thread::sleep(settle);
     let before = snapshot();
@@ -284,6 +292,30 @@ fn a_connection_idle_after_one_message_keeps_little_heap() {
         measured.bytes <= SPOKEN_BOUND,
         "a connection idle after one message keeps {:.0} bytes of heap",
         measured.bytes
+    );
+}
+
+/// The most live heap an idle connection whose socket keeps no header may keep.
+const NO_HEADERS_BOUND: f64 = 3700.0;
+
+#[test]
+fn an_idle_connection_that_keeps_no_headers_keeps_less_heap() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let all = measure(false);
+    report("idle, never spoken, every header kept", &all);
+    let none = measure_on(start_server_keeping_no_headers(), false);
+    report("idle, never spoken, no header kept", &none);
+    // This handshake's five headers: their map (six slots of about 100 bytes and the index)
+    // and their copied values.
+    assert!(
+        all.bytes - none.bytes >= 500.0,
+        "keeping no header saved only {:.0} bytes",
+        all.bytes - none.bytes
+    );
+    assert!(
+        none.bytes <= NO_HEADERS_BOUND,
+        "an idle connection that keeps no header keeps {:.0} bytes of heap",
+        none.bytes
     );
 }
 

@@ -15,7 +15,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as TCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame as TClose;
 use tokio_tungstenite::tungstenite::Message as T;
-use tower_websocket::{CloseCode, Error, Message, SendError, WebSocket, WebSocketLayer};
+use tower_websocket::{
+    CloseCode, Error, KeepHeaders, Message, SendError, WebSocket, WebSocketLayer,
+};
 
 type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -341,6 +343,60 @@ async fn environ_shows_path_protocol_origin_and_upstream_extensions() {
              origin=Some(\"http://{addr}\") user=Some(\"alice\") peer_known=true method=GET"
         ))
     );
+}
+
+#[tokio::test]
+async fn keep_headers_leaves_the_socket_only_what_it_keeps_while_the_checks_see_everything() {
+    #[derive(Clone)]
+    struct Token(String);
+    let handler = |ws: WebSocket| async move {
+        let mut names: Vec<&str> = ws.headers().keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        let seen = format!(
+            "headers={names:?} agent={:?} origin={:?} token={:?} path={}",
+            ws.headers().get("user-agent"),
+            ws.origin(),
+            ws.extension::<Token>().map(|t| t.0.as_str()),
+            ws.path(),
+        );
+        let _ = ws.send(seen).await;
+    };
+    let layer = WebSocketLayer::new(handler)
+        .keep_headers(KeepHeaders::only([http::header::USER_AGENT]))
+        .before_upgrade(|request, _| {
+            // The hook sees a header the socket will not keep.
+            let token = request
+                .headers
+                .get("x-token")
+                .map(|v| v.to_str().unwrap_or("?"));
+            let token = Token(token.unwrap_or("none").to_string());
+            request.extensions.insert(token);
+            Ok(())
+        });
+    let addr = serve(Router::new().layer(layer)).await;
+
+    let mut req = format!("ws://{addr}/k").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("user-agent", "kept/1".parse().unwrap());
+    req.headers_mut().insert("x-token", "t-42".parse().unwrap());
+    req.headers_mut()
+        .insert("origin", format!("http://{addr}").parse().unwrap());
+    let (mut client, _) = within("the handshake", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut client).await,
+        T::text("headers=[\"user-agent\"] agent=Some(\"kept/1\") origin=None token=Some(\"t-42\") path=/k")
+    );
+
+    // The origin policy still sees `Origin`, which the socket would not keep: refused.
+    let mut req = format!("ws://{addr}/k").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "https://elsewhere.example".parse().unwrap());
+    match within("the refusal", tokio_tungstenite::connect_async(req)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -58,6 +58,7 @@
 //! # }
 //! ```
 
+pub mod keep;
 pub(crate) mod list;
 pub mod origin;
 pub mod protocol;
@@ -585,11 +586,12 @@ pub(crate) fn accepted<B: Default>(
     res
 }
 
-/// Copies the request's header values and URI, which hyper hands out as slices of its
-/// connection read buffer, into one allocation of their own size, so that the
-/// `Parts` a socket keeps for its whole life do not keep that buffer alive; an extensions map
-/// left empty is replaced by one that holds no allocation.
-pub(crate) fn detach_from_read_buffer(parts: &mut Parts) {
+/// Leaves the headers `keep` keeps, and copies their values and the URI, which hyper hands
+/// out as slices of its connection read buffer, into one allocation of their own size, so that
+/// the `Parts` a socket keeps for its whole life do not keep that buffer alive; an extensions
+/// map left empty is replaced by one that holds no allocation.
+pub(crate) fn detach_from_read_buffer(parts: &mut Parts, keep: &keep::KeepHeaders) {
+    keep.apply(&mut parts.headers);
     let path = parts.uri.path_and_query().map(|pq| pq.as_str());
     let authority = parts.uri.authority().map(|a| a.as_str());
     let values: usize = parts.headers.values().map(|v| v.len()).sum();
@@ -862,7 +864,7 @@ mod tests {
             .unwrap()
             .into_parts();
 
-        detach_from_read_buffer(&mut parts);
+        detach_from_read_buffer(&mut parts, &keep::KeepHeaders::all());
 
         let axum::extract::OriginalUri(original) = parts.extensions.get().unwrap();
         assert_eq!(original, "/api/rooms/1");
@@ -888,7 +890,7 @@ mod tests {
         request.headers_mut().insert("authorization", token);
         let (mut parts, ()) = request.into_parts();
 
-        detach_from_read_buffer(&mut parts);
+        detach_from_read_buffer(&mut parts, &keep::KeepHeaders::all());
 
         assert_eq!(parts.uri, "/chat?room=1");
         assert_eq!(parts.uri.query(), Some("room=1"));

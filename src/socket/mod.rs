@@ -422,7 +422,8 @@ macro_rules! environ_accessors {
         }
 
         /// The `Origin` header of the upgrade request: browsers send it, other clients
-        /// seldom do.
+        /// seldom do (and `None` when [`WebSocketLayer::keep_headers`](crate::WebSocketLayer::keep_headers)
+        /// did not keep it).
         pub fn origin(&self) -> Option<&str> {
             self.$($environ).+
                 .parts
@@ -438,13 +439,16 @@ macro_rules! environ_accessors {
             self.$($environ).+.version
         }
 
-        /// The headers of the upgrade request.
+        /// The headers of the upgrade request: all of them, unless
+        /// [`WebSocketLayer::keep_headers`](crate::WebSocketLayer::keep_headers) kept fewer.
         pub fn headers(&self) -> &HeaderMap {
             &self.$($environ).+.parts.headers
         }
 
-        /// The whole upgrade request but its body: method, URI, version, headers and every
-        /// extension earlier middleware put there (auth claims, `ConnectInfo`, ...).
+        /// The whole upgrade request but its body: method, URI, version, headers (those
+        /// [`WebSocketLayer::keep_headers`](crate::WebSocketLayer::keep_headers) kept: all by
+        /// default) and every extension earlier middleware put there (auth claims,
+        /// `ConnectInfo`, ...).
         pub fn environ(&self) -> &Parts {
             &self.$($environ).+.parts
         }
@@ -456,7 +460,7 @@ macro_rules! environ_accessors {
 
         /// Runs an axum extractor on the upgrade request, as a handler's argument would be:
         /// `Path`, `Query`, `MatchedPath`, `OriginalUri`, `TypedHeader`, your own. The request
-        /// is cloned for it (once per call, not per message).
+        /// is cloned for it (once per call, not per message), with the headers the socket kept.
         ///
         /// ```
         /// use axum::extract::{MatchedPath, Path};
