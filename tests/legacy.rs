@@ -11,7 +11,7 @@ use common::{serve, within, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tower_websocket::{WebSocket, WebSocketLayer};
+use tower_websocket::{KeepHeaders, WebSocket, WebSocketLayer};
 
 const KEY1: &str = "4 @1  46546xW%0l 1 5";
 const KEY2: &str = "12998 5 Y3 1  .P00";
@@ -19,7 +19,7 @@ const KEY3: &[u8] = b"^n:ds[4U";
 const ANSWER: &[u8] = b"8jKS'y:G*Co,Wxa-";
 
 /// Says its version, then echoes; "close" closes, "binary" tries a binary send and reports
-/// the error. Tells the test when `recv` returned `None`.
+/// the error, "headers" names the request headers the socket kept. Tells the test when `recv` returned `None`.
 fn layer(ended: mpsc::UnboundedSender<&'static str>) -> WebSocketLayer {
     WebSocketLayer::new(move |mut ws: WebSocket| {
         let ended = ended.clone();
@@ -33,6 +33,12 @@ fn layer(ended: mpsc::UnboundedSender<&'static str>) -> WebSocketLayer {
                     Some("binary") => {
                         let error = ws.send(vec![1u8, 2, 3]).await.unwrap_err();
                         let _ = ws.send(error.to_string()).await;
+                    }
+                    Some("headers") => {
+                        let mut names: Vec<&str> =
+                            ws.headers().keys().map(|n| n.as_str()).collect();
+                        names.sort_unstable();
+                        let _ = ws.send(names.join(",")).await;
                     }
                     _ => {
                         let _ = ws.send(msg).await;
@@ -272,6 +278,22 @@ async fn a_length_prefixed_frame_is_skipped() {
     wire.extend(text_frame("after the skipped frame"));
     stream.write_all(&wire).await.unwrap();
     expect_text(&mut stream, "after the skipped frame").await;
+}
+
+#[tokio::test]
+async fn a_socket_keeping_only_some_headers_still_answers_the_challenge_and_the_origin() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let keep = KeepHeaders::only([http::header::HOST]);
+    let addr = server(layer(tx).keep_headers(keep)).await;
+    // The keys and `Origin`, which the socket does not keep, still make the answer.
+    let (mut stream, head) = connect76(addr).await;
+    assert!(
+        head.contains(&format!("sec-websocket-origin: http://{addr}\r\n")),
+        "{head}"
+    );
+    expect_text(&mut stream, "version 76").await;
+    stream.write_all(&text_frame("headers")).await.unwrap();
+    expect_text(&mut stream, "host").await;
 }
 
 #[tokio::test]
