@@ -45,7 +45,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use futures_util::FutureExt;
 use http::request::Parts;
@@ -282,7 +281,9 @@ where
                         .await;
                     drop(in_tx);
                 };
+                // In order: no random start, which would cost a draw from the thread's RNG.
                 let outcome = tokio::select! {
+                    biased;
                     outcome = &mut handler => Some(outcome),
                     () = notify => None,
                 };
@@ -841,7 +842,7 @@ impl Conn {
                 let payload = keepalive.sent.to_be_bytes();
                 keepalive.awaiting = Some(now);
                 keepalive.next_ping = now + interval;
-                writer.queue(OpCode::Ping, &Bytes::copy_from_slice(&payload));
+                writer.queue_control(OpCode::Ping, &payload);
                 Ok(())
             }
             _ => Ok(()),
@@ -997,7 +998,7 @@ impl Conn {
                 // fastwebsockets has refused pings over 125 bytes already.
                 if self.closing.is_none() {
                     // Batched with the rest; flushed when the task would go idle.
-                    writer.queue(OpCode::Pong, &frame.payload);
+                    writer.queue_control(OpCode::Pong, &frame.payload);
                 }
                 Ok(())
             }
@@ -1019,13 +1020,9 @@ impl Conn {
                     None => {
                         // Answer with the peer's code (an empty close gets an empty close);
                         // the loop's last flush sends it.
-                        let reply = match &received {
-                            Some(frame) => {
-                                Bytes::copy_from_slice(&u16::from(frame.code).to_be_bytes())
-                            }
-                            None => Bytes::new(),
-                        };
-                        writer.queue(OpCode::Close, &reply);
+                        let code = received.as_ref().map(|frame| u16::from(frame.code));
+                        let reply = code.map(u16::to_be_bytes);
+                        writer.queue_control(OpCode::Close, reply.as_ref().map_or(&[], |c| c));
                         Err(Ending::ClosedByPeer(received))
                     }
                 }

@@ -13,7 +13,7 @@ use fastwebsockets::OpCode;
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 
-use crate::socket::close::CloseFrame;
+use crate::socket::close::{CloseFrame, MAX_REASON_LEN};
 use crate::socket::ControlBlock;
 use crate::wire::writer::FrameWriter;
 
@@ -21,10 +21,24 @@ use super::*;
 
 /// Queues a close frame with its code and reason.
 pub(super) fn queue_close<W: AsyncWrite + Unpin>(writer: &mut Writer<W>, frame: &CloseFrame) {
-    let mut payload = Vec::with_capacity(2 + frame.reason.len());
-    payload.extend_from_slice(&u16::from(frame.code).to_be_bytes());
-    payload.extend_from_slice(frame.reason.as_bytes());
-    writer.queue(OpCode::Close, &Bytes::from(payload));
+    let mut payload = [0u8; 2 + MAX_REASON_LEN];
+    let len = close_payload(frame, &mut payload);
+    writer.queue_control(OpCode::Close, &payload[..len]);
+}
+
+/// Writes a close frame's payload, the code and at most [`MAX_REASON_LEN`] bytes of reason,
+/// into `payload`, and returns its length. `close_with` refuses longer reasons and the crate's
+/// own are short, but a longer one is cut at a character boundary rather than make a frame
+/// the peer must refuse.
+fn close_payload(frame: &CloseFrame, payload: &mut [u8; 2 + MAX_REASON_LEN]) -> usize {
+    let reason = frame.reason.as_str();
+    let mut end = reason.len().min(MAX_REASON_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    payload[..2].copy_from_slice(&u16::from(frame.code).to_be_bytes());
+    payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
+    2 + end
 }
 
 /// The write side: frames are batched in a [`FrameWriter`] and written through the IO under
@@ -39,10 +53,10 @@ pub(super) struct Writer<W> {
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
-    /// Queues a control frame (never compressed).
+    /// Queues a control frame (at most 125 bytes of payload), copied into the batch.
     #[inline]
-    pub(super) fn queue(&mut self, opcode: OpCode, payload: &Bytes) {
-        self.out.push(opcode, payload);
+    pub(super) fn queue_control(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.out.push_control(opcode, payload);
     }
 
     /// Queues a data message: compressed (RSV1) when the extension is agreed and the message
@@ -189,5 +203,28 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for TimedWrite<W> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.bound(cx, poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::close::CloseCode;
+
+    #[test]
+    fn a_close_payload_is_the_code_and_the_reason_cut_at_a_character_boundary() {
+        let mut buf = [0u8; 2 + MAX_REASON_LEN];
+        let short = CloseFrame::new(CloseCode::NORMAL, "bye");
+        let len = close_payload(&short, &mut buf);
+        assert_eq!(&buf[..len], b"\x03\xe8bye");
+
+        // 62 two-byte characters are 124 bytes, one over: the cut at 123 falls inside the
+        // 62nd character, so that character goes whole.
+        let long = "\u{e9}".repeat(62);
+        let frame = CloseFrame::new(CloseCode::from(4000), long.as_str());
+        let len = close_payload(&frame, &mut buf);
+        assert_eq!(len, 2 + 122);
+        assert_eq!(&buf[..2], &4000u16.to_be_bytes());
+        assert_eq!(std::str::from_utf8(&buf[2..len]), Ok(&long[..122]));
     }
 }

@@ -223,6 +223,20 @@ impl FrameWriter {
         self.push_frame(opcode, payload, false);
     }
 
+    /// Queues a control frame (ping, pong, close) whose payload is at most 125 bytes, copied
+    /// into the batch from where it is: the caller needs no `Bytes` of its own for it.
+    pub(crate) fn push_control(&mut self, opcode: OpCode, payload: &[u8]) {
+        debug_assert!(
+            payload.len() <= 125,
+            "a control frame's payload is at most 125 bytes"
+        );
+        let mut head = [0u8; MAX_HEAD];
+        let head_len = format_head(&mut head, opcode, payload, false);
+        self.push_inline(&head[..head_len]);
+        self.push_inline(payload);
+        self.pending += head_len + payload.len();
+    }
+
     /// Queues one whole frame whose payload is compressed (RSV1 set, permessage-deflate).
     #[cfg(feature = "deflate")]
     pub(crate) fn push_compressed(&mut self, opcode: OpCode, payload: &Bytes) {
@@ -489,6 +503,32 @@ mod tests {
             assert!(io.flushed);
             assert_eq!(out.pending(), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn a_control_frame_from_a_slice_is_what_push_writes() {
+        let ping = Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 9]);
+        let close = Bytes::from(vec![0x03, 0xE8, b'b', b'y', b'e']);
+        let empty = Bytes::new();
+        let frames = [
+            (OpCode::Ping, &ping),
+            (OpCode::Close, &close),
+            (OpCode::Pong, &empty),
+        ];
+        let mut out = FrameWriter::default();
+        for (opcode, payload) in frames {
+            out.push_control(opcode, payload);
+        }
+        assert_eq!(out.pending(), expected(&frames).len());
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut io = Trickle {
+            written: written.clone(),
+            chunk: 1 << 20,
+            calls: 0,
+            flushed: false,
+        };
+        out.flush(&mut io).await.unwrap();
+        assert_eq!(*written.lock().unwrap(), expected(&frames));
     }
 
     #[test]
